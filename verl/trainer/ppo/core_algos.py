@@ -1,0 +1,443 @@
+"""PPO / GRPO math: advantages, KL penalties, losses and their aggregation, KL controllers.
+
+Pure tensor functions over response-aligned tensors of shape ``(bs, response_length)``; names,
+arguments and meanings follow veRL's ``core_algos`` so a veRL user recognises them. Variants are
+looked up by name (advantage estimators, KL estimators, loss aggregation modes), so the trainer
+passes config strings through and never branches on them. Imports only torch and numpy.
+
+Papers:
+- PPO: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347.
+- GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
+  Estimation", arXiv:1506.02438.
+- Dual-clip PPO: Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", arXiv:1912.09729.
+- GRPO: Shao et al. 2024, "DeepSeekMath", arXiv:2402.03300; the unnormalised variant:
+  Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr. GRPO), arXiv:2503.20783.
+- Asymmetric clipping (clip-higher) and token-mean: Yu et al. 2025, "DAPO", arXiv:2503.14476.
+- KL estimators k1/k2/k3: J. Schulman, "Approximating KL Divergence", 2020 (joschu.net/blog/kl-approx.html).
+- Adaptive KL coefficient: Ziegler et al. 2019, "Fine-Tuning Language Models from Human
+  Preferences", arXiv:1909.08593.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from verl.utils import torch_functional as verl_F
+
+__all__ = [
+    "register_adv_est",
+    "get_adv_estimator_fn",
+    "adv_estimator_needs_critic",
+    "compute_gae_advantage_return",
+    "compute_grpo_outcome_advantage",
+    "kl_penalty",
+    "apply_kl_penalty",
+    "agg_loss",
+    "agg_loss_normalizer",
+    "compute_policy_loss",
+    "compute_value_loss",
+    "compute_entropy_loss",
+    "FixedKLController",
+    "AdaptiveKLController",
+    "get_kl_controller",
+]
+
+# ----------------------------------------------------------------------------- advantage registry
+
+_ADV_ESTIMATORS: dict[str, Callable] = {}
+_NEEDS_CRITIC: set[str] = set()
+
+
+def register_adv_est(name: str, needs_critic: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator registering an advantage estimator under ``name`` (``algorithm.adv_estimator``).
+
+    ``needs_critic`` tells the trainer whether it must build a critic and fill ``values``.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        if name in _ADV_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        _ADV_ESTIMATORS[name] = fn
+        if needs_critic:
+            _NEEDS_CRITIC.add(name)
+        return fn
+
+    return decorate
+
+
+def get_adv_estimator_fn(name: str) -> Callable:
+    """The estimator registered as ``name``; every estimator accepts (and ignores) extra keywords,
+    so the trainer calls any of them with the same keyword set."""
+    if name not in _ADV_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(_ADV_ESTIMATORS)}")
+    return _ADV_ESTIMATORS[name]
+
+
+def adv_estimator_needs_critic(name: str) -> bool:
+    get_adv_estimator_fn(name)  # raise on unknown names here too
+    return name in _NEEDS_CRITIC
+
+
+@register_adv_est("gae", needs_critic=True)
+def compute_gae_advantage_return(
+    token_level_rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    **_unused,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised Advantage Estimation by a reverse scan over the response.
+
+    token_level_rewards, values, response_mask: (bs, response_length).
+    Returns (advantages, returns), both (bs, response_length): ``returns`` = raw advantages +
+    values; ``advantages`` are whitened over the masked-in tokens. Both are 0 where the mask is 0.
+
+    Masked-out positions are skipped, not treated as time steps: the value and the running
+    advantage of the next masked-in token pass through them unchanged (as in current veRL). So when
+    the mask is ``response_mask * (1 - info_mask)`` the retrieved ``<information>`` tokens, whose
+    values the critic was never trained on, neither enter a TD error nor add discounting, and the
+    ``</search>`` token bootstraps from the first token generated after the block. Trailing padding
+    passes through a zero, so the last real token gets delta = r - V. Rewards placed on masked
+    positions are ignored; reward managers put the score on the last generated token.
+    """
+    with torch.no_grad():
+        valid = response_mask.bool()
+        bs, length = values.shape
+        next_value = torch.zeros(bs, dtype=values.dtype, device=values.device)
+        running = torch.zeros_like(next_value)
+        raw = torch.zeros_like(values)
+        for t in reversed(range(length)):
+            delta = token_level_rewards[:, t] + gamma * next_value - values[:, t]
+            # where() rather than mask arithmetic: a NaN/inf value on a padding position must
+            # not leak into every earlier token through the recursion (0 * inf = NaN).
+            running = torch.where(valid[:, t], delta + gamma * lam * running, running)
+            next_value = torch.where(valid[:, t], values[:, t], next_value)
+            raw[:, t] = running
+        zero = torch.zeros_like(values)
+        returns = torch.where(valid, raw + values, zero)
+        advantages = torch.where(valid, verl_F.masked_whiten(raw, valid), zero)
+    return advantages, returns
+
+
+@register_adv_est("grpo")
+def compute_grpo_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    **_unused,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-relative outcome advantage (GRPO): one scalar per response, broadcast over its tokens.
+
+    token_level_rewards, response_mask: (bs, response_length); index: (bs,) prompt ids (``uid``),
+    rows with equal ids form a group. Score = sum of the row's token rewards;
+    advantage = (score - group mean) / (group std + epsilon), with the unbiased std as in veRL,
+    or just score - group mean when ``norm_adv_by_std_in_grpo`` is False (Dr. GRPO).
+    A group of one has mean 0 and std 1, so its advantage is its raw score (over 1 + epsilon).
+    Returns (advantages, returns), equal, (bs, response_length), 0 where the mask is 0.
+    """
+    with torch.no_grad():
+        scores = token_level_rewards.sum(dim=-1)
+        if isinstance(index, torch.Tensor):
+            index = index.tolist()  # 0-dim tensors hash by identity, which would make every row its own group
+        groups: dict = defaultdict(list)
+        for row, uid in enumerate(index):
+            groups[uid].append(row)
+        mean = torch.zeros_like(scores)
+        std = torch.ones_like(scores)
+        for rows in groups.values():
+            if len(rows) > 1:
+                group = scores[rows]
+                mean[rows] = group.mean()
+                std[rows] = group.std(unbiased=True)
+        centred = scores - mean
+        adv = centred / (std + epsilon) if norm_adv_by_std_in_grpo else centred
+        adv = adv.unsqueeze(-1) * response_mask.to(adv.dtype)
+    return adv, adv
+
+
+# ----------------------------------------------------------------------------- KL
+
+
+def _kl_k1(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    # log(p/q): unbiased for KL(p||q) under samples from p, but high variance and can be negative.
+    return logprob - ref_logprob
+
+
+def _kl_abs(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    return (logprob - ref_logprob).abs()
+
+
+def _kl_k2(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    # 0.5 * log(p/q)^2: biased but low variance and never negative.
+    return 0.5 * (logprob - ref_logprob).square()
+
+
+def _kl_k3(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    # q/p - log(q/p) - 1: unbiased, non-negative, low variance. The clamp guards against
+    # exp overflow when the policy and the reference disagree wildly on a token.
+    log_ratio = ref_logprob - logprob
+    return (log_ratio.exp() - log_ratio - 1).clamp(min=-10.0, max=10.0)
+
+
+_KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "kl": _kl_k1,
+    "k1": _kl_k1,
+    "abs": _kl_abs,
+    "mse": _kl_k2,
+    "k2": _kl_k2,
+    "low_var_kl": _kl_k3,
+    "k3": _kl_k3,
+}
+
+
+def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from sampled-token log-probs.
+
+    logprob, ref_logprob: (bs, response_length) -> (bs, response_length).
+    ``kl_penalty``: "kl"/"k1" (log-ratio), "abs", "mse"/"k2" (half squared log-ratio),
+    "low_var_kl"/"k3" (clamped to [-10, 10]).
+    """
+    if kl_penalty not in _KL_ESTIMATORS:
+        raise ValueError(f"unknown kl_penalty {kl_penalty!r}; known: {sorted(_KL_ESTIMATORS)}")
+    return _KL_ESTIMATORS[kl_penalty](logprob, ref_logprob)
+
+
+def apply_kl_penalty(
+    token_level_scores: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    ref_log_prob: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
+    kl_penalty_type: str = "kl",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """In-reward KL penalty: rewards = scores - kl_coef * KL per token.
+
+    All tensors (bs, response_length). Returns (token_level_rewards, metrics) where
+    ``metrics["actor/reward_kl_penalty"]`` is the batch mean of per-sequence mean KL: the
+    trainer passes it to ``kl_ctrl.update(current_kl, n_steps=bs)`` (kept out of here so this
+    stays a pure function).
+    """
+    mask = response_mask.to(token_level_scores.dtype)
+    kld = kl_penalty(old_log_prob, ref_log_prob, kl_penalty_type) * mask
+    rewards = token_level_scores - kl_coef * kld
+    current_kl = verl_F.masked_mean(kld, mask, dim=-1).mean().item()
+    return rewards, {"actor/reward_kl_penalty": current_kl, "actor/reward_kl_penalty_coeff": float(kl_coef)}
+
+
+# ----------------------------------------------------------------------------- loss aggregation
+#
+# Each mode is (sum over the batch of per-unit losses) / (number of units), where the unit is a
+# token for token-mean and a sequence otherwise. Passing ``normalizer`` = the unit count of the
+# WHOLE mini-batch (all micro-batches, all ranks; see agg_loss_normalizer) makes summed
+# micro-batch gradients equal the one-big-batch gradient exactly.
+
+
+def _token_sum(loss_mat: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    return verl_F.masked_sum(loss_mat, loss_mask)
+
+
+def _seq_token_sum(loss_mat: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    return verl_F.masked_sum(loss_mat, loss_mask, dim=-1).sum()
+
+
+def _seq_token_mean(loss_mat: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    return verl_F.masked_mean(loss_mat, loss_mask, dim=-1).sum()
+
+
+def _count_tokens(loss_mask: torch.Tensor) -> torch.Tensor:
+    return loss_mask.sum()
+
+
+def _count_sequences(loss_mask: torch.Tensor) -> torch.Tensor:
+    # A row with no valid token (e.g. an empty response) is not a sequence to average over.
+    return (loss_mask.sum(dim=-1) > 0).sum()
+
+
+# mode -> (numerator: sum of per-unit losses, denominator: number of units)
+LOSS_AGG_MODES: dict[str, tuple[Callable, Callable]] = {
+    "token-mean": (_token_sum, _count_tokens),
+    "seq-mean-token-sum": (_seq_token_sum, _count_sequences),
+    "seq-mean-token-mean": (_seq_token_mean, _count_sequences),
+}
+
+
+def _agg_mode(loss_agg_mode: str) -> tuple[Callable, Callable]:
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}; known: {sorted(LOSS_AGG_MODES)}")
+    return LOSS_AGG_MODES[loss_agg_mode]
+
+
+def agg_loss_normalizer(loss_mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:
+    """The denominator ``agg_loss`` uses for this mask: valid tokens (token-mean) or sequences
+    with at least one valid token (seq-mean-*). loss_mask: (bs, response_length) -> scalar.
+
+    Compute it over the whole mini-batch and pass it to every micro-batch's loss. Across data-
+    parallel ranks, sum it over ranks; if the gradients are then averaged over ranks (DDP/FSDP
+    all-reduce mean) pass that sum divided by the world size, so the average undoes the division.
+    """
+    return _agg_mode(loss_agg_mode)[1](loss_mask)
+
+
+def agg_loss(
+    loss_mat: torch.Tensor,
+    loss_mask: torch.Tensor,
+    loss_agg_mode: str,
+    normalizer: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    loss_mat, loss_mask: (bs, response_length).
+    - "token-mean": sum of valid-token losses / number of valid tokens (DAPO);
+    - "seq-mean-token-sum": per-sequence sum, averaged over sequences;
+    - "seq-mean-token-mean": per-sequence mean, averaged over sequences (the GRPO paper's form).
+    ``normalizer`` replaces the local denominator (see agg_loss_normalizer); with it, the
+    micro-batch losses of one mini-batch sum to that mini-batch's loss. A denominator of 0
+    (everything masked) gives a loss of 0.
+    """
+    numerator, count = _agg_mode(loss_agg_mode)
+    total = numerator(loss_mat, loss_mask)
+    denominator = count(loss_mask) if normalizer is None else torch.as_tensor(normalizer)
+    # float32 holds counts up to 2^24 exactly; the clamp makes an all-masked batch give 0, not NaN.
+    return total / denominator.to(device=total.device, dtype=torch.float32).clamp(min=1e-8)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def compute_policy_loss(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    cliprange: float = 0.2,
+    cliprange_low: float | None = None,
+    cliprange_high: float | None = None,
+    clip_ratio_c: float = 3.0,
+    loss_agg_mode: str = "token-mean",
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped PPO surrogate with dual-clip for negative advantages.
+
+    All tensors (bs, response_length). ratio r = exp(log_prob - old_log_prob) (the log-ratio is
+    clamped to [-20, 20] so one runaway token cannot overflow exp). Per token:
+      L = max(-A r, -A clip(r, 1 - cliprange_low, 1 + cliprange_high))
+    and, where A < 0, L = min(L, -A clip_ratio_c), bounding how far a very large ratio can push a
+    bad action (dual-clip). cliprange_low/high default to cliprange.
+    Returns (pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower), all scalars:
+    pg_clipfrac = share of valid tokens where the clipped term is the larger one;
+    ppo_kl = mean of old_log_prob - log_prob (k1 estimate of KL(old || new));
+    pg_clipfrac_lower = share where the dual clip is active.
+    """
+    if clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 for dual-clip PPO, got {clip_ratio_c}")
+    low = cliprange if cliprange_low is None else cliprange_low
+    high = cliprange if cliprange_high is None else cliprange_high
+    mask = response_mask.to(log_prob.dtype)
+
+    log_ratio = (log_prob - old_log_prob).clamp(min=-20.0, max=20.0)
+    ratio = log_ratio.exp()
+    ppo_kl = verl_F.masked_mean(-log_ratio, mask)
+
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - low, 1.0 + high)
+    ppo_losses = torch.maximum(unclipped, clipped)
+    pg_clipfrac = verl_F.masked_mean((clipped > unclipped).to(mask.dtype), mask)
+
+    dual_bound = -advantages * clip_ratio_c
+    negative = advantages < 0
+    pg_losses = torch.where(negative, torch.minimum(ppo_losses, dual_bound), ppo_losses)
+    pg_clipfrac_lower = verl_F.masked_mean(((ppo_losses > dual_bound) & negative).to(mask.dtype), mask)
+
+    pg_loss = agg_loss(pg_losses, mask, loss_agg_mode, normalizer)
+    return pg_loss, pg_clipfrac.detach(), ppo_kl.detach(), pg_clipfrac_lower.detach()
+
+
+def compute_value_loss(
+    vpreds: torch.Tensor,
+    returns: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    cliprange_value: float,
+    loss_agg_mode: str = "token-mean",
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss: 0.5 * agg(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)).
+
+    vpreds (new values), returns, values (old values), response_mask: (bs, response_length).
+    Returns (vf_loss, vf_clipfrac): vf_clipfrac = share of valid tokens where the clipped error
+    is the larger one.
+    """
+    mask = response_mask.to(vpreds.dtype)
+    vpred_clipped = verl_F.clip_by_value(vpreds, values - cliprange_value, values + cliprange_value)
+    err_unclipped = (vpreds - returns).square()
+    err_clipped = (vpred_clipped - returns).square()
+    vf_loss = 0.5 * agg_loss(torch.maximum(err_unclipped, err_clipped), mask, loss_agg_mode, normalizer)
+    vf_clipfrac = verl_F.masked_mean((err_clipped > err_unclipped).to(mask.dtype), mask)
+    return vf_loss, vf_clipfrac.detach()
+
+
+def compute_entropy_loss(
+    logits: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    normalizer: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Aggregated entropy of the policy at each response position.
+
+    logits: (bs, response_length, vocab); response_mask: (bs, response_length) -> scalar.
+    The actor subtracts entropy_coeff times this from its loss to encourage exploration.
+    """
+    entropy = verl_F.entropy_from_logits(logits)
+    return agg_loss(entropy, response_mask.to(entropy.dtype), loss_agg_mode, normalizer)
+
+
+# ----------------------------------------------------------------------------- KL controllers
+
+
+class FixedKLController:
+    """A constant KL coefficient."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Nothing to adapt; present so the trainer treats both controllers alike."""
+
+
+class AdaptiveKLController:
+    """Proportional controller steering the observed KL towards ``target_kl`` (Ziegler et al. 2019).
+
+    After each batch: e = clip(current_kl / target_kl - 1, -0.2, 0.2) and
+    value *= 1 + e * n_steps / horizon, so the coefficient moves at most 20% per ``horizon`` steps.
+    """
+
+    def __init__(self, init_kl_coef: float, target_kl: float, horizon: int):
+        if target_kl <= 0 or horizon <= 0:
+            raise ValueError(f"target_kl and horizon must be positive, got {target_kl} and {horizon}")
+        self.value = init_kl_coef
+        self.target = target_kl
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = float(np.clip(current_kl / self.target - 1.0, -0.2, 0.2))
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+def get_kl_controller(
+    kl_type: str, kl_coef: float, target_kl: float | None = None, horizon: int | None = None
+) -> FixedKLController | AdaptiveKLController:
+    """The controller named by ``algorithm.kl_ctrl.type`` ("fixed" or "adaptive")."""
+    if kl_type == "fixed":
+        return FixedKLController(kl_coef)
+    if kl_type == "adaptive":
+        if target_kl is None or horizon is None:
+            raise ValueError("an adaptive KL controller needs target_kl and horizon")
+        return AdaptiveKLController(kl_coef, target_kl, horizon)
+    raise ValueError(f"unknown kl_ctrl.type {kl_type!r}; known: ['adaptive', 'fixed']")
