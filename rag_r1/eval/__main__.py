@@ -1,0 +1,93 @@
+"""Evaluate a checkpoint on a question set with the search agent; resumable.
+
+    python -m rag_r1.eval --model PATH --questions FILE --retrieval-url URL --mode single|multi \\
+        [--limit N] --out DIR [--batch-size 8] [--max-turns 5] [--max-new-tokens 1024] [--topk 3] \\
+        [--max-prompt-length 8192] [--max-start-length 2048] [--sample --temperature 1.0 --top-p 1.0] [--seed 0]
+
+Writes `DIR/trajectories.jsonl` (one row per question), `DIR/summary.json` (EM, F1, rounds,
+queries per round, tokens, seconds per question, and evidence recall when the questions carry
+`supporting_ids`) and `DIR/config.json` (these settings). Running again into the same DIR
+continues where it stopped; DIR refuses settings other than the ones it was started with.
+Defaults follow the paper's evaluation: at most 5 retrieval rounds, 1024 new tokens, top-3
+passages, greedy decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rag_r1.eval.runner import evaluate, load_questions
+
+# Settings that change what a trajectory is; a resumed run must use the same ones.
+TRAJECTORY_SETTINGS = ("model", "questions", "mode", "max_turns", "max_new_tokens", "topk", "max_prompt_length",
+                       "max_start_length", "sample", "temperature", "top_p", "seed")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rag_r1.eval", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="HF checkpoint directory (or hub name)")
+    parser.add_argument("--questions", required=True, type=Path, help="FlashRAG JSONL or veRL parquet")
+    parser.add_argument("--retrieval-url", required=True, nargs="+",
+                        help="retrieval server URL(s), e.g. http://127.0.0.1:8000/retrieve; several = replicas")
+    parser.add_argument("--mode", required=True, choices=["single", "multi"], help="one query or several per search")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--limit", type=int, default=None, help="first N questions only")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions the agent advances together")
+    parser.add_argument("--max-turns", type=int, default=5, help="retrieval rounds at most (paper: 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="generated tokens per turn at most")
+    parser.add_argument("--topk", type=int, default=3, help="passages per query")
+    parser.add_argument("--max-prompt-length", type=int, default=8192,
+                        help="tokens of the rolling context fed to each turn at most")
+    parser.add_argument("--max-start-length", type=int, default=2048,
+                        help="tokens of the initial prompt kept in the rolling context at most")
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0, help="with --sample")
+    parser.add_argument("--top-p", type=float, default=1.0, help="with --sample")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed (matters with --sample)")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "max_turns", "max_new_tokens", "topk", "max_prompt_length", "max_start_length"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    if not args.sample and (args.temperature != 1.0 or args.top_p != 1.0):
+        parser.error("--temperature/--top-p only apply with --sample (decoding is greedy by default)")
+    return args
+
+
+def check_resume(out: Path, settings: dict) -> None:
+    """Write `out/config.json`, or refuse when it records other trajectory settings."""
+    path = out / "config.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = {k: (before.get(k), settings[k]) for k in TRAJECTORY_SETTINGS if before.get(k) != settings[k]}
+        if changed:
+            raise SystemExit(f"{out} holds a run with other settings {changed} (before, now); "
+                             f"use another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate as `args` say; return the summary."""
+    from rag_r1.eval.agent import build_solver
+
+    questions = load_questions(args.questions, args.limit)
+    settings = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    check_resume(args.out, settings)
+    solve = build_solver(args)
+    summary = evaluate(questions, solve, args.out, args.batch_size)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    summary = run(args)
+    json.dump(summary, sys.stdout, indent=2)
+    print(f"\nwrote {args.out / 'trajectories.jsonl'} and {args.out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The evaluation solver: questions in, what the search agent did for each out.
+
+It drives the same GenerationManager as training (prompt from `rag_r1.llm_agent.prompts`,
+chat-templated as in docs/architecture.md), with a local HFRollout as the engine and the
+retrieval server behind RetrievalClient.
+"""
+from __future__ import annotations
+
+import argparse
+from itertools import groupby
+
+from rag_r1.llm_agent.config import AgentConfig
+from rag_r1.llm_agent.generation import GenerationManager, Trajectory
+from rag_r1.llm_agent.prompts import user_content
+from rag_r1.reward.qa_em import extract_solution
+
+
+def policy_text(row: Trajectory, tokenizer) -> str:
+    """What the policy itself wrote: the response with every info-masked span (retrieved blocks,
+    corrective notes) left out. The notes quote the tags ("... between <answer> and </answer>"),
+    so an answer read from the full text could be the word "and"."""
+    spans = groupby(zip(row.response, row.info_mask), key=lambda pair: pair[1])
+    return "".join(tokenizer.decode([t for t, _ in span], skip_special_tokens=True) for masked, span in spans
+                   if not masked)
+
+
+def trajectory_result(row: Trajectory, tokenizer) -> dict:
+    """The solver fields of one finished trajectory (see rag_r1.eval.runner.SOLVER_KEYS)."""
+    return {
+        "text": tokenizer.decode(row.response, skip_special_tokens=True),
+        "answer": extract_solution(policy_text(row, tokenizer)),
+        "turns": row.turns,
+        "searches": row.search_calls,
+        "queries": row.queries,
+        "retrieved": row.retrieved_ids,
+        "tokens": len(row.info_mask) - sum(row.info_mask),  # generated tokens only
+    }
+
+
+class AgentSolver:
+    def __init__(self, manager: GenerationManager, tokenizer, sampling: dict):
+        self.manager = manager
+        self.tokenizer = tokenizer
+        self.sampling = sampling  # meta_info for every generate call: do_sample, temperature, top_p
+
+    def prompt_ids(self, question: str) -> list[int]:
+        config = self.manager.config
+        content = user_content(question, config.mode, config.max_queries, config.query_delimiter)
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, batch: list[dict]) -> list[dict]:
+        rows, _ = self.manager.run([self.prompt_ids(q["question"]) for q in batch], self.sampling)
+        return [trajectory_result(row, self.tokenizer) for row in rows]
+
+
+def build_solver(args: argparse.Namespace) -> AgentSolver:
+    """Model, tokenizer, HF engine, retrieval client and agent as the eval CLI's `args` say."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rag_r1.search.client import RetrievalClient
+    from verl.workers.rollout.hf_rollout import HFRollout
+
+    torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:  # batches are padded; eos is never attended to as padding
+        tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
+    engine = HFRollout(model, tokenizer, OmegaConf.create({"response_length": args.max_new_tokens,
+                                                           "do_sample": args.sample}))
+    config = AgentConfig(max_prompt_length=args.max_prompt_length, max_start_length=args.max_start_length,
+                         max_response_length=args.max_new_tokens, mode=args.mode, max_turns=args.max_turns,
+                         topk=args.topk)
+    manager = GenerationManager(engine.generate_sequences, tokenizer, RetrievalClient(args.retrieval_url), config)
+    sampling = {"do_sample": args.sample}
+    if args.sample:
+        sampling.update(temperature=args.temperature, top_p=args.top_p)
+    return AgentSolver(manager, tokenizer, sampling)

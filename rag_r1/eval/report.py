@@ -1,0 +1,202 @@
+"""The results table of a set of evaluation runs: Markdown like the paper's, plus a PNG.
+
+    python -m rag_r1.eval.report ROOT [--out DIR]
+
+ROOT holds one run per `ROOT/<label>/<dataset>/summary.json` (what `scripts/eval/eval_sets.py`
+writes; a label is e.g. `single` or `multi`, or `sft-multi`). Two tables: EM per dataset and their
+average (one row per label, the paper's Table), and what multi-query search changes, single vs
+multi side by side: EM, F1, retrieval rounds, queries per round, generated tokens, seconds per
+question and evidence recall, over all of a label's questions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# The paper's column order (general QA, then multi-hop) and names; other sets follow in given order.
+DATASET_NAMES = {
+    "nq": "NQ", "triviaqa": "TriviaQA", "popqa": "PopQA", "hotpotqa": "HotpotQA",
+    "2wikimultihopqa": "2Wiki", "musique": "Musique", "bamboogle": "Bamboogle",
+}
+MISSING = "–"
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    label: str  # the model/mode row this run belongs to
+    dataset: str  # question set name (file stem)
+    summary: dict  # summary.json of the run
+
+
+def load_runs(root: Path) -> list[EvalRun]:
+    """Every `root/<label>/<dataset>/summary.json`, sorted by path."""
+    paths = sorted(Path(root).glob("*/*/summary.json"))
+    if not paths:
+        raise FileNotFoundError(f"no */*/summary.json under {root}")
+    return [EvalRun(p.parent.parent.name, p.parent.name, json.loads(p.read_text())) for p in paths]
+
+
+def _ordered(values: Sequence[str], known: Sequence[str] = ()) -> list[str]:
+    """Unique values, those in `known` first in its order, then the rest in order of appearance."""
+    unique = list(dict.fromkeys(values))
+    return [k for k in known if k in unique] + [v for v in unique if v not in known]
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [_row(header), _row(["---"] * len(header))] + [_row(r) for r in rows]
+    return "\n".join(lines)
+
+
+def em_table(runs: Sequence[EvalRun]) -> str:
+    """EM per dataset and their plain mean (as the paper averages); the mean is left out (–) for a
+    label that lacks some dataset, since a mean over other sets would not be comparable."""
+    labels = _ordered([r.label for r in runs])
+    datasets = _ordered([r.dataset for r in runs], list(DATASET_NAMES))
+    em = {(r.label, r.dataset): r.summary["em"] for r in runs}
+    rows = []
+    for label in labels:
+        scores = [em.get((label, d)) for d in datasets]
+        cells = [MISSING if s is None else f"{s:.3f}" for s in scores]
+        average = MISSING if None in scores else f"{sum(scores) / len(scores):.3f}"
+        rows.append([label, *cells, average])
+    return _table(["Method", *[DATASET_NAMES.get(d, d) for d in datasets], "Avg."], rows)
+
+
+def _weighted_mean(key: str, summaries: Sequence[dict]) -> float:
+    return sum(s[key] * s["n"] for s in summaries) / sum(s["n"] for s in summaries)
+
+
+def label_totals(runs: Sequence[EvalRun]) -> dict[str, dict[str, float | None]]:
+    """Per label, question-weighted means over its datasets of what multi-query search changes.
+
+    Queries per round is pooled as total queries over total rounds. Evidence recall and passages
+    read pool only the runs that measured them (sets with supporting_ids), and are None when none did.
+    """
+    totals = {}
+    for label in _ordered([r.label for r in runs]):
+        mine = [r.summary for r in runs if r.label == label]
+        n = sum(s["n"] for s in mine)
+        rounds = sum(s["rounds"] * s["n"] for s in mine)
+        queries = sum(s["queries_per_round"] * s["rounds"] * s["n"] for s in mine)
+        with_evidence = [s for s in mine if "evidence_recall" in s]
+        totals[label] = {
+            "n": n,
+            "em": _weighted_mean("em", mine),
+            "f1": _weighted_mean("f1", mine),
+            "rounds": rounds / n,
+            "queries_per_round": queries / rounds if rounds else 0.0,
+            "tokens": _weighted_mean("tokens", mine),
+            "seconds_per_question": _weighted_mean("seconds_per_question", mine),
+            "evidence_recall": _weighted_mean("evidence_recall", with_evidence) if with_evidence else None,
+            "evidence_all": _weighted_mean("evidence_all", with_evidence) if with_evidence else None,
+            "retrieved_per_question": (_weighted_mean("retrieved_per_question", with_evidence)
+                                       if with_evidence else None),
+        }
+    return totals
+
+
+# (column header, key of label_totals, format)
+SEARCH_COLUMNS = [
+    ("n", "n", "{:d}"), ("EM", "em", "{:.3f}"), ("F1", "f1", "{:.3f}"), ("Rounds", "rounds", "{:.2f}"),
+    ("Queries/round", "queries_per_round", "{:.2f}"), ("Tokens", "tokens", "{:.1f}"),
+    ("s/question", "seconds_per_question", "{:.2f}"), ("Evidence recall", "evidence_recall", "{:.3f}"),
+    ("All evidence", "evidence_all", "{:.3f}"), ("Passages read", "retrieved_per_question", "{:.1f}"),
+]
+
+
+def search_table(runs: Sequence[EvalRun]) -> str:
+    """One row per label: the columns of SEARCH_COLUMNS over all its questions."""
+    rows = []
+    for label, t in label_totals(runs).items():
+        rows.append([label] + [MISSING if t[key] is None else fmt.format(t[key]) for _, key, fmt in SEARCH_COLUMNS])
+    return _table(["Method"] + [h for h, _, _ in SEARCH_COLUMNS], rows)
+
+
+def markdown_report(runs: Sequence[EvalRun]) -> str:
+    return (
+        "## Exact match\n\n" + em_table(runs) + "\n\n"
+        "## Search behaviour (over all questions of a row)\n\n" + search_table(runs) + "\n"
+    )
+
+
+def plot_report(runs: Sequence[EvalRun], png: Path) -> Path:
+    """Six panels: EM per dataset, rounds, queries per round, tokens, seconds per question (one
+    bar per label) and evidence recall by retrieval round (one line per label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    labels = _ordered([r.label for r in runs])
+    datasets = _ordered([r.dataset for r in runs], list(DATASET_NAMES))
+    totals = label_totals(runs)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+
+    ax = axes[0, 0]
+    width = 0.8 / len(labels)
+    em = {(r.label, r.dataset): r.summary["em"] for r in runs}
+    for i, label in enumerate(labels):
+        xs = [j + i * width for j in range(len(datasets))]
+        ax.bar(xs, [em.get((label, d), 0.0) for d in datasets], width, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))])
+    ax.set_xticklabels([DATASET_NAMES.get(d, d) for d in datasets], rotation=30, ha="right")
+    ax.set_title("Exact match")
+    ax.legend(fontsize=8)
+
+    panels = [("rounds", "Retrieval rounds / question"), ("queries_per_round", "Queries / round"),
+              ("tokens", "Generated tokens / question"), ("seconds_per_question", "Seconds / question")]
+    for ax, (key, title) in zip(axes.flat[1:5], panels):
+        ax.bar(labels, [totals[label][key] for label in labels], color=[f"C{i}" for i in range(len(labels))])
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+
+    ax = axes[1, 2]
+    ax.set_title("Evidence recall after round k")
+    curves = [(r.label, r.dataset, r.summary["evidence_recall_by_round"]) for r in runs
+              if r.summary.get("evidence_recall_by_round")]
+    for label, dataset, curve in curves:
+        name = label if len(datasets) == 1 else f"{label} / {DATASET_NAMES.get(dataset, dataset)}"
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=name)
+    if curves:
+        ax.set_xticks(range(1, max(len(c) for _, _, c in curves) + 1))
+        ax.set_xlabel("round")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no supporting_ids in these sets", ha="center", va="center", transform=ax.transAxes)
+
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def write_report(runs: Sequence[EvalRun], out_dir: Path) -> tuple[Path, Path]:
+    """Write `report.md` and `report.png` under `out_dir`; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "report.md"
+    md.write_text("# Evaluation\n\n" + markdown_report(runs) + "\n![summary](report.png)\n", encoding="utf-8")
+    return md, plot_report(runs, out_dir / "report.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Tables and a plot of evaluation runs.")
+    parser.add_argument("root", type=Path, help="directory with <label>/<dataset>/summary.json")
+    parser.add_argument("--out", type=Path, default=None, help="where report.md/.png go (default: ROOT)")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.root)
+    md, png = write_report(runs, args.out or args.root)
+    print(markdown_report(runs))
+    print(f"wrote {md} and {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""GenerationManager: the multi-turn rollout in which the policy thinks, searches, reads and answers.
+
+Per turn, for every trajectory still running:
+1. generate (stop at `</search>` or `</answer>`, at most `max_response_length` new tokens);
+2. parse the action (`actions.parse_action`, queries by the mode);
+3. ONE retrieval request for the queries of all rows (each distinct query once);
+4. append `"\\n<information>\\n" + results + "\\n</information>\\n"` (info_mask 1) after a search, a
+   short corrective note (info_mask 1: the policy did not write it either) after a turn with no
+   complete action; an answer ends the trajectory.
+After `max_turns` turns every row still running gets one more turn whose searches are not run.
+
+State is plain token lists per row (`Trajectory`); the engine sees one left-padded batch per turn
+through verl's `build_prompt_batch` / `response_token_lists`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rag_r1.llm_agent.actions import parse_action
+from rag_r1.llm_agent.config import AgentConfig
+from rag_r1.llm_agent.modes import build_mode
+from verl.protocol import DataProto
+from verl.workers.rollout.base import build_prompt_batch, response_token_lists
+
+STOP = ["</search>", "</answer>"]
+INFO_OPEN, INFO_CLOSE = "\n<information>\n", "\n</information>\n"
+
+
+class Retriever(Protocol):
+    def retrieve(self, queries: list[str], topk: int) -> list[list[dict]]: ...
+
+
+@dataclass
+class Trajectory:
+    """One row's rolling state and what it did (the per-trajectory counts of the batch)."""
+
+    prompt: list[int]  # initial prompt tokens, unpadded
+    response: list[int] = field(default_factory=list)  # everything after the prompt
+    info_mask: list[int] = field(default_factory=list)  # 1 per response token the policy did not write
+    done: bool = False
+    turns: int = 0  # generation calls this row took part in
+    search_calls: int = 0  # <information> blocks received
+    valid_actions: int = 0  # turns ending in a complete search (with queries) or answer
+    answered: bool = False
+    obs_truncated: int = 0  # <information> blocks cut to max_obs_length
+    queries: list[list[str]] = field(default_factory=list)  # per search round
+    retrieved_ids: list[list[str]] = field(default_factory=list)  # per search round, all queries' hits
+
+    def append(self, tokens: list[int], from_policy: bool) -> None:
+        self.response.extend(tokens)
+        self.info_mask.extend([0 if from_policy else 1] * len(tokens))
+
+
+@dataclass
+class RolloutStats:
+    """Wall time split of one `run`, and the retrieval traffic it caused."""
+
+    generate_s: float = 0.0
+    retrieve_s: float = 0.0
+    total_s: float = 0.0
+    retrieval_requests: int = 0
+    queries_sent: int = 0  # distinct queries over all requests
+    queries_asked: int = 0  # before de-duplication
+    requests_per_turn: list[int] = field(default_factory=list)
+
+
+class GenerationManager:
+    def __init__(self, generate: Callable[[DataProto], DataProto], tokenizer, retriever: Retriever,
+                 config: AgentConfig):
+        self.generate = generate
+        self.tokenizer = tokenizer
+        self.retriever = retriever
+        self.config = config
+        self.mode = build_mode(config)
+        self._open_ids = self._encode(INFO_OPEN)
+        self._close_ids = self._encode(INFO_CLOSE)
+        self._obs_budget = config.max_obs_length - len(self._open_ids) - len(self._close_ids)
+        if self._obs_budget < 1:
+            raise ValueError(f"agent.max_obs_length={config.max_obs_length} leaves no room inside the "
+                             f"<information> tags ({len(self._open_ids) + len(self._close_ids)} tokens)")
+        self._note_ids = self._encode(self.mode.invalid_note)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def run(self, prompts: list[list[int]], meta: dict | None = None) -> tuple[list[Trajectory], RolloutStats]:
+        """Roll out every prompt (unpadded token lists); `meta` holds the sampling settings."""
+        start = time.perf_counter()
+        rows = [Trajectory(prompt=list(p)) for p in prompts]
+        stats = RolloutStats()
+        for turn in range(self.config.max_turns + 1):
+            active = [r for r in rows if not r.done]
+            if not active:
+                break
+            searching = self._generate_turn(active, meta or {}, stats, final=turn == self.config.max_turns)
+            requests_before = stats.retrieval_requests
+            if searching:
+                self._search(searching, stats)
+            stats.requests_per_turn.append(stats.retrieval_requests - requests_before)
+        stats.total_s = time.perf_counter() - start
+        return rows, stats
+
+    def _context(self, row: Trajectory) -> list[int]:
+        """What the policy sees: the prompt's last `max_start_length` tokens (the question and the
+        assistant header sit at its end), then as much of the latest response as fits."""
+        start = row.prompt[-self.config.max_start_length:]
+        room = self.config.max_prompt_length - len(start)
+        return start + (row.response[-room:] if room > 0 and row.response else [])
+
+    def _generate_turn(self, active: list[Trajectory], meta: dict, stats: RolloutStats,
+                       final: bool) -> list[tuple[Trajectory, list[str]]]:
+        """Generate one turn for `active`; return the rows that asked to search, with their queries."""
+        batch = build_prompt_batch([self._context(r) for r in active], self.tokenizer.pad_token_id)
+        batch.meta_info = {**meta, "max_new_tokens": self.config.max_response_length, "stop": list(STOP)}
+        tick = time.perf_counter()
+        output = self.generate(batch)
+        stats.generate_s += time.perf_counter() - tick
+        searching = []
+        turns = response_token_lists(output)
+        texts = self.tokenizer.batch_decode(turns, skip_special_tokens=True)
+        for row, tokens, text in zip(active, turns, texts, strict=True):
+            row.append(tokens, from_policy=True)
+            row.turns += 1
+            action, content = parse_action(text)
+            queries = self.mode.queries_of(content) if action == "search" else []
+            if action == "answer":
+                row.valid_actions += 1
+                row.answered = row.done = True
+            elif queries:
+                row.valid_actions += 1
+                if final:  # the last turn only gives a chance to answer; its searches are not run
+                    row.done = True
+                else:
+                    searching.append((row, queries))
+            elif final:
+                row.done = True
+            else:
+                row.append(self._note_ids, from_policy=False)
+        return searching
+
+    def _search(self, searching: list[tuple[Trajectory, list[str]]], stats: RolloutStats) -> None:
+        """One retrieval request for every query of every searching row, each distinct query once."""
+        distinct = list(dict.fromkeys(q for _, queries in searching for q in queries))
+        tick = time.perf_counter()
+        hits = self.retriever.retrieve(distinct, self.config.topk)
+        stats.retrieve_s += time.perf_counter() - tick
+        stats.retrieval_requests += 1
+        stats.queries_sent += len(distinct)
+        stats.queries_asked += sum(len(q) for _, q in searching)
+        hits_of = dict(zip(distinct, hits, strict=True))
+        row_hits = [[hits_of[q] for q in queries] for _, queries in searching]
+        # One batched tokenizer call for all observations (fast tokenizers encode a batch in parallel).
+        texts = [self.mode.format_observation(queries, h) for (_, queries), h in zip(searching, row_hits)]
+        bodies = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for (row, queries), query_hits, body in zip(searching, row_hits, bodies):
+            if len(body) > self._obs_budget:
+                # cut the results, never the tags, so the block always closes
+                body = body[: self._obs_budget]
+                row.obs_truncated += 1
+            row.append(self._open_ids + body + self._close_ids, from_policy=False)
+            row.search_calls += 1
+            row.queries.append(queries)
+            row.retrieved_ids.append([hit["id"] for hits in query_hits for hit in hits])
+
+
+def trajectory_metrics(rows: list[Trajectory], stats: RolloutStats) -> dict[str, float]:
+    """`env/*` means over the batch and the retrieval traffic of one rollout (pure)."""
+    n = max(len(rows), 1)
+    searches = sum(r.search_calls for r in rows)
+    turns = sum(r.turns for r in rows)
+    return {
+        "env/turns_mean": turns / n,
+        "env/search_calls_mean": searches / n,
+        "env/queries_per_call": sum(len(q) for r in rows for q in r.queries) / max(searches, 1),
+        "env/valid_action_ratio": sum(r.valid_actions for r in rows) / max(turns, 1),
+        "env/answered_ratio": sum(r.answered for r in rows) / n,
+        "env/obs_truncated_ratio": sum(r.obs_truncated for r in rows) / max(searches, 1),
+        "env/retrieval_requests": float(stats.retrieval_requests),
+        "env/duplicate_query_ratio": 1.0 - stats.queries_sent / stats.queries_asked if stats.queries_asked else 0.0,
+        "timing_s/agent_generate": stats.generate_s,
+        "timing_s/agent_retrieve": stats.retrieve_s,
+        "timing_s/agent_overhead": stats.total_s - stats.generate_s - stats.retrieve_s,
+    }

@@ -1,0 +1,99 @@
+"""SearchAgentLoop: verl's RolloutLoop for the search agent (`actor_rollout_ref.rollout.loop=
+rag_r1.llm_agent.loop:SearchAgentLoop`).
+
+It validates `agent.*` / `retriever.*` at construction, runs GenerationManager on the batch and
+returns the trajectory batch of docs/architecture.md: the original left-padded `prompts`, the
+right-padded `responses` (generated and retrieved tokens), `info_mask` over the retrieved ones,
+the prompts' non-tensor keys plus per-trajectory counts, and `env/*` metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from rag_r1.llm_agent.config import AgentConfig
+from rag_r1.llm_agent.generation import GenerationManager, Retriever, Trajectory, trajectory_metrics
+from rag_r1.search.client import RetrievalClient
+from verl.protocol import DataProto
+from verl.trainer.ppo.rollout_loop import GenerateFn, RolloutLoop
+from verl.workers.rollout.base import assemble_output
+
+COUNT_KEYS = ("turns", "search_calls", "valid_actions", "obs_truncated")
+
+
+@dataclass(frozen=True)
+class RetrieverSettings:
+    url: str | list[str]  # retriever.url: a /retrieve URL or a list of replicas
+    timeout: float = 30.0  # retriever.timeout: seconds per request
+    retries: int = 3  # retriever.retries: rounds over all replicas before failing
+
+    @classmethod
+    def from_config(cls, node) -> "RetrieverSettings":
+        node = {k: v for k, v in dict(node or {}).items() if k != "topk"}  # topk: see agent_config
+        if not node.get("url"):
+            raise ValueError("config: retriever.url is not set (e.g. http://127.0.0.1:8000/retrieve)")
+        url = node.pop("url")
+        url = url if isinstance(url, str) else [str(u) for u in url]
+        unknown = sorted(set(node) - {"timeout", "retries"})
+        if unknown:
+            raise ValueError(f"config: unknown key(s) retriever.{', retriever.'.join(unknown)}")
+        return cls(url=url, **node)
+
+
+def agent_config(config) -> AgentConfig:
+    """AgentConfig from `agent.*` and `data.*`; Search-R1's `retriever.topk` is accepted as the
+    topk when `agent.topk` is not given (both given and different is an error)."""
+    agent = AgentConfig.from_config(config)
+    retriever_topk = (config.get("retriever") or {}).get("topk")
+    if retriever_topk is None:
+        return agent
+    if "topk" in (config.get("agent") or {}) and agent.topk != retriever_topk:
+        raise ValueError(f"config: agent.topk={agent.topk} and retriever.topk={retriever_topk} disagree; set one")
+    return replace(agent, topk=int(retriever_topk))
+
+
+class SearchAgentLoop(RolloutLoop):
+    def __init__(self, config, tokenizer, generate: GenerateFn, retriever: Retriever | None = None):
+        super().__init__(config, tokenizer, generate)
+        self.agent = agent_config(config)
+        if retriever is None:
+            settings = RetrieverSettings.from_config(config.get("retriever"))
+            retriever = RetrievalClient(settings.url, timeout=settings.timeout, retries=settings.retries)
+        self.manager = GenerationManager(generate, tokenizer, retriever, self.agent)
+
+    def run(self, prompts: DataProto, validate: bool = False) -> DataProto:
+        ids, mask = prompts.batch["input_ids"], prompts.batch["attention_mask"].bool()
+        rows, stats = self.manager.run([r[m].tolist() for r, m in zip(ids, mask)], self.sampling_meta(validate))
+        trajectory = to_dataproto(prompts, rows, self.tokenizer.pad_token_id)
+        trajectory.union(DataProto.from_dict(non_tensors={**prompts.non_tensor_batch, **trajectory_columns(rows)}))
+        trajectory.meta_info = {"metrics": trajectory_metrics(rows, stats)}
+        return trajectory
+
+
+def to_dataproto(prompts: DataProto, rows: list[Trajectory], pad_token_id: int) -> DataProto:
+    """The batch keys of the trajectories; responses are as wide as the longest (at least 1)."""
+    width = max([len(r.response) for r in rows] + [1])
+    responses = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    info_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row.response)
+        responses[i, :n] = torch.as_tensor(row.response, dtype=torch.long)
+        response_mask[i, :n] = 1
+        info_mask[i, :n] = torch.as_tensor(row.info_mask, dtype=torch.long)
+    prompt_part = prompts.select(batch_keys=["input_ids", "attention_mask", "position_ids"],
+                                 non_tensor_batch_keys=[], meta_info_keys=[])
+    trajectory = assemble_output(prompt_part, responses, response_mask)
+    trajectory.batch["info_mask"] = info_mask
+    return trajectory
+
+
+def trajectory_columns(rows: list[Trajectory]) -> dict[str, list]:
+    """Per-trajectory non-tensor columns: counts, and the queries / retrieved ids of each round."""
+    columns: dict[str, list] = {key: [getattr(r, key) for r in rows] for key in COUNT_KEYS}
+    columns["num_queries"] = [sum(len(q) for q in r.queries) for r in rows]
+    columns["answered"] = [r.answered for r in rows]
+    columns["queries"] = [r.queries for r in rows]
+    columns["retrieved_ids"] = [r.retrieved_ids for r in rows]
+    return columns

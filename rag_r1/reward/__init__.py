@@ -1,0 +1,65 @@
+"""RAG-R1's reward: `compute_score(data_source, solution_str, ground_truth, extra_info)`.
+
+The trainer loads it as `custom_reward_function.path=rag_r1.reward:compute_score`. Each
+`data_source` maps to a scorer in REWARDS; a row may pick another registered scorer through
+`extra_info["reward"]` ("em", "f1" or "format"; "format" reads optional weights from
+`extra_info["format_weights"]`). The result is a dict: "score" plus numbers logged as reward/<key>.
+Every scorer sees the response without its `<information>` blocks (retrieved text is not the
+policy's; an `<answer>` tag inside a passage must not score).
+
+    >>> compute_score("hotpotqa", "<answer> Paris </answer>", {"target": ["Paris"]})["score"]
+    1.0
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rag_r1.reward.format import FormatWeights, format_reward
+from rag_r1.reward.qa_em import compute_score_em, compute_score_f1, extract_solution, strip_information
+
+Scorer = Callable[[str, object, dict], dict]
+
+
+def _em(solution_str: str, ground_truth, extra_info: dict) -> dict:
+    return {"score": compute_score_em(solution_str, ground_truth),
+            "f1": compute_score_f1(solution_str, ground_truth),
+            "answered": float(extract_solution(solution_str) is not None)}
+
+
+def _f1(solution_str: str, ground_truth, extra_info: dict) -> dict:
+    return {"score": compute_score_f1(solution_str, ground_truth),
+            "em": compute_score_em(solution_str, ground_truth),
+            "answered": float(extract_solution(solution_str) is not None)}
+
+
+def _format(solution_str: str, ground_truth, extra_info: dict) -> dict:
+    weights = FormatWeights(**(extra_info.get("format_weights") or {}))
+    return format_reward(solution_str, ground_truth, weights)
+
+
+SCORERS: dict[str, Scorer] = {"em": _em, "f1": _f1, "format": _format}
+
+# data_source -> scorer name. Every QA set of the paper is scored by exact match.
+REWARDS: dict[str, str] = {
+    source: "em"
+    for source in ("hotpotqa", "hotpotqa_mq", "nq", "triviaqa", "popqa", "2wikimultihopqa", "musique",
+                   "bamboogle", "hotpotqa_closed")
+}
+
+
+def register(data_source: str, scorer: str) -> None:
+    """Score `data_source` with the scorer named `scorer` (a key of SCORERS)."""
+    if scorer not in SCORERS:
+        raise KeyError(f"unknown scorer {scorer!r}; known: {sorted(SCORERS)}")
+    REWARDS[data_source] = scorer
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None) -> dict:
+    extra_info = extra_info or {}
+    name = extra_info.get("reward") or REWARDS.get(data_source)
+    if name is None:
+        raise KeyError(f"no reward registered for data_source={data_source!r}; known: {sorted(REWARDS)} "
+                       f"(add one with rag_r1.reward.register)")
+    if name not in SCORERS:
+        raise KeyError(f"extra_info['reward']={name!r} is not a scorer; known: {sorted(SCORERS)}")
+    return SCORERS[name](strip_information(solution_str), ground_truth, extra_info)

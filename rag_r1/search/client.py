@@ -1,0 +1,115 @@
+"""Client of the retrieval server: one HTTP request per batch, retries, replicas.
+
+    client = RetrievalClient(["http://10.0.0.1:8000/retrieve", "http://10.0.0.2:8000/retrieve"])
+    hits = client.retrieve(["who wrote hamlet", "capital of peru"], topk=3)
+    hits[0][0] == {"id": "...", "contents": "\"Hamlet\"\n...", "score": 0.71}
+
+Requests go round-robin over the replicas; a replica that fails (connection error, timeout, 5xx)
+is skipped for the next one. After every replica failed, the client waits `backoff * 2**round`
+seconds and tries again, `retries` times, then raises RetrievalError naming every URL. A 4xx
+answer is the caller's bug and is raised at once (ValueError with the server's message).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import httpx
+
+
+class RetrievalError(RuntimeError):
+    """The retrieval server(s) could not answer."""
+
+
+def _endpoints(url: str) -> tuple[str, str]:
+    """(retrieve URL, health URL) from a base URL or a .../retrieve URL."""
+    url = url.rstrip("/")
+    base = url[: -len("/retrieve")] if url.endswith("/retrieve") else url
+    return base + "/retrieve", base + "/health"
+
+
+class RetrievalClient:
+    def __init__(
+        self,
+        urls: str | list[str],
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,  # tests put an httpx.MockTransport here
+    ):
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        if not urls:
+            raise ValueError("RetrievalClient needs at least one server URL")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.urls = [_endpoints(u)[0] for u in urls]
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+
+    def _replica_order(self) -> list[str]:
+        with self._lock:
+            start = next(self._next) % len(self.urls)
+        return self.urls[start:] + self.urls[:start]
+
+    def _request(self, method: str, endpoint: str, payload: dict | None = None) -> dict:
+        order = self._replica_order()
+        failures: list[str] = []
+        for round_no in range(self.retries + 1):
+            if round_no:
+                time.sleep(self.backoff * 2 ** (round_no - 1))
+            for retrieve_url in order:
+                url = retrieve_url if endpoint == "retrieve" else _endpoints(retrieve_url)[1]
+                try:
+                    response = self._http.request(method, url, json=payload)
+                except httpx.HTTPError as err:
+                    failures.append(f"{url}: {type(err).__name__}: {err}")
+                    continue
+                if response.status_code >= 500:
+                    failures.append(f"{url}: HTTP {response.status_code} {response.text[:200]}")
+                    continue
+                if response.status_code >= 400:
+                    raise ValueError(f"retrieval server {url} refused the request "
+                                     f"(HTTP {response.status_code}): {response.text[:500]}")
+                return response.json()
+        raise RetrievalError(
+            f"retrieval server(s) {', '.join(order)} did not answer after {self.retries + 1} rounds "
+            f"(timeout {self.timeout}s); last errors: {' | '.join(failures[-len(order):])}"
+        )
+
+    def retrieve(self, queries: list[str], topk: int, return_scores: bool = True) -> list[list[dict]]:
+        """One list of hits per query, best first: `{"id", "contents", "score"}` (no score when
+        `return_scores` is false)."""
+        queries = list(queries)
+        if not queries:
+            return []
+        payload = {"queries": queries, "topk": topk, "return_scores": return_scores}
+        result = self._request("POST", "retrieve", payload).get("result")
+        if not isinstance(result, list) or len(result) != len(queries):
+            answered = len(result) if isinstance(result, list) else repr(result)
+            raise RetrievalError(
+                f"retrieval server answered {answered} result lists for {len(queries)} queries")
+        if not return_scores:
+            return [[{"id": d["id"], "contents": d["contents"]} for d in hits] for hits in result]
+        return [
+            [{"id": h["document"]["id"], "contents": h["document"]["contents"], "score": float(h["score"])}
+             for h in hits]
+            for hits in result
+        ]
+
+    def health(self) -> dict:
+        """The /health answer of the next replica (with the same retries and failover)."""
+        return self._request("GET", "health")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RetrievalClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,64 @@
+"""Shared by the RL and evaluation data scripts: question rows -> veRL's parquet schema.
+
+A row is `{"data_source", "prompt": [{"role": "user", "content": instruction + question}],
+"ability", "reward_model": {"style": "rule", "ground_truth": {"target": [answers]}}, "extra_info":
+{"split", "index", "question", ...}}`; the instruction is `rag_r1.llm_agent.prompts`' text of the
+chosen mode.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from rag_r1.llm_agent.prompts import user_content
+
+
+def make_row(question: str, golden_answers: str | list[str], data_source: str, mode: str, split: str,
+             index: int, extra: dict | None = None) -> dict:
+    answers = [golden_answers] if isinstance(golden_answers, str) else [str(a) for a in golden_answers]
+    if not answers:
+        raise ValueError(f"{data_source} {split} row {index} has no golden answer: {question!r}")
+    return {
+        "data_source": data_source,
+        "prompt": [{"role": "user", "content": user_content(question, mode)}],
+        "ability": "fact-reasoning",
+        "reward_model": {"style": "rule", "ground_truth": {"target": answers}},
+        "extra_info": {"split": split, "index": index, "question": question.strip(), **(extra or {})},
+    }
+
+
+def read_json_list(path: Path) -> list[dict]:
+    """A JSON list of `{"question", "golden_answers"}` (the RAG-R1 RL release's layout)."""
+    rows = json.loads(Path(path).read_text())
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of question objects")
+    return rows
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """FlashRAG's JSONL: one `{"id", "question", "golden_answers", ...}` per line."""
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_parquet(rows: Iterable[dict], path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(list(rows))
+    frame.to_parquet(path, index=False)
+    return len(frame)
+
+
+def convert_questions(items: list[dict], data_source: str, mode: str, split: str,
+                      keep: tuple[str, ...] = ("id", "supporting_ids")) -> list[dict]:
+    """Rows of `items`; the keys in `keep` that an item has go to extra_info."""
+    rows = []
+    for i, item in enumerate(items):
+        for key in ("question", "golden_answers"):
+            if key not in item:
+                raise KeyError(f"{data_source} {split} item {i} has no {key!r}: {item}")
+        extra = {k: item[k] for k in keep if k in item}
+        rows.append(make_row(item["question"], item["golden_answers"], data_source, mode, split, i, extra))
+    return rows

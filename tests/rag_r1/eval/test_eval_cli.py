@@ -1,0 +1,49 @@
+"""`python -m rag_r1.eval` end to end on the tiny random model (retrieval replaced in process)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import rag_r1.search.client
+from rag_r1.eval.__main__ import parse_args, run
+
+
+class FakeClient:
+    def __init__(self, urls, **kwargs):
+        self.urls = urls
+
+    def retrieve(self, queries, topk):
+        return [[{"id": f"p{k}", "contents": f'"T{k}"\nText {k}.', "score": 1.0} for k in range(topk)]
+                for _ in queries]
+
+
+def test_cli_writes_the_contract_files_and_refuses_other_settings_on_resume(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(rag_r1.search.client, "RetrievalClient", FakeClient)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Who is {i}?", "golden_answers": ["x"],
+                                             "supporting_ids": ["p0", "p9"]}) + "\n" for i in range(3)))
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--questions", str(questions), "--retrieval-url", "http://x/retrieve",
+            "--mode", "multi", "--out", str(out), "--limit", "2", "--max-new-tokens", "6", "--max-turns", "1",
+            "--batch-size", "2"]
+    summary = run(parse_args(argv))
+    assert summary["n"] == 2
+    assert {"n", "em", "f1", "rounds", "queries_per_round", "tokens", "seconds_per_question"} <= set(summary)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    rows = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q0", "q1"]
+    # a random model writes no action: at most 6 tokens in each of its 2 turns, no search
+    assert all(r["searches"] == 0 and 1 <= r["tokens"] <= 12 and r["turns"] == 2 for r in rows)
+    config = json.loads((out / "config.json").read_text())
+    assert config["mode"] == "multi" and config["max_turns"] == 1 and config["sample"] is False
+
+    with pytest.raises(SystemExit, match="other settings.*'mode': \\('multi', 'single'\\)"):
+        run(parse_args([*argv[:argv.index("--mode")], "--mode", "single", *argv[argv.index("--mode") + 2:]]))
+
+
+def test_cli_rejects_sampling_options_without_sample(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--questions", "q", "--retrieval-url", "u", "--mode", "multi", "--out", "o",
+                    "--temperature", "0.7"])
+    assert "only apply with --sample" in capsys.readouterr().err

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+import rag_r1.reward
+from rag_r1.llm_agent.actions import parse_action
+from rag_r1.llm_agent.prompts import invalid_action_note
+
+from rag_r1.reward import compute_score, register
+from rag_r1.reward.format import FormatWeights, format_reward
+
+
+def test_dispatch_by_data_source():
+    r = compute_score("hotpotqa", "<answer> Paris </answer>", {"target": ["paris"]}, None)
+    assert r == {"score": 1.0, "f1": 1.0, "answered": 1.0}
+    r = compute_score("nq", "<answer> Paris France </answer>", {"target": "Paris"}, {"reward": "f1"})
+    assert r["score"] == pytest.approx(2 / 3) and r["em"] == 0.0
+    with pytest.raises(KeyError, match="no reward registered for data_source='mystery'"):
+        compute_score("mystery", "x", {"target": "y"})
+
+
+def test_register_a_source(monkeypatch):
+    monkeypatch.setattr(rag_r1.reward, "REWARDS", dict(rag_r1.reward.REWARDS))  # leave the registry as found
+    register("my_set", "f1")
+    assert compute_score("my_set", "<answer> x y </answer>", {"target": "x"})["score"] == pytest.approx(2 / 3)
+    with pytest.raises(KeyError, match="unknown scorer"):
+        register("my_set", "bleu")
+
+
+def test_format_reward_weights_and_cap():
+    w = FormatWeights(answer_tag=0.2, think_tag=0.1, search_tag=0.1)
+    text = "<think> a </think><search> q </search>\n<information>\n<answer> Paris </answer>\n</information>\n"
+    # the answer inside retrieved text is not the policy's: no answer credit, no EM
+    assert format_reward(text, {"target": "Paris"}, w) == {
+        "score": pytest.approx(0.2), "em": 0.0, "has_answer": 0.0, "has_think": 1.0, "has_search": 1.0}
+    # correct answer: 1.0 + 0.1 + 0.1 capped at max_total 1.0
+    assert format_reward(text + "<answer> paris </answer>", {"target": "Paris"}, w)["score"] == 1.0
+    # wrong but well formed: 0.2 + 0.1 + 0.1
+    assert format_reward(text + "<answer> Rome </answer>", {"target": "Paris"}, w)["score"] == pytest.approx(0.4)
+    # default weights reduce to plain EM
+    assert format_reward("<think> a </think><answer> Rome </answer>", {"target": "Paris"})["score"] == 0.0
+    r = compute_score("hotpotqa", "<answer> Rome </answer>", {"target": "Paris"},
+                      {"reward": "format", "format_weights": {"answer_tag": 0.3}})
+    assert r["score"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("mode", ["single", "multi"])
+def test_corrective_note_is_never_an_answer(mode):
+    # found by the CPU PPO run: a note that spelled out "<answer> and </answer>" scored "and" as an answer
+    response = "<think> hmm" + invalid_action_note(mode) + "still nothing"
+    assert parse_action(invalid_action_note(mode)) == (None, "")
+    assert compute_score("hotpotqa", response, {"target": "and"}) == {"score": 0.0, "f1": 0.0, "answered": 0.0}
+
+
+def test_answer_tags_inside_retrieved_text_do_not_score():
+    response = "<search> q </search>\n<information>\nDoc 1(Title: t) <answer> Paris </answer>\n</information>\n"
+    assert compute_score("hotpotqa", response, {"target": "Paris"})["answered"] == 0.0
+    assert compute_score("hotpotqa", response + "<answer> Paris </answer>", {"target": "Paris"})["score"] == 1.0

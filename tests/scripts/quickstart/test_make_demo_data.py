@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rag_r1.search.corpus import split_title
+from scripts.quickstart.make_demo_data import DEFAULT_OUT, build_world, make_demo_data, split_questions
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
+    counts = make_demo_data(tmp_path / "a", seed=3)
+    make_demo_data(tmp_path / "b", seed=3)
+    make_demo_data(tmp_path / "c", seed=4)
+    for name in ("corpus.jsonl", "train.jsonl", "test.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "c" / name).read_bytes()
+    assert counts == {"corpus": 89, "train": 152, "test": 40}
+
+
+def test_committed_demo_data_is_what_the_generator_grows(tmp_path):
+    make_demo_data(tmp_path, seed=0)
+    for name in ("corpus.jsonl", "train.jsonl", "test.jsonl"):
+        assert (DEFAULT_OUT / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+def test_every_question_needs_both_of_its_passages():
+    passages, questions = build_world(seed=0)
+    by_id = {p["id"]: split_title(p["contents"]) for p in passages}
+    assert len(by_id) == len(passages)
+    assert len({q["question"] for q in questions}) == len(questions)
+    for q in questions:
+        assert set(q) == {"id", "question", "golden_answers", "supporting_ids"}
+        first, second = q["supporting_ids"]
+        (title1, text1), (title2, text2) = by_id[first], by_id[second]
+        answer = q["golden_answers"][0]
+        # The question names the first passage's entity, that passage names the bridge (the second
+        # passage's title), and only the second passage holds the answer.
+        assert title1 in q["question"], q
+        assert title2 in text1, q
+        assert answer in text2, q
+        assert answer not in text1 and answer not in q["question"], q
+        assert 1 <= len(answer.split()) <= 3, q
+
+
+def test_split_is_disjoint_and_checks_its_size():
+    _, questions = build_world(seed=0)
+    train, test = split_questions(questions, 40, seed=0)
+    assert len(test) == 40 and len(train) == len(questions) - 40
+    assert not {q["id"] for q in train} & {q["id"] for q in test}
+    with pytest.raises(ValueError, match="--test-size"):
+        split_questions(questions, len(questions), seed=0)

@@ -1,0 +1,83 @@
+"""The trainer's loop on IN-PROCESS FAKE worker groups (inprocess_fake_workers.py): fast, no Ray.
+Learning and resuming through Ray and the real worker groups: test_ray_trainer_workers.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from inprocess_fake_workers import InProcessFakeActorRolloutRefWG, InProcessFakeCriticWG
+from ppo_test_setup import tiny_config
+from verl.protocol import DataProto
+from verl.trainer.config import need_critic
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+from verl.trainer.ppo.reward import RewardManager, load_reward_function
+from verl.utils.dataset import RLHFDataset
+from verl.utils.tracking import Tracking
+
+
+def build(config, model_dir):
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    score = load_reward_function(config.custom_reward_function.path, config.custom_reward_function.name)
+    actor = InProcessFakeActorRolloutRefWG(model_dir, tokenizer, config.actor_rollout_ref)
+    critic = None
+    if need_critic(config):
+        critic = InProcessFakeCriticWG(model_dir, config.critic, config.actor_rollout_ref.rollout.n)
+    reward = RewardManager(tokenizer, score)
+    return RayPPOTrainer(config, tokenizer, actor, critic, reward, reward,
+                         RLHFDataset(config.data.train_files, tokenizer, config.data),
+                         RLHFDataset(config.data.val_files, tokenizer, config.data),
+                         tracker=Tracking("t", "t", backends=[]))
+
+
+def test_validation_covers_every_row(tmp_path, tiny_model_dir):
+    # 5 validation rows in batches of 2: the last batch has one row and must not be dropped.
+    trainer = build(tiny_config(tmp_path, tiny_model_dir, "grpo"), tiny_model_dir)
+    metrics = trainer.validate()
+    assert metrics["val/num_rows"] == 5.0
+    assert 0.0 <= metrics["val/test_score/toy_val"] <= 1.0 and "val/reward/chars" in metrics
+
+
+def test_critic_warmup_and_kl_in_reward(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, "gae", [
+        "trainer.total_training_steps=2", "trainer.critic_warmup=1", "trainer.val_before_train=false",
+        "algorithm.use_kl_in_reward=true", "algorithm.kl_ctrl.kl_coef=0.5"])
+    first, second = build(config, tiny_model_dir).fit()
+    assert "critic/vf_loss" in first and "actor/pg_loss" not in first  # step 1 only trains the critic
+    assert "actor/pg_loss" in second and "timing_s/update_actor" in second
+    # the critic-only step 1 left the policy equal to the reference: no KL in step 2's rollout either
+    assert first["actor/reward_kl_penalty"] == second["actor/reward_kl_penalty"] == pytest.approx(0.0, abs=1e-6)
+    assert second["critic/rewards/mean"] == pytest.approx(second["critic/score/mean"], abs=1e-6)
+
+
+def test_kl_penalty_enters_the_reward(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, "gae", ["algorithm.use_kl_in_reward=true",
+                                                           "algorithm.kl_ctrl.kl_coef=0.5", "algorithm.kl_penalty=kl"])
+    trainer = build(config, tiny_model_dir)
+    scores = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    batch = DataProto.from_dict({
+        "token_level_scores": scores, "response_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        "old_log_probs": torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]]),
+        "ref_log_prob": torch.tensor([[-1.5, -1.0, -0.5], [-1.0, -1.0, -9.0]])})
+    metrics = trainer.apply_kl_in_reward(batch)
+    # k1 = old - ref per token: row 0 (0.5, 0, -0.5), row 1 (-1, -1, masked); rewards = scores - 0.5 * k1
+    expected = torch.tensor([[-0.25, 0.0, 1.25], [0.5, 1.5, 0.0]])
+    assert torch.allclose(batch.batch["token_level_rewards"], expected)
+    assert metrics["actor/reward_kl_penalty"] == pytest.approx((0.0 + -1.0) / 2)  # mean of per-row means
+
+
+def comparable(metrics):
+    return {k: v for k, v in metrics.items() if not k.startswith(("timing", "perf/time", "perf/throughput"))}
+
+
+def test_sampled_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
+    # Sampled rollouts: the fake generates with the driver's torch RNG, which the trainer state restores.
+    overrides = ["trainer.total_training_steps=3", "trainer.save_freq=2", "trainer.val_before_train=false",
+                 "data.train_batch_size=4"]
+    full = build(tiny_config(tmp_path / "a", tiny_model_dir, "gae", overrides), tiny_model_dir).fit()
+    saved = tmp_path / "a" / "ckpt" / "global_step_2"
+    rest = build(tiny_config(tmp_path / "b", tiny_model_dir, "gae", overrides + [f"trainer.resume_mode={saved}"]),
+                 tiny_model_dir).fit()
+    assert [h["step"] for h in rest] == [3]
+    assert comparable(rest[0]) == pytest.approx(comparable(full[2]), rel=1e-5, abs=1e-6)

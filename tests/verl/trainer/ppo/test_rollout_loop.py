@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from verl.protocol import DataProto
+from verl.trainer.ppo.rollout_loop import RolloutLoop, SingleTurnLoop, load_rollout_loop
+from verl.workers.rollout.base import assemble_output, build_prompt_batch
+
+
+def config(loop="verl.trainer.ppo.rollout_loop:SingleTurnLoop"):
+    return OmegaConf.create({
+        "data": {"max_response_length": 3},
+        "actor_rollout_ref": {"rollout": {"loop": loop, "do_sample": True, "temperature": 0.7, "top_p": 0.9,
+                                          "val_kwargs": {"do_sample": False, "temperature": 0.0, "top_p": 1.0}}}})
+
+
+class EchoGenerate:
+    """Stands in for the worker group: answers every prompt with the tokens 7, 8, then pad."""
+
+    def __init__(self):
+        self.requests = []
+
+    def __call__(self, prompts: DataProto) -> DataProto:
+        self.requests.append(prompts)
+        n = len(prompts)
+        responses = torch.tensor([[7, 8, 0]] * n)
+        return assemble_output(prompts, responses, (responses != 0).long())
+
+
+def test_single_turn_keeps_non_tensors_and_adds_a_zero_info_mask():
+    generate = EchoGenerate()
+    prompts = build_prompt_batch([[1, 2, 3], [4]], pad_token_id=0)
+    prompts.non_tensor_batch["uid"] = np.array(["a", "b"], dtype=object)
+    loop = load_rollout_loop(config(), tokenizer=None, generate=generate)
+    out = loop.run(prompts)
+    assert isinstance(loop, SingleTurnLoop)
+    assert list(out.non_tensor_batch["uid"]) == ["a", "b"]
+    assert out.batch["info_mask"].tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert out.batch["input_ids"].tolist() == [[1, 2, 3, 7, 8, 0], [0, 0, 4, 7, 8, 0]]
+    assert out.meta_info == {"metrics": {}}
+    assert generate.requests[0].meta_info == {"do_sample": True, "max_new_tokens": 3, "temperature": 0.7, "top_p": 0.9}
+    loop.run(prompts, validate=True)
+    assert generate.requests[1].meta_info == {"do_sample": False, "max_new_tokens": 3}
+
+
+def test_loop_must_name_a_rollout_loop_class():
+    with pytest.raises(TypeError, match="not a RolloutLoop"):
+        load_rollout_loop(config("verl.protocol:DataProto"), None, EchoGenerate())
+    assert issubclass(SingleTurnLoop, RolloutLoop)

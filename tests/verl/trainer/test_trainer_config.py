@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from verl.trainer.config import compose_config, need_critic, need_reference_policy
+
+REQUIRED = ["data.train_files=train.parquet", "data.val_files=val.parquet", "actor_rollout_ref.model.path=m"]
+
+
+def test_defaults_come_from_the_schema_and_overrides_apply():
+    config = compose_config(REQUIRED + ["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4",
+                                        "data.max_response_length=7", "agent.max_turns=3", "retriever.topk=2"])
+    assert config.actor_rollout_ref.rollout.response_length == 7  # interpolated from data.*
+    assert config.algorithm.kl_ctrl.kl_coef == 0.001 and config.trainer.resume_mode == "auto"
+    assert config.agent == {"max_turns": 3} and config.retriever == {"topk": 2}  # free-form nodes
+    assert not need_critic(config) and not need_reference_policy(config)
+    assert need_critic(compose_config(REQUIRED))
+
+
+@pytest.mark.parametrize("bad", ["data.trian_files=x", "actor_rollout_ref.actor.clip_ration=0.1",
+                                 "algorithm.kl_ctrl.kl_cof=0.1", "trainer.save_frq=3"])
+def test_misspelled_key_fails_naming_it(bad):
+    with pytest.raises(ConfigCompositionException, match=bad.split("=")[0].replace(".", r"\.")):
+        compose_config(REQUIRED + [bad])
+
+
+def test_missing_keys_and_wrong_values_are_named():
+    with pytest.raises(ValueError, match="'actor_rollout_ref.model.path'.*'data.train_files'.*'data.val_files'"):
+        compose_config([])
+    with pytest.raises(ValueError, match="missing mandatory key 'data.val_files'"):
+        compose_config(["data.train_files=t.parquet"])
+    with pytest.raises(ValueError, match="rollout.n must be >= 2"):
+        compose_config(REQUIRED + ["algorithm.adv_estimator=grpo"])
+    with pytest.raises(ValueError, match="algorithm.adv_estimator.*'ppo2'"):
+        compose_config(REQUIRED + ["algorithm.adv_estimator=ppo2"])
+    with pytest.raises(ValueError, match="not a multiple of critic.ppo_mini_batch_size=5"):
+        compose_config(REQUIRED + ["critic.ppo_mini_batch_size=5"])
+    with pytest.raises(ConfigCompositionException, match="clip_ratio"):
+        compose_config(REQUIRED + ["actor_rollout_ref.actor.clip_ratio=abc"])
+
+
+def test_command_line_fails_at_start_naming_the_key():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "verl.trainer.main_ppo", *REQUIRED, "trainer.n_gpus_per_nod=2"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "trainer.n_gpus_per_nod" in run.stderr

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from verl.utils.tracking import Tracking
+
+
+def test_console_and_tensorboard(tmp_path, capsys):
+    tracker = Tracking("p", "e", backends=["console", "tensorboard"], log_dir=str(tmp_path / "tb"))
+    tracker.log({"critic/vf_loss": 0.25, "val/test_score/nq": 1.0}, step=3)
+    tracker.finish()
+    assert "step:3 - critic/vf_loss:0.25 - val/test_score/nq:1" in capsys.readouterr().out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("critic/vf_loss")] == [(3, 0.25)]
+
+
+def test_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tracker = Tracking("p", "e", backends=["wandb"], config={"a": 1})
+    tracker.log({"x": 1.0}, step=1)
+    tracker.finish()
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def test_only_rank_zero_logs_and_unknown_backend_fails(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    Tracking("p", "e", backends=["console"]).log({"x": 1.0}, step=1)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="mlflow"):
+        Tracking("p", "e", backends=["mlflow"])

@@ -1,0 +1,303 @@
+"""ActorRolloutRefWorker and CriticWorker over Ray: 2 worker processes, FSDP2 over gloo, tiny model.
+
+The single-process references run the same algorithm classes on a plain HF model in the driver.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from verl.protocol import DataProto
+from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.workers.actor.dp_actor import DataParallelPPOActor, policy_loss_mask
+from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
+from verl.workers.rollout.base import assemble_output, build_prompt_batch
+from verl.workers.rollout.hf_rollout import HFRollout
+
+ROWS, RESPONSE = 8, 6
+
+
+def actor_config(model_dir, **actor_overrides):
+    actor = {
+        "ppo_mini_batch_size": 8, "ppo_micro_batch_size_per_gpu": 2, "ppo_epochs": 1, "shuffle": False,
+        "clip_ratio": 0.2, "clip_ratio_low": None, "clip_ratio_high": None, "clip_ratio_c": 3.0,
+        "loss_agg_mode": "token-mean", "entropy_coeff": 0.0, "use_kl_loss": False, "kl_loss_coef": 0.001,
+        "kl_loss_type": "low_var_kl", "grad_clip": 1.0e6, "state_masking": True,
+        "optim": {"lr": 1e-3, "lr_warmup_steps": -1, "lr_warmup_steps_ratio": 0.0, "warmup_style": "constant",
+                  "weight_decay": 0.0, "betas": [0.9, 0.999], "total_training_steps": 10},
+        "fsdp_config": {"param_offload": False, "optimizer_offload": False},
+        **actor_overrides,
+    }
+    return OmegaConf.create({
+        "model": {"path": str(model_dir), "enable_gradient_checkpointing": False},
+        "actor": actor,
+        "rollout": {"name": "hf", "n": 1, "temperature": 1.0, "top_p": 1.0, "do_sample": True,
+                    "response_length": RESPONSE, "micro_batch_size": None, "log_prob_micro_batch_size_per_gpu": 3},
+        "ref": {"log_prob_micro_batch_size_per_gpu": 4, "fsdp_config": {"param_offload": False}},
+    })
+
+
+def critic_config(model_dir):
+    return OmegaConf.create({
+        "model": {"path": str(model_dir), "fsdp_config": {"param_offload": False}},
+        "optim": {"lr": 1e-2, "weight_decay": 0.0, "total_training_steps": 10},
+        "ppo_mini_batch_size": 8, "ppo_micro_batch_size_per_gpu": 2, "forward_micro_batch_size_per_gpu": 3,
+        "ppo_epochs": 1, "cliprange_value": 100.0, "loss_agg_mode": "token-mean", "grad_clip": 1.0e6,
+    })
+
+
+def make_batch(vocab: int, pad_id: int, seed: int = 0) -> DataProto:
+    """Random prompts (left padded) and responses (right padded, lengths 1..6), one info span."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, vocab, (int(n),), generator=g).tolist() for n in torch.randint(2, 7, (ROWS,), generator=g)]
+    batch = build_prompt_batch(prompts, pad_id)
+    lengths = torch.randint(1, RESPONSE + 1, (ROWS,), generator=g)
+    mask = (torch.arange(RESPONSE) < lengths[:, None]).long()
+    responses = torch.where(mask.bool(), torch.randint(3, vocab, (ROWS, RESPONSE), generator=g), pad_id)
+    out = assemble_output(batch, responses, mask)
+    info = torch.zeros_like(mask)
+    info[0, 1:3] = 1 * mask[0, 1:3]  # row 0 carries retrieved tokens: excluded by state_masking
+    out.batch["info_mask"] = info
+    return out
+
+
+@pytest.fixture(scope="module")
+def groups(ray_local, tiny_model_dir):
+    pool = RayResourcePool([2], use_gpu=False, max_colocate_count=2)
+    actor = RayWorkerGroup(pool, RayClassWithInitArgs(ray_local.remote(ActorRolloutRefWorker),
+                                                      config=actor_config(tiny_model_dir), role="actor_rollout_ref"))
+    critic = RayWorkerGroup(pool, RayClassWithInitArgs(CriticWorker, config=critic_config(tiny_model_dir)))
+    actor.init_model()
+    critic.init_model()
+    return actor, critic
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    from transformers import AutoTokenizer
+
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def local_actor(model, config, optimizer=None):
+    return DataParallelPPOActor(config.actor, model, optimizer, mini_batch_size=config.actor.ppo_mini_batch_size)
+
+
+def test_log_probs_two_ranks_equal_single_process_and_ref(groups, local, tiny_model_dir):
+    actor_wg, _ = groups
+    model, tok = local
+    data = make_batch(len(tok), tok.pad_token_id)
+    out = actor_wg.compute_log_prob(data)
+    ref = actor_wg.compute_ref_log_prob(data)
+    expected, entropy = local_actor(model, actor_config(tiny_model_dir)).compute_log_prob(
+        DataProto.from_dict(dict(data.batch), meta_info={"temperature": 1.0}), micro_batch_size=ROWS)
+    assert out.batch["old_log_probs"].shape == (ROWS, RESPONSE)
+    torch.testing.assert_close(out.batch["old_log_probs"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.batch["entropys"], entropy, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref.batch["ref_log_prob"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ranks_stopping_at_different_steps_do_not_deadlock(groups, local, tiny_model_dir):
+    """Rank 0's rows hit the stop string at once, rank 1's never: sharded generate must still finish."""
+    actor_wg, _ = groups
+    model, tok = local
+    prompts = build_prompt_batch([tok.encode("Who was born first?")] * 4 + [tok.encode("The")] * 4, tok.pad_token_id)
+    prompts.meta_info = {"do_sample": False, "max_new_tokens": RESPONSE}
+    first = HFRollout(model, tok, actor_config(tiny_model_dir).rollout).generate_sequences(prompts)
+    stop = tok.decode(first.batch["responses"][0, :1])
+    assert stop not in tok.decode(first.batch["responses"][4])
+    prompts.meta_info["stop"] = [stop]
+    # a forward first: FSDP2 then leaves the root's parameters unsharded, which must not hide
+    # from the rollout that the module is sharded (it once did, and rank 1 waited forever)
+    actor_wg.compute_log_prob(make_batch(len(tok), tok.pad_token_id))
+    got = actor_wg.generate_sequences(prompts)
+    assert got.batch["response_mask"].sum(-1).tolist() == [1] * 4 + [RESPONSE] * 4
+    want = HFRollout(model, tok, actor_config(tiny_model_dir).rollout).generate_sequences(prompts)
+    assert torch.equal(got.batch["responses"], want.batch["responses"])
+
+
+def test_update_raises_log_prob_of_positive_advantage_tokens_and_rollout_follows(groups, local, tiny_model_dir):
+    actor_wg, _ = groups
+    model, tok = local
+    prompts = build_prompt_batch([tok.encode("Who was born first?"), tok.encode("The")] * 4, tok.pad_token_id)
+    prompts.meta_info = {"do_sample": False, "max_new_tokens": RESPONSE}
+    stale = actor_wg.generate_sequences(prompts)
+    # reinforce one token the untrained model does not emit greedily
+    target = tok.encode(" Paris")[0]
+    assert target not in stale.batch["responses"]
+    data = assemble_output(prompts, torch.full((ROWS, RESPONSE), target), torch.ones(ROWS, RESPONSE, dtype=torch.long))
+    before = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    data.batch["old_log_probs"] = before
+    data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
+    metrics = actor_wg.update_actor(data).meta_info["metrics"]
+    # first mini-batch: new == old policy, so ratio 1 and token-mean loss -A = -1, nothing clipped
+    assert metrics["actor/pg_loss"] == pytest.approx(-1.0, abs=1e-4)
+    assert metrics["actor/pg_clipfrac"] == 0.0
+    assert abs(metrics["actor/ppo_kl"]) < 1e-4
+    assert metrics["actor/lr"] == pytest.approx(1e-3)
+    assert metrics["actor/grad_norm"] > 0
+    after = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    assert (after - before).min() > 0.05
+
+    for _ in range(2):  # three Adam steps at lr 1e-3 make the target the greedy choice (measured)
+        data.batch["old_log_probs"] = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+        actor_wg.update_actor(data)
+    # the rollout generates with the updated weights: greedy output equals a local model loaded with them
+    model_after = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model_after.load_state_dict(actor_wg.full_state_dict())
+    got = actor_wg.generate_sequences(prompts)
+    want = HFRollout(model_after, tok, actor_config(tiny_model_dir).rollout).generate_sequences(prompts)
+    assert torch.equal(got.batch["responses"], want.batch["responses"])
+    assert torch.all(got.batch["responses"] == target)
+
+
+def test_state_masking_excludes_info_tokens_from_the_gradient(local, tiny_model_dir):
+    model, tok = local
+    data = make_batch(len(tok), tok.pad_token_id, seed=5)
+    data.meta_info = {"temperature": 1.0}
+    config = actor_config(tiny_model_dir)
+    actor = local_actor(model, config, torch.optim.SGD(model.parameters(), lr=0.0))
+    data.batch["old_log_probs"], _ = actor.compute_log_prob(data, ROWS)
+    data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
+    base = actor.update_policy(data)["actor/grad_norm"]
+    # huge advantages on the info tokens only: no effect when masked
+    data.batch["advantages"] = torch.where(data.batch["info_mask"].bool(), 1e4, 1.0)
+    assert data.batch["info_mask"].sum() > 0
+    assert actor.update_policy(data)["actor/grad_norm"] == pytest.approx(base, rel=1e-5)
+    config.actor.state_masking = False
+    assert local_actor(model, config, actor.optimizer).update_policy(data)["actor/grad_norm"] > 10 * base
+
+
+def test_micro_batches_equal_one_batch(local, tiny_model_dir):
+    model, tok = local
+    data = make_batch(len(tok), tok.pad_token_id, seed=6)
+    data.meta_info = {"temperature": 1.0}
+    data.batch["advantages"] = torch.linspace(-2, 2, ROWS * RESPONSE).reshape(ROWS, RESPONSE)
+    # ratios exp(+-0.3) fall outside [0.8, 1.2], so clipping (and dual clipping) is active
+    shift = 0.3 * torch.tensor([1.0, -1.0]).repeat(ROWS * RESPONSE // 2).reshape(ROWS, RESPONSE)
+    grads = {}
+    for micro in (ROWS, 2, 3):  # 3 leaves a short last micro-batch
+        config = actor_config(tiny_model_dir, ppo_micro_batch_size_per_gpu=micro, loss_agg_mode="seq-mean-token-mean")
+        recorder = _GradRecorder(model.parameters())
+        actor = local_actor(model, config, recorder)
+        data.batch["old_log_probs"] = actor.compute_log_prob(data, ROWS)[0] + shift
+        metrics = actor.update_policy(data)
+        grads[micro] = (recorder.grads, metrics)
+    for micro in (2, 3):
+        for g_one, g_micro in zip(grads[ROWS][0], grads[micro][0]):
+            torch.testing.assert_close(g_micro, g_one, atol=1e-6, rtol=1e-5)
+        assert grads[micro][1]["actor/pg_loss"] == pytest.approx(grads[ROWS][1]["actor/pg_loss"], abs=1e-6)
+    assert grads[ROWS][1]["actor/pg_clipfrac"] > 0
+
+
+class _GradRecorder(torch.optim.SGD):
+    """An optimizer that records the gradients of its step and leaves the weights alone."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+
+    def step(self, closure=None):
+        self.grads = [p.grad.clone() for group in self.param_groups for p in group["params"]]
+
+
+def test_two_rank_grad_norm_equals_single_process(groups, local, tiny_model_dir):
+    """The explicit global denominator makes 2 ranks x micro-batches equal one big batch."""
+    actor_wg, _ = groups
+    model, tok = local
+    data = make_batch(len(tok), tok.pad_token_id, seed=2)
+    model.load_state_dict(actor_wg.full_state_dict())
+    data.batch["old_log_probs"] = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    data.batch["advantages"] = torch.linspace(-1, 1, ROWS * RESPONSE).reshape(ROWS, RESPONSE)
+    config = actor_config(tiny_model_dir)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    local_metrics = local_actor(model, config, optimizer).update_policy(
+        DataProto.from_dict(dict(data.batch), meta_info={"temperature": 1.0}))
+    metrics = actor_wg.update_actor(data).meta_info["metrics"]
+    assert metrics["actor/grad_norm"] == pytest.approx(local_metrics["actor/grad_norm"], rel=1e-4)
+    assert metrics["actor/pg_loss"] == pytest.approx(local_metrics["actor/pg_loss"], abs=1e-5)
+
+
+def test_critic_regression_lowers_vf_loss(groups, local):
+    _, critic_wg = groups
+    _, tok = local
+    data = make_batch(len(tok), tok.pad_token_id, seed=3)
+    values = critic_wg.compute_values(data).batch["values"]
+    assert values.shape == (ROWS, RESPONSE)
+    assert torch.all(values == 0)  # the zero-initialised head
+    data.batch["returns"] = torch.full((ROWS, RESPONSE), 1.0) * data.batch["response_mask"]
+    losses = []
+    for _ in range(4):
+        data.batch["values"] = critic_wg.compute_values(data).batch["values"]
+        metrics = critic_wg.update_critic(data).meta_info["metrics"]
+        losses.append(metrics["critic/vf_loss"])
+    assert losses[0] == pytest.approx(0.5, abs=1e-5)  # 0.5 * (0 - 1)^2 on every valid token
+    assert losses[-1] < 0.5 * losses[0]
+    assert set(metrics) >= {"critic/vf_loss", "critic/vf_clipfrac", "critic/grad_norm", "critic/lr"}
+
+
+def test_checkpoint_round_trip_restores_params_and_optimizer(groups, local, tmp_path):
+    actor_wg, _ = groups
+    _, tok = local
+    data = make_batch(len(tok), tok.pad_token_id, seed=4)
+    data.batch["old_log_probs"] = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
+    actor_wg.save_checkpoint(str(tmp_path / "ckpt"))
+    saved = actor_wg.full_state_dict()
+    first = actor_wg.update_actor(data).meta_info["metrics"]
+    after_first = actor_wg.full_state_dict()
+    actor_wg.load_checkpoint(str(tmp_path / "ckpt"))
+    restored = actor_wg.full_state_dict()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)
+    # the same step again from the restored state: identical result only if Adam's moments
+    # and the lr schedule came back too
+    second = actor_wg.update_actor(data).meta_info["metrics"]
+    again = actor_wg.full_state_dict()
+    assert second == first
+    assert all(torch.equal(after_first[k], again[k]) for k in saved)
+
+    actor_wg.save_hf_model(str(tmp_path / "hf"))
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+    assert all(torch.equal(exported[k], again[k]) for k in again)
+
+
+def test_critic_can_exclude_info_tokens(local, tiny_model_dir):
+    from verl.utils.model import load_value_model
+    from verl.workers.critic.dp_critic import DataParallelPPOCritic
+
+    _, tok = local
+    module = load_value_model(OmegaConf.create({"path": str(tiny_model_dir)}))
+    critic = DataParallelPPOCritic(critic_config(tiny_model_dir), module, torch.optim.SGD(module.parameters(), lr=0.0))
+    data = make_batch(len(tok), tok.pad_token_id, seed=7)
+    data.batch["values"] = critic.compute_values(data)  # all 0: zero-initialised head
+    # returns 1 on generated tokens, 100 on retrieved ones
+    data.batch["returns"] = torch.where(data.batch["info_mask"].bool(), 100.0, 1.0) * data.batch["response_mask"]
+    data.meta_info = {"mask_info_in_critic": True}
+    assert critic.update_critic(data)["critic/vf_loss"] == pytest.approx(0.5)  # 0.5 * (0 - 1)^2
+    data.meta_info = {}
+    assert critic.update_critic(data)["critic/vf_loss"] > 100
+
+
+def test_kl_loss_and_entropy_bonus_enter_the_loss(local, tiny_model_dir):
+    model, tok = local
+    data = make_batch(len(tok), tok.pad_token_id, seed=8)
+    data.meta_info = {"temperature": 1.0}
+    data.batch["advantages"] = torch.zeros(ROWS, RESPONSE)  # no policy-gradient term at all
+    recorder = _GradRecorder(model.parameters())
+    plain = local_actor(model, actor_config(tiny_model_dir), recorder)
+    log_probs, entropys = plain.compute_log_prob(data, ROWS)
+    data.batch["old_log_probs"] = log_probs
+    data.batch["ref_log_prob"] = log_probs + 0.5
+    assert plain.update_policy(data)["actor/grad_norm"] == 0.0
+
+    config = actor_config(tiny_model_dir, use_kl_loss=True, kl_loss_type="kl", kl_loss_coef=0.1)
+    metrics = local_actor(model, config, recorder).update_policy(data)
+    mask = policy_loss_mask(data, state_masking=True)
+    assert metrics["actor/kl_loss"] == pytest.approx(-0.5, abs=1e-5)  # k1 = log p - log p_ref on every token
+    assert metrics["actor/grad_norm"] > 0
+    assert metrics["actor/entropy"] == pytest.approx(float((entropys * mask).sum() / mask.sum()), rel=1e-5)
+
+    config = actor_config(tiny_model_dir, entropy_coeff=0.01)
+    assert local_actor(model, config, recorder).update_policy(data)["actor/grad_norm"] > 0

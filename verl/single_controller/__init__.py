@@ -1,0 +1,1 @@
+"""One driver process controls groups of worker processes (veRL's "single controller")."""

@@ -1,0 +1,24 @@
+"""The base class of everything a worker group runs: one process, one rank."""
+from __future__ import annotations
+
+import os
+
+from verl.utils.distributed import init_process_group_from_env
+
+
+class Worker:
+    """Knows its rank and joins the group's torch.distributed process group on construction.
+
+    The worker group sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT in the process
+    environment; a subclass calls `super().__init__()` first and may then use collectives.
+    """
+
+    def __init__(self):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        if "MASTER_ADDR" in os.environ:
+            init_process_group_from_env()
+
+    def ping(self) -> int:
+        """Liveness and rank check used by the worker group after start-up."""
+        return self.rank

@@ -1,0 +1,303 @@
+"""The PPO trainer's configuration: every key, its type, its one default and what it means.
+
+`configs/ppo_trainer.yaml` and the command line only override these values. `compose_config`
+builds the config the way `python -m verl.trainer.main_ppo key=value ...` does; a misspelled key
+fails there ("Key 'trian_files' is not in struct"), and `check_config` names every mandatory key
+left unset (`???`) and every inconsistent batch size before a worker starts.
+
+The `agent` and `retriever` nodes are free-form here: the rollout loop that reads them
+(`actor_rollout_ref.rollout.loop`) validates them with its own schema.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from verl.trainer.ppo import core_algos
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_NAME = "ppo_trainer"
+SCHEMA_NAME = "ppo_trainer_schema"
+
+
+@dataclass
+class DataConfig:
+    train_files: Any = MISSING  # parquet path or list of paths
+    val_files: Any = MISSING  # parquet path or list of paths
+    prompt_key: str = "prompt"  # column holding the chat messages
+    max_prompt_length: int = 512  # tokens; longer prompts are filtered or truncated
+    max_start_length: int = 256  # agent loops: cap of the initial prompt inside the rolling prompt
+    max_response_length: int = 512  # tokens generated per turn
+    max_obs_length: int = 512  # agent loops: tokens of one observation block
+    train_batch_size: int = 64  # prompts per step (before rollout.n samples)
+    val_batch_size: Optional[int] = None  # prompts per validation batch; None = whole set at once
+    shuffle: bool = True  # reshuffle the training set every epoch
+    seed: int = 1  # seed of the training-set order
+    filter_overlong_prompts: bool = True  # drop rows whose prompt exceeds max_prompt_length
+    truncation: str = "error"  # overlong prompts when not filtered: error | left | right
+
+
+@dataclass
+class ModelConfig:
+    path: str = MISSING  # HF model directory
+    tokenizer_path: Optional[str] = None  # defaults to `path`
+    trust_remote_code: bool = False
+    enable_gradient_checkpointing: bool = False
+    use_remove_padding: bool = False  # accepted for veRL compatibility; padding is kept on CPU
+    override_config: dict[str, Any] = field(default_factory=dict)  # passed to the HF config
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    lr_warmup_steps: int = -1  # > 0 wins over the ratio
+    lr_warmup_steps_ratio: float = 0.0  # of total_training_steps
+    warmup_style: str = "constant"  # constant | cosine (after warm-up)
+    min_lr_ratio: float = 0.0  # cosine floor, fraction of lr
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    total_training_steps: int = -1  # filled in by the trainer from the data and trainer.*
+
+
+@dataclass
+class FSDPConfig:
+    param_offload: bool = False
+    optimizer_offload: bool = False
+    fsdp_size: int = -1  # -1: shard over all ranks
+
+
+@dataclass
+class ActorConfig:
+    strategy: str = "fsdp"
+    ppo_mini_batch_size: int = 16  # prompts per optimizer step (multiplied by rollout.n)
+    ppo_micro_batch_size_per_gpu: int = 4  # rows per forward/backward (gradient accumulation)
+    use_dynamic_bsz: bool = False
+    ppo_max_token_len_per_gpu: int = 16384
+    ppo_epochs: int = 1  # passes over each rollout batch
+    shuffle: bool = False  # shuffle rows between mini-batches
+    clip_ratio: float = 0.2  # PPO epsilon
+    clip_ratio_low: Optional[float] = None  # defaults to clip_ratio
+    clip_ratio_high: Optional[float] = None  # defaults to clip_ratio
+    clip_ratio_c: float = 3.0  # dual-clip bound for negative advantages
+    loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean
+    entropy_coeff: float = 0.0  # entropy bonus in the policy loss
+    use_kl_loss: bool = False  # KL to the reference policy as a loss term (GRPO style)
+    kl_loss_coef: float = 0.001
+    kl_loss_type: str = "low_var_kl"  # kl | abs | mse | low_var_kl
+    grad_clip: float = 1.0  # max gradient norm
+    state_masking: bool = False  # no policy loss on retrieved (info_mask) tokens
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
+
+
+@dataclass
+class ValKwargs:
+    do_sample: bool = False  # greedy validation by default
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    n: int = 1
+
+
+@dataclass
+class RolloutConfig:
+    name: str = "hf"  # hf | vllm
+    loop: str = "verl.trainer.ppo.rollout_loop:SingleTurnLoop"  # module:Class of the RolloutLoop
+    n: int = 1  # samples per prompt (GRPO needs > 1)
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: off
+    dtype: str = "bfloat16"  # vllm only; hf follows the actor's dtype
+    gpu_memory_utilization: float = 0.5  # vllm
+    tensor_model_parallel_size: int = 1  # vllm
+    enforce_eager: bool = True  # vllm
+    free_cache_engine: bool = True  # vllm
+    max_num_batched_tokens: int = 8192  # vllm
+    prompt_length: int = "${data.max_prompt_length}"  # type: ignore[assignment]  # follows data.*
+    response_length: int = "${data.max_response_length}"  # type: ignore[assignment]  # follows data.*
+    micro_batch_size: Optional[int] = None  # hf: rows generated at once per worker; None = all
+    log_prob_micro_batch_size_per_gpu: int = 8  # rows per forward when recomputing log-probs
+    val_kwargs: ValKwargs = field(default_factory=ValKwargs)
+
+
+@dataclass
+class RefConfig:
+    log_prob_micro_batch_size_per_gpu: int = 8
+    fsdp_config: FSDPConfig = field(default_factory=lambda: FSDPConfig(param_offload=True))
+
+
+@dataclass
+class ActorRolloutRefConfig:
+    hybrid_engine: bool = True  # actor and rollout share the weights
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+
+
+@dataclass
+class CriticModelConfig:
+    path: str = "${actor_rollout_ref.model.path}"  # the value model starts from the policy
+    tokenizer_path: Optional[str] = None
+    trust_remote_code: bool = False
+    enable_gradient_checkpointing: bool = False
+    use_remove_padding: bool = False
+    override_config: dict[str, Any] = field(default_factory=dict)
+    fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
+
+
+@dataclass
+class CriticConfig:
+    strategy: str = "fsdp"
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+    model: CriticModelConfig = field(default_factory=CriticModelConfig)
+    ppo_mini_batch_size: int = 16  # prompts per optimizer step (multiplied by rollout.n)
+    ppo_micro_batch_size_per_gpu: int = 4
+    forward_micro_batch_size_per_gpu: int = 8  # rows per forward in compute_values
+    use_dynamic_bsz: bool = False
+    ppo_max_token_len_per_gpu: int = 32768
+    ppo_epochs: int = 1
+    shuffle: bool = False
+    rollout_n: int = "${actor_rollout_ref.rollout.n}"  # type: ignore[assignment]  # rows per prompt
+    cliprange_value: float = 0.5  # value clipping around the old values
+    loss_agg_mode: str = "token-mean"
+    grad_clip: float = 1.0
+
+
+@dataclass
+class KLControlConfig:
+    type: str = "fixed"  # fixed | adaptive
+    kl_coef: float = 0.001  # (initial) coefficient of the KL penalty in the reward
+    target_kl: float = 0.1  # adaptive only
+    horizon: int = 10000  # adaptive only
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = "gae"  # gae | grpo
+    gamma: float = 1.0
+    lam: float = 1.0
+    norm_adv_by_std_in_grpo: bool = True
+    kl_penalty: str = "kl"  # estimator of the in-reward KL: kl | abs | mse | low_var_kl
+    use_kl_in_reward: bool = False
+    kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
+
+
+@dataclass
+class TrainerConfig:
+    total_epochs: int = 1
+    total_training_steps: Optional[int] = None  # caps the steps; None = total_epochs over the data
+    project_name: str = "rag_r1"
+    experiment_name: str = "ppo"
+    logger: list[str] = field(default_factory=lambda: ["console"])  # console | wandb | tensorboard
+    nnodes: int = 1
+    n_gpus_per_node: int = 1  # workers per node (CPU processes when there is no GPU)
+    save_freq: int = -1  # steps between checkpoints; -1 = never
+    test_freq: int = -1  # steps between validations; -1 = never (and at the end when > 0)
+    critic_warmup: int = 0  # steps that update only the critic
+    val_before_train: bool = True
+    default_local_dir: str = "checkpoints/${trainer.project_name}/${trainer.experiment_name}"
+    resume_mode: str = "auto"  # auto | disable | <path to a global_step_N directory>
+    device: str = "cpu"  # cpu | cuda
+
+
+@dataclass
+class RewardFunctionConfig:
+    path: Optional[str] = None  # "module:function", or a .py file path with `name`
+    name: str = "compute_score"  # function name when `path` is a file
+
+
+@dataclass
+class PPOConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    actor_rollout_ref: ActorRolloutRefConfig = field(default_factory=ActorRolloutRefConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    custom_reward_function: RewardFunctionConfig = field(default_factory=RewardFunctionConfig)
+    agent: dict[str, Any] = field(default_factory=dict)  # free-form: the rollout loop validates it
+    retriever: dict[str, Any] = field(default_factory=dict)  # free-form: the rollout loop validates it
+    ray_init: dict[str, Any] = field(default_factory=dict)  # extra kwargs of ray.init
+
+
+FREE_FORM_NODES = ("agent", "retriever", "ray_init")
+
+
+def register_schema() -> None:
+    """Make the schema available to Hydra as `ppo_trainer_schema` (used by configs/ppo_trainer.yaml)."""
+    from hydra.core.config_store import ConfigStore
+
+    schema = OmegaConf.structured(PPOConfig)
+    for free_form in FREE_FORM_NODES:  # `agent.max_turns=4` works without Hydra's `+`
+        OmegaConf.set_struct(schema[free_form], False)
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=schema)
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = CONFIG_NAME) -> DictConfig:
+    """The config `main_ppo` would run with these `key=value` overrides (checked)."""
+    from hydra import compose, initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        config = compose(config_name=config_name, overrides=list(overrides or []))
+    check_config(config)
+    return config
+
+
+def check_config(config: DictConfig) -> None:
+    """Raise ValueError naming every unset mandatory key and every inconsistent setting."""
+    problems = [f"missing mandatory key '{key}'" for key in sorted(_missing_keys(config))]
+    if problems:
+        raise ValueError("config: " + "; ".join(problems))
+    config = OmegaConf.merge(OmegaConf.structured(PPOConfig), config)  # unknown keys and bad types raise here
+    algo, arr, data = config.algorithm, config.actor_rollout_ref, config.data
+    try:
+        core_algos.get_adv_estimator_fn(algo.adv_estimator)
+    except ValueError as error:
+        problems.append(f"algorithm.adv_estimator: {error}")
+    if algo.adv_estimator == "grpo" and arr.rollout.n < 2:
+        problems.append("actor_rollout_ref.rollout.n must be >= 2 for algorithm.adv_estimator=grpo")
+    if algo.kl_ctrl.type not in ("fixed", "adaptive"):
+        problems.append(f"algorithm.kl_ctrl.type={algo.kl_ctrl.type!r}: expected fixed or adaptive")
+    if algo.kl_penalty not in ("kl", "abs", "mse", "low_var_kl", "k1", "k2", "k3"):
+        problems.append(f"algorithm.kl_penalty={algo.kl_penalty!r}: expected kl, abs, mse or low_var_kl")
+    if data.truncation not in ("error", "left", "right"):
+        problems.append(f"data.truncation={data.truncation!r}: expected error, left or right")
+    for node in ("actor_rollout_ref.actor", "critic"):
+        mini = OmegaConf.select(config, f"{node}.ppo_mini_batch_size")
+        if data.train_batch_size % mini:
+            problems.append(f"data.train_batch_size={data.train_batch_size} is not a multiple of "
+                            f"{node}.ppo_mini_batch_size={mini}")
+    loop = arr.rollout.loop
+    if ":" not in loop:
+        problems.append(f"actor_rollout_ref.rollout.loop={loop!r}: expected 'module:Class'")
+    for backend in config.trainer.logger:
+        if backend not in ("console", "wandb", "tensorboard"):
+            problems.append(f"trainer.logger has {backend!r}: expected console, wandb or tensorboard")
+    if problems:
+        raise ValueError("config: " + "; ".join(problems))
+
+
+def _missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys left at `???`, found without resolving interpolations (which would raise on them)."""
+    missing = []
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            missing.append(f"{prefix}{key}")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            missing += _missing_keys(child, f"{prefix}{key}.")
+    return missing
+
+
+def need_critic(config: DictConfig) -> bool:
+    return core_algos.adv_estimator_needs_critic(config.algorithm.adv_estimator)
+
+
+def need_reference_policy(config: DictConfig) -> bool:
+    return bool(config.algorithm.use_kl_in_reward or config.actor_rollout_ref.actor.use_kl_loss)

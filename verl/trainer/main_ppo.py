@@ -1,0 +1,92 @@
+"""Train a policy with PPO or GRPO on Ray.
+
+    python -m verl.trainer.main_ppo \
+        data.train_files=data/nq/train.parquet data.val_files=data/nq/test.parquet \
+        actor_rollout_ref.model.path=$(python -m rag_r1.models.smollm2) \
+        custom_reward_function.path=rag_r1.reward:compute_score \
+        algorithm.adv_estimator=grpo actor_rollout_ref.rollout.n=5 trainer.n_gpus_per_node=2
+
+Keys and defaults: verl/trainer/config.py. On several machines, start an ordinary Ray cluster
+(`ray start --head` on one, `ray start --address=HEAD:6379` on the others), then run this on the
+head with trainer.nnodes / trainer.n_gpus_per_node set.
+"""
+from __future__ import annotations
+
+import hydra
+import ray
+from omegaconf import DictConfig, OmegaConf, open_dict
+from transformers import AutoTokenizer
+
+from verl.trainer.config import (CONFIG_DIR, CONFIG_NAME, check_config, need_critic, need_reference_policy,
+                                 register_schema)
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer, total_training_steps
+from verl.trainer.ppo.reward import RewardManager, load_reward_function
+from verl.utils.dataset import RLHFDataset
+
+
+def load_tokenizer(config: DictConfig):
+    model = config.actor_rollout_ref.model
+    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path or model.path,
+                                              trust_remote_code=model.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_worker_groups(config: DictConfig):
+    """(actor_rollout_wg, critic_wg or None) on one resource pool of nnodes x n_gpus_per_node workers,
+    models initialised. The actor group also serves rollout and the reference policy."""
+    from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+    from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
+
+    pool = RayResourcePool([config.trainer.n_gpus_per_node] * config.trainer.nnodes,
+                           use_gpu=config.trainer.device == "cuda")
+    role = "actor_rollout_ref" if need_reference_policy(config) else "actor_rollout"
+    actor_rollout_wg = RayWorkerGroup(pool, RayClassWithInitArgs(ActorRolloutRefWorker, config=config.actor_rollout_ref,
+                                                                 role=role))
+    actor_rollout_wg.init_model()
+    critic_wg = None
+    if need_critic(config):
+        critic_wg = RayWorkerGroup(pool, RayClassWithInitArgs(CriticWorker, config=config.critic))
+        critic_wg.init_model()
+    return actor_rollout_wg, critic_wg
+
+
+def build_trainer(config: DictConfig, tracker=None) -> RayPPOTrainer:
+    """Datasets, reward function and worker groups for `config` (Ray must be running)."""
+    check_config(config)
+    OmegaConf.resolve(config)  # workers get plain subtrees, with no reference to the root
+    tokenizer = load_tokenizer(config)
+    compute_score = load_reward_function(config.custom_reward_function.path, config.custom_reward_function.name)
+    train_dataset = RLHFDataset(config.data.train_files, tokenizer, config.data)
+    val_dataset = RLHFDataset(config.data.val_files, tokenizer, config.data)
+    with open_dict(config):  # the workers' lr schedules need the run length
+        steps = total_training_steps(config, len(train_dataset))
+        config.actor_rollout_ref.actor.optim.total_training_steps = steps
+        config.critic.optim.total_training_steps = steps
+    actor_rollout_wg, critic_wg = build_worker_groups(config)
+    return RayPPOTrainer(config, tokenizer, actor_rollout_wg, critic_wg,
+                         reward_fn=RewardManager(tokenizer, compute_score, num_examine=0),
+                         val_reward_fn=RewardManager(tokenizer, compute_score, num_examine=1),
+                         train_dataset=train_dataset, val_dataset=val_dataset, tracker=tracker)
+
+
+def run_ppo(config: DictConfig) -> list[dict]:
+    if not ray.is_initialized():
+        ray.init(**OmegaConf.to_container(config.ray_init, resolve=True))
+    return build_trainer(config).fit()
+
+
+register_schema()
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name=CONFIG_NAME, version_base=None)
+def main(config: DictConfig) -> None:
+    check_config(config)  # fail before Ray starts
+    OmegaConf.resolve(config)
+    print(OmegaConf.to_yaml(config), flush=True)
+    run_ppo(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The PPO/GRPO driver: one process that feeds batches through the worker groups.
+
+`RayPPOTrainer.fit()` is the recipe, read top to bottom: rollout -> reward -> old/ref log-probs
+-> values -> KL penalty -> advantages -> critic update -> actor update -> metrics -> validation
+-> checkpoint. The worker groups (`actor_rollout_wg`, `critic_wg`) are built by `main_ppo` and
+called through the methods listed in docs/architecture.md; everything here runs on the driver.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from contextlib import contextmanager
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from verl.protocol import DataProto
+from verl.trainer.config import need_critic, need_reference_policy
+from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.metric_utils import compute_data_metrics, compute_throughput_metrics, compute_timing_metrics
+from verl.trainer.ppo.reward import RewardManager, reward_metrics
+from verl.trainer.ppo.rollout_loop import load_rollout_loop
+from verl.utils import checkpoint
+from verl.utils.dataset import RLHFDataset, StatefulLoader
+from verl.utils.torch_functional import masked_mean
+from verl.utils.tracking import Tracking
+
+
+@contextmanager
+def timer(name: str, timing: dict):
+    start = time.perf_counter()
+    yield
+    timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
+
+
+def total_training_steps(config: DictConfig, train_dataset_rows: int) -> int:
+    """trainer.total_training_steps if set, else total_epochs x full batches per epoch."""
+    per_epoch = train_dataset_rows // config.data.train_batch_size
+    total = per_epoch * config.trainer.total_epochs
+    if config.trainer.total_training_steps is not None:
+        total = config.trainer.total_training_steps
+    if total <= 0:
+        raise ValueError(f"no training step: {train_dataset_rows} rows, data.train_batch_size="
+                         f"{config.data.train_batch_size}, trainer.total_epochs={config.trainer.total_epochs}")
+    return total
+
+
+def mean_metrics(metrics: dict) -> dict[str, float]:
+    """A worker's metrics (numbers or lists of numbers per micro-batch) reduced to their means."""
+    return {key: float(np.mean(value)) for key, value in metrics.items()}
+
+
+def add_columns(batch: DataProto, output: DataProto, keys: list[str]) -> DataProto:
+    """Copy the tensors `keys` of a worker's output into `batch` (its meta_info is not merged)."""
+    return batch.union(output.select(batch_keys=keys, non_tensor_batch_keys=[], meta_info_keys=[]))
+
+
+class RayPPOTrainer:
+    def __init__(self, config: DictConfig, tokenizer, actor_rollout_wg, critic_wg, reward_fn: RewardManager,
+                 val_reward_fn: RewardManager | None, train_dataset: RLHFDataset, val_dataset: RLHFDataset | None,
+                 tracker: Tracking | None = None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.actor_rollout_wg, self.critic_wg = actor_rollout_wg, critic_wg
+        self.reward_fn, self.val_reward_fn = reward_fn, val_reward_fn
+        self.use_critic = need_critic(config)
+        self.use_reference_policy = need_reference_policy(config)
+        if self.use_critic and critic_wg is None:
+            raise ValueError(f"algorithm.adv_estimator={config.algorithm.adv_estimator} needs a critic worker group")
+        data = config.data
+        self.train_loader = StatefulLoader(train_dataset, data.train_batch_size, shuffle=data.shuffle, seed=data.seed)
+        self.val_loader = None
+        if val_dataset is not None and val_reward_fn is not None:
+            self.val_loader = StatefulLoader(val_dataset, data.val_batch_size or len(val_dataset), shuffle=False,
+                                             drop_last=False)
+        self.total_training_steps = total_training_steps(config, len(train_dataset))
+        kl_ctrl = config.algorithm.kl_ctrl
+        self.kl_ctrl = core_algos.get_kl_controller(kl_ctrl.type, kl_ctrl.kl_coef, kl_ctrl.target_kl, kl_ctrl.horizon)
+        self.rollout_loop = load_rollout_loop(config, tokenizer, actor_rollout_wg.generate_sequences)
+        self.tracker = tracker or Tracking(config.trainer.project_name, config.trainer.experiment_name,
+                                           backends=config.trainer.logger,
+                                           config=OmegaConf.to_container(config, resolve=True))
+        self.global_steps = 0
+        self.history: list[dict] = []  # every step's metrics, for tests and scripts
+
+    # ------------------------------------------------------------------ the recipe
+
+    def fit(self) -> list[dict]:
+        self.load_checkpoint()
+        if self.val_loader is not None and self.config.trainer.val_before_train and self.global_steps == 0:
+            self.log(self.validate())
+        while self.global_steps < self.total_training_steps:  # epochs; the loader resumes mid-epoch
+            for prompts in self.train_loader:
+                self.global_steps += 1
+                metrics, timing = {}, {}
+                with timer("step", timing):
+                    batch = self.repeat_for_sampling(prompts)
+                    with timer("gen", timing):
+                        batch, rollout_metrics = self.rollout(batch)
+                    metrics.update(rollout_metrics)
+                    with timer("reward", timing):
+                        metrics.update(self.compute_scores(batch))
+                    with timer("old_log_prob", timing):
+                        metrics.update(self.compute_old_log_probs(batch))
+                    if self.use_reference_policy:
+                        with timer("ref", timing):
+                            add_columns(batch, self.actor_rollout_wg.compute_ref_log_prob(batch), ["ref_log_prob"])
+                    if self.use_critic:
+                        with timer("values", timing):
+                            add_columns(batch, self.critic_wg.compute_values(batch), ["values"])
+                    with timer("adv", timing):
+                        metrics.update(self.apply_kl_in_reward(batch))
+                        self.compute_advantages(batch)
+                    if self.use_critic:
+                        with timer("update_critic", timing):
+                            metrics.update(mean_metrics(self.critic_wg.update_critic(batch).meta_info["metrics"]))
+                    if self.global_steps > self.config.trainer.critic_warmup:
+                        with timer("update_actor", timing):
+                            metrics.update(mean_metrics(self.actor_rollout_wg.update_actor(batch).meta_info["metrics"]))
+                is_last_step = self.global_steps >= self.total_training_steps
+                if self.should(self.config.trainer.test_freq, is_last_step) and self.val_loader is not None:
+                    with timer("testing", timing):
+                        metrics.update(self.validate())
+                if self.should(self.config.trainer.save_freq, is_last_step):
+                    with timer("save_checkpoint", timing):
+                        self.save_checkpoint()
+                metrics.update(compute_data_metrics(batch=batch, use_critic=self.use_critic))
+                metrics.update(compute_timing_metrics(batch=batch, timing_raw=timing))
+                metrics.update(compute_throughput_metrics(batch=batch, timing_raw=timing, n_devices=self.n_workers))
+                self.log(metrics)
+                if is_last_step:
+                    self.tracker.finish()
+                    return self.history
+        self.tracker.finish()
+        return self.history
+
+    # ------------------------------------------------------------------ phases
+
+    def repeat_for_sampling(self, prompts: DataProto) -> DataProto:
+        """Give every prompt a uid (its GRPO group), then repeat it rollout.n times, interleaved."""
+        prompts.non_tensor_batch["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(prompts))], dtype=object)
+        return prompts.repeat(self.config.actor_rollout_ref.rollout.n, interleave=True)
+
+    def rollout(self, prompts: DataProto) -> tuple[DataProto, dict]:
+        """Trajectories from the configured RolloutLoop, and the loop's own metrics."""
+        batch = self.rollout_loop.run(prompts)
+        metrics = batch.meta_info.pop("metrics", {})
+        batch.meta_info["mask_info_in_critic"] = bool(self.config.agent.get("mask_info_in_critic", False))
+        return batch, metrics
+
+    def compute_scores(self, batch: DataProto) -> dict:
+        scores, extras = self.reward_fn(batch)
+        batch.batch["token_level_scores"] = scores
+        return reward_metrics(extras)
+
+    def compute_old_log_probs(self, batch: DataProto) -> dict:
+        output = self.actor_rollout_wg.compute_log_prob(batch)
+        add_columns(batch, output, ["old_log_probs"])
+        entropy = masked_mean(output.batch["entropys"], batch.batch["response_mask"])
+        return {"actor/entropy": float(entropy)}
+
+    def apply_kl_in_reward(self, batch: DataProto) -> dict:
+        """token_level_rewards = scores - beta * KL(old || ref) per token, when use_kl_in_reward."""
+        scores = batch.batch["token_level_scores"]
+        if not self.config.algorithm.use_kl_in_reward:
+            batch.batch["token_level_rewards"] = scores
+            return {}
+        rewards, metrics = core_algos.apply_kl_penalty(
+            scores, batch.batch["old_log_probs"], batch.batch["ref_log_prob"], batch.batch["response_mask"],
+            kl_coef=self.kl_ctrl.value, kl_penalty_type=self.config.algorithm.kl_penalty)
+        batch.batch["token_level_rewards"] = rewards
+        self.kl_ctrl.update(current_kl=metrics["actor/reward_kl_penalty"], n_steps=len(batch))
+        return metrics
+
+    def compute_advantages(self, batch: DataProto) -> None:
+        """advantages and returns by the estimator registered as algorithm.adv_estimator."""
+        algo = self.config.algorithm
+        estimator = core_algos.get_adv_estimator_fn(algo.adv_estimator)
+        advantages, returns = estimator(
+            token_level_rewards=batch.batch["token_level_rewards"], values=batch.batch.get("values"),
+            response_mask=batch.batch["response_mask"], index=batch.non_tensor_batch["uid"],
+            gamma=algo.gamma, lam=algo.lam, norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
+        batch.batch["advantages"], batch.batch["returns"] = advantages, returns
+
+    def validate(self) -> dict[str, float]:
+        """Greedy (val_kwargs) rollouts over EVERY validation row; mean score per data source."""
+        n = self.config.actor_rollout_ref.rollout.val_kwargs.n
+        scores_by_source, loop_metrics, extras_all = defaultdict(list), defaultdict(list), defaultdict(list)
+        lengths = []
+        for prompts in self.val_loader:
+            batch = self.rollout_loop.run(prompts.repeat(n, interleave=True), validate=True)
+            for key, value in batch.meta_info.get("metrics", {}).items():
+                loop_metrics[key].append(value)
+            scores, extras = self.val_reward_fn(batch)
+            for source, score in zip(batch.non_tensor_batch["data_source"], scores.sum(-1).tolist()):
+                scores_by_source[source].append(score)
+            lengths.extend(batch.batch["response_mask"].sum(-1).tolist())
+            for key, values in extras.items():
+                extras_all[key].extend(values)
+        metrics = {f"val/test_score/{source}": float(np.mean(s)) for source, s in scores_by_source.items()}
+        metrics["val/num_rows"] = float(sum(len(s) for s in scores_by_source.values()))
+        metrics["val/response_length/mean"] = float(np.mean(lengths))
+        metrics.update({f"val/{key}": float(np.mean(v)) for key, v in loop_metrics.items()})
+        metrics.update(reward_metrics(extras_all, prefix="val/reward"))
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints and plumbing
+
+    def save_checkpoint(self) -> None:
+        root = self.config.trainer.default_local_dir
+        directory = checkpoint.step_dir(root, self.global_steps)
+        self.actor_rollout_wg.save_checkpoint(str(directory / "actor"))
+        if self.use_critic:
+            self.critic_wg.save_checkpoint(str(directory / "critic"))
+        checkpoint.save_trainer_state(directory, self.global_steps, self.train_loader.state_dict(),
+                                      extra={"kl_coef": float(self.kl_ctrl.value)})
+        checkpoint.mark_latest(root, self.global_steps)
+
+    def load_checkpoint(self) -> None:
+        trainer = self.config.trainer
+        directory = checkpoint.resolve_resume_dir(trainer.resume_mode, trainer.default_local_dir)
+        if directory is None:
+            return
+        state = checkpoint.load_trainer_state(directory)
+        self.global_steps = state["global_step"]
+        self.train_loader.load_state_dict(state["dataloader"])
+        self.kl_ctrl.value = state["extra"]["kl_coef"]
+        self.actor_rollout_wg.load_checkpoint(str(directory / "actor"))
+        if self.use_critic:
+            self.critic_wg.load_checkpoint(str(directory / "critic"))
+        print(f"resumed from {directory} at global step {self.global_steps}", flush=True)
+
+    @property
+    def n_workers(self) -> int:
+        return self.config.trainer.nnodes * self.config.trainer.n_gpus_per_node
+
+    def should(self, freq: int, is_last_step: bool) -> bool:
+        return freq > 0 and (is_last_step or self.global_steps % freq == 0)
+
+    def log(self, metrics: dict) -> None:
+        self.history.append({"step": self.global_steps, **metrics})
+        self.tracker.log(metrics, step=self.global_steps)

@@ -1,0 +1,70 @@
+"""Rollout loops: how a batch of prompts becomes a batch of trajectories.
+
+The trainer never knows what a trajectory looks like: it builds the loop named by
+`actor_rollout_ref.rollout.loop` ("module:Class") with the full config, the tokenizer and a
+`generate` function (the actor worker group's `generate_sequences`, or a local engine in
+evaluation), and calls `loop.run(prompts)`. `SingleTurnLoop` generates one response per prompt;
+RAG-R1's search agent (`rag_r1.llm_agent.loop:SearchAgentLoop`) interleaves generation and
+retrieval in the same interface.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from verl.protocol import DataProto
+
+GenerateFn = Callable[[DataProto], DataProto]
+TRAJECTORY_KEYS = ("prompts", "responses", "input_ids", "attention_mask", "position_ids", "response_mask", "info_mask")
+
+
+class RolloutLoop:
+    """Base class. `run(prompts, validate)` returns the prompts' non-tensor keys plus the batch
+    keys in TRAJECTORY_KEYS (and any non-tensor keys the loop adds), with loop metrics such as
+    `env/search_calls` in `meta_info["metrics"]`.
+    """
+
+    def __init__(self, config: DictConfig, tokenizer, generate: GenerateFn):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.generate = generate
+
+    def run(self, prompts: DataProto, validate: bool = False) -> DataProto:
+        raise NotImplementedError
+
+    def sampling_meta(self, validate: bool) -> dict:
+        """`meta_info` generation settings from actor_rollout_ref.rollout (val_kwargs when validating)."""
+        rollout = self.config.actor_rollout_ref.rollout
+        source = rollout.val_kwargs if validate else rollout
+        meta = {"do_sample": bool(source.do_sample), "max_new_tokens": int(self.config.data.max_response_length)}
+        if source.do_sample:
+            meta.update(temperature=float(source.temperature), top_p=float(source.top_p))
+        return meta
+
+
+class SingleTurnLoop(RolloutLoop):
+    """One `generate` call per batch: the response is everything the policy produced."""
+
+    def run(self, prompts: DataProto, validate: bool = False) -> DataProto:
+        request = prompts.select(batch_keys=["input_ids", "attention_mask", "position_ids"], non_tensor_batch_keys=[])
+        request.meta_info = self.sampling_meta(validate)
+        output = self.generate(request)
+        generated_keys = [k for k in TRAJECTORY_KEYS if k != "info_mask"]
+        trajectory = output.select(batch_keys=generated_keys, non_tensor_batch_keys=[], meta_info_keys=[])
+        trajectory.batch["info_mask"] = torch.zeros_like(trajectory.batch["response_mask"])
+        trajectory.non_tensor_batch = dict(prompts.non_tensor_batch)
+        trajectory.meta_info = {"metrics": {}}
+        return trajectory
+
+
+def load_rollout_loop(config: DictConfig, tokenizer, generate: GenerateFn) -> RolloutLoop:
+    """Build the loop named by `actor_rollout_ref.rollout.loop` ("module:Class")."""
+    dotted = config.actor_rollout_ref.rollout.loop
+    module_name, _, class_name = dotted.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, RolloutLoop)):
+        raise TypeError(f"actor_rollout_ref.rollout.loop={dotted!r} is not a RolloutLoop subclass")
+    return cls(config, tokenizer, generate)

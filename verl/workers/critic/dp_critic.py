@@ -1,0 +1,62 @@
+"""The PPO value function on one data-parallel rank: per-token values and the clipped value loss."""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from verl.protocol import DataProto
+from verl.trainer.ppo.core_algos import compute_value_loss
+from verl.workers.update_loop import run_updates
+
+
+def value_loss_mask(data: DataProto) -> torch.Tensor:
+    """response_mask, without retrieved tokens when the batch says `mask_info_in_critic`
+    (the agent loop sets it in meta_info from `agent.mask_info_in_critic`)."""
+    mask = data.batch["response_mask"]
+    if data.meta_info.get("mask_info_in_critic", False) and "info_mask" in data.batch:
+        mask = mask * (1 - data.batch["info_mask"])
+    return mask
+
+
+class DataParallelPPOCritic:
+    def __init__(self, config: DictConfig, module: torch.nn.Module, optimizer=None, mini_batch_size: int = 0):
+        """`config`: the `critic` subtree; `module` returns [B, T] values (verl.utils.model.ValueModel)."""
+        self.config = config
+        self.module = module
+        self.optimizer = optimizer
+        self.mini_batch_size = mini_batch_size
+
+    def _values(self, batch: dict) -> torch.Tensor:
+        # V(s_t) for response token t is read where the model has seen the prefix before t,
+        # the same positions whose logits predict t.
+        length = batch["responses"].shape[1]
+        values = self.module(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        return values[:, -length - 1:-1].float()
+
+    @torch.no_grad()
+    def compute_values(self, data: DataProto) -> torch.Tensor:
+        self.module.eval()
+        micro = self.config.get("forward_micro_batch_size_per_gpu", None) or len(data)
+        values = torch.cat([self._values(m.batch) for m in data.split(micro)])
+        return values * data.batch["response_mask"]
+
+    def update_critic(self, data: DataProto) -> dict[str, float]:
+        cfg = self.config
+        mode = cfg.get("loss_agg_mode", "token-mean")
+
+        def micro_loss(micro: DataProto, normalizer: torch.Tensor):
+            vpreds = self._values(micro.batch)
+            vf_loss, vf_clipfrac = compute_value_loss(
+                vpreds, micro.batch["returns"], micro.batch["values"], value_loss_mask(micro),
+                cliprange_value=cfg.cliprange_value, loss_agg_mode=mode, normalizer=normalizer,
+            )
+            return vf_loss, {"critic/vf_loss": vf_loss.detach()}, {"critic/vf_clipfrac": vf_clipfrac}
+
+        return run_updates(
+            data, self.module, self.optimizer,
+            mini_batch_size=self.mini_batch_size or len(data),
+            micro_batch_size=cfg.ppo_micro_batch_size_per_gpu,
+            epochs=cfg.get("ppo_epochs", 1), shuffle=cfg.get("shuffle", False),
+            loss_mask=value_loss_mask, loss_agg_mode=mode, grad_clip=cfg.get("grad_clip", 1.0),
+            micro_loss=micro_loss, prefix="critic",
+        )

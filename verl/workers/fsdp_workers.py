@@ -1,0 +1,231 @@
+"""The worker processes of a PPO run: ActorRolloutRefWorker and CriticWorker.
+
+Each class runs once per rank (one process per GPU, or per CPU worker slot) inside a Ray actor
+started by RayWorkerGroup; the `@register`-ed methods are what the driver calls on the group.
+Here lives the distributed plumbing (sharding, device moves, checkpoints); the algorithms live
+in actor/dp_actor.py and critic/dp_critic.py, the generation engines in rollout/.
+
+Roles of ActorRolloutRefWorker (veRL's names): "actor", "rollout", "ref", "actor_rollout",
+"actor_rollout_ref". With a rollout role the engine generates with the actor's CURRENT weights:
+HF generate runs on the sharded actor module itself; vLLM gets the weights copied in before
+every generation by the sharding manager.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from verl.protocol import DataProto
+from verl.single_controller.base import Dispatch, Worker, register
+from verl.utils import fsdp_utils
+from verl.utils.distributed import device
+from verl.utils.model import hf_config, load_causal_lm, load_value_model
+from verl.workers.actor.dp_actor import DataParallelPPOActor
+from verl.workers.critic.dp_critic import DataParallelPPOCritic
+from verl.workers.sharding_manager import FSDPVLLMShardingManager, NoShardingManager
+
+ROLES = ("actor", "rollout", "ref", "actor_rollout", "actor_rollout_ref")
+
+
+def _rows_per_rank(prompts_per_step: int, samples_per_prompt: int, world_size: int, name: str) -> int:
+    rows = prompts_per_step * samples_per_prompt
+    if rows % world_size:
+        raise ValueError(f"{name} ({prompts_per_step}) x rollout.n ({samples_per_prompt}) = {rows} rows "
+                         f"must divide over {world_size} workers")
+    return rows // world_size
+
+
+def _make_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        module.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.get("betas", (0.9, 0.999))),
+        weight_decay=optim_cfg.get("weight_decay", 0.01),
+    )
+
+
+class _TrainStateMixin:
+    """Checkpoints as FULL state dicts written by rank 0 (portable to any world size or to a
+    single process); every rank takes part because gathering shards is collective."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    rank: int
+
+    def _save_train_state(self, directory: str) -> None:
+        model_sd = fsdp_utils.full_model_state_dict(self.module)
+        optim_sd = fsdp_utils.full_optimizer_state_dict(self.module, self.optimizer)
+        if self.rank == 0:
+            path = Path(directory)
+            path.mkdir(parents=True, exist_ok=True)
+            torch.save(model_sd, path / "model.pt")
+            torch.save(optim_sd, path / "optimizer.pt")
+            torch.save(self.lr_scheduler.state_dict(), path / "lr_scheduler.pt")
+        dist.barrier()
+
+    def _load_train_state(self, directory: str) -> None:
+        path = Path(directory)
+        if self.rank == 0:
+            model_sd = torch.load(path / "model.pt", weights_only=True)
+            optim_sd = torch.load(path / "optimizer.pt", weights_only=False)
+            sched = [torch.load(path / "lr_scheduler.pt", weights_only=False)]
+        else:  # filled by broadcast from rank 0, so other nodes need not see rank 0's disk
+            model_sd, optim_sd, sched = {}, {}, [None]
+        fsdp_utils.load_full_state_dicts(self.module, self.optimizer, model_sd, optim_sd)
+        dist.broadcast_object_list(sched, src=0)
+        self.lr_scheduler.load_state_dict(sched[0])
+
+
+class ActorRolloutRefWorker(_TrainStateMixin, Worker):
+    def __init__(self, config: DictConfig, role: str):
+        """`config`: the `actor_rollout_ref` subtree."""
+        super().__init__()
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; known: {ROLES}")
+        self.config, self.role = config, role
+        self._is_actor = role in ("actor", "actor_rollout", "actor_rollout_ref")
+        self._is_rollout = role in ("rollout", "actor_rollout", "actor_rollout_ref")
+        self._is_ref = role in ("ref", "actor_rollout_ref")
+        self.use_gpu = torch.cuda.is_available()
+        if self._is_actor:
+            self.mini_batch_rows = _rows_per_rank(config.actor.ppo_mini_batch_size, config.rollout.n,
+                                                  self.world_size, "actor.ppo_mini_batch_size")
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self) -> None:
+        model_cfg = self.config.model
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model_cfg.get("tokenizer_path") or model_cfg.path, trust_remote_code=model_cfg.get("trust_remote_code", False))
+        if self._is_actor or self._is_rollout:
+            self.module = fsdp_utils.apply_fsdp2(load_causal_lm(model_cfg), self.config.actor.fsdp_config, self.use_gpu)
+        if self._is_actor:
+            self.optimizer = _make_optimizer(self.module, self.config.actor.optim)
+            self.lr_scheduler = fsdp_utils.build_lr_scheduler(self.optimizer, self.config.actor.optim)
+            self.actor = DataParallelPPOActor(self.config.actor, self.module, self.optimizer, self.mini_batch_rows)
+        if self._is_rollout:
+            self.rollout, self.sharding_manager = self._build_rollout()
+        if self._is_ref:
+            ref_module = fsdp_utils.apply_fsdp2(load_causal_lm(model_cfg), self.config.ref.fsdp_config, self.use_gpu)
+            self.ref = DataParallelPPOActor(self.config.ref, ref_module)
+
+    def _build_rollout(self):
+        name = self.config.rollout.name
+        if name == "hf":
+            from verl.workers.rollout.hf_rollout import HFRollout
+
+            return HFRollout(self.module, self.tokenizer, self.config.rollout), NoShardingManager()
+        if name == "vllm":
+            if not self.use_gpu:
+                raise ValueError("rollout.name=vllm needs GPUs; use rollout.name=hf on CPU")
+            from verl.workers.rollout.vllm_rollout import VLLMRollout
+
+            rollout = VLLMRollout(self.config.model.path, self.config.rollout, self.tokenizer)
+            tp_size = self.config.rollout.get("tensor_model_parallel_size", 1)
+            return rollout, FSDPVLLMShardingManager(self.module, rollout, tp_size)
+        raise ValueError(f"rollout.name must be hf or vllm, got {name!r}")
+
+    def _with_temperature(self, data: DataProto) -> DataProto:
+        # log-probs must be of the distribution that was sampled from: logits / temperature
+        data.meta_info.setdefault("temperature", self.config.rollout.temperature)
+        return data.to(device())
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        with self.sharding_manager as manager:
+            output = self.rollout.generate_sequences(manager.preprocess(prompts))
+            return manager.postprocess(output).to("cpu")
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_log_prob(self, data: DataProto) -> DataProto:
+        data = self._with_temperature(data)
+        micro = self.config.rollout.log_prob_micro_batch_size_per_gpu
+        log_probs, entropys = self.actor.compute_log_prob(data, micro, with_entropy=True)
+        return DataProto.from_dict({"old_log_probs": log_probs, "entropys": entropys},
+                                   meta_info={"temperature": data.meta_info["temperature"]}).to("cpu")
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_ref_log_prob(self, data: DataProto) -> DataProto:
+        if not self._is_ref:
+            raise RuntimeError(f"compute_ref_log_prob on a worker of role {self.role!r} (needs ref)")
+        data = self._with_temperature(data)
+        micro = self.config.ref.log_prob_micro_batch_size_per_gpu
+        log_probs, _ = self.ref.compute_log_prob(data, micro, with_entropy=False)
+        return DataProto.from_dict({"ref_log_prob": log_probs}).to("cpu")
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def update_actor(self, data: DataProto) -> DataProto:
+        metrics = self.actor.update_policy(self._with_temperature(data))
+        metrics["actor/lr"] = self.lr_scheduler.get_last_lr()[0]
+        self.lr_scheduler.step()
+        return DataProto(meta_info={"metrics": metrics})
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, directory: str) -> None:
+        self._save_train_state(directory)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, directory: str) -> None:
+        self._load_train_state(directory)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_hf_model(self, directory: str) -> None:
+        """A plain HF checkpoint (config, safetensors, tokenizer) loadable with from_pretrained."""
+        state = fsdp_utils.full_model_state_dict(self.module)
+        if self.rank == 0:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(hf_config(self.config.model))
+            model.load_state_dict(state, assign=True)
+            model.tie_weights()
+            os.makedirs(directory, exist_ok=True)
+            model.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
+        dist.barrier()
+
+    @register(dispatch_mode=Dispatch.RANK_ZERO)
+    def full_state_dict(self) -> dict:
+        """The actor's unsharded weights (for tests and export)."""
+        return fsdp_utils.full_model_state_dict(self.module)
+
+
+class CriticWorker(_TrainStateMixin, Worker):
+    def __init__(self, config: DictConfig):
+        """`config`: the `critic` subtree; `critic.rollout_n` (veRL's key) scales the mini-batch."""
+        super().__init__()
+        self.config = config
+        self.use_gpu = torch.cuda.is_available()
+        self.mini_batch_rows = _rows_per_rank(config.ppo_mini_batch_size, config.get("rollout_n", 1),
+                                              self.world_size, "critic.ppo_mini_batch_size")
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self) -> None:
+        if not self.config.model.get("path"):
+            raise ValueError("critic.model.path is unset (veRL defaults it to actor_rollout_ref.model.path)")
+        model = load_value_model(self.config.model)
+        self.module = fsdp_utils.apply_fsdp2(model, self.config.model.fsdp_config, self.use_gpu)
+        self.optimizer = _make_optimizer(self.module, self.config.optim)
+        self.lr_scheduler = fsdp_utils.build_lr_scheduler(self.optimizer, self.config.optim)
+        self.critic = DataParallelPPOCritic(self.config, self.module, self.optimizer, self.mini_batch_rows)
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_values(self, data: DataProto) -> DataProto:
+        values = self.critic.compute_values(data.to(device()))
+        return DataProto.from_dict({"values": values}).to("cpu")
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def update_critic(self, data: DataProto) -> DataProto:
+        metrics = self.critic.update_critic(data.to(device()))
+        metrics["critic/lr"] = self.lr_scheduler.get_last_lr()[0]
+        self.lr_scheduler.step()
+        return DataProto(meta_info={"metrics": metrics})
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, directory: str) -> None:
+        self._save_train_state(directory)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, directory: str) -> None:
+        self._load_train_state(directory)

@@ -1,0 +1,96 @@
+"""The rollout interface every generation engine implements, and the padding helpers around it.
+
+Prompts travel LEFT padded (so every row's last prompt token sits in the same column and new tokens
+append on the right); responses travel RIGHT padded. The agent loop works on plain token lists and
+converts through `build_prompt_batch` / `response_token_lists`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from verl.protocol import DataProto
+
+
+class BaseRollout(ABC):
+    """A generation engine: `generate_sequences(prompts) -> prompts + responses`.
+
+    In: `input_ids`, `attention_mask`, `position_ids` [B, P] (left padded); `meta_info` may set
+    `max_new_tokens`, `stop` (list[str]), `do_sample`, `temperature`, `top_p`.
+    Out: `prompts` [B, P], `responses` [B, R] (right padded with the pad id), `input_ids`,
+    `attention_mask`, `position_ids` [B, P+R], `response_mask` [B, R]; `R` = `max_new_tokens`
+    for every call, so batches from different ranks or micro-batches concatenate.
+    """
+
+    @abstractmethod
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        ...
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over the real tokens of each row; padding on the left gets 0."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def build_prompt_batch(token_lists: list[list[int]], pad_token_id: int) -> DataProto:
+    """Left-pad token lists into `input_ids`, `attention_mask`, `position_ids` [B, max_len]."""
+    width = max((len(t) for t in token_lists), default=0)
+    input_ids = torch.full((len(token_lists), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        if tokens:
+            input_ids[row, width - len(tokens):] = torch.as_tensor(tokens, dtype=torch.long)
+            attention_mask[row, width - len(tokens):] = 1
+    return DataProto.from_dict(
+        {"input_ids": input_ids, "attention_mask": attention_mask,
+         "position_ids": position_ids_from_mask(attention_mask)}
+    )
+
+
+def response_token_lists(data: DataProto) -> list[list[int]]:
+    """The real tokens of each row's response (`responses` where `response_mask` is 1)."""
+    responses = data.batch["responses"]
+    mask = data.batch["response_mask"].bool()
+    return [row[keep].tolist() for row, keep in zip(responses, mask)]
+
+
+def pad_responses(token_lists: list[list[int]], width: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad response token lists to `width`: (responses, response_mask), both [B, width]."""
+    responses = torch.full((len(token_lists), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        tokens = tokens[:width]
+        responses[row, :len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
+        mask[row, :len(tokens)] = 1
+    return responses, mask
+
+
+def prompt_token_lists(prompts: DataProto) -> list[list[int]]:
+    """The real tokens of each (left padded) prompt row."""
+    ids, mask = prompts.batch["input_ids"], prompts.batch["attention_mask"].bool()
+    return [row[keep].tolist() for row, keep in zip(ids, mask)]
+
+
+def assemble_output(prompts: DataProto, responses: torch.Tensor, response_mask: torch.Tensor) -> DataProto:
+    """Join left-padded prompts and right-padded responses into the rollout's output batch.
+
+    Response positions continue from each row's last prompt position (also over padding, where
+    the attention mask hides them anyway), as a causal LM would number them.
+    """
+    prompt_ids = prompts.batch["input_ids"]
+    prompt_mask = prompts.batch["attention_mask"]
+    prompt_pos = prompts.batch["position_ids"]
+    steps = torch.arange(1, responses.shape[1] + 1, dtype=prompt_pos.dtype)
+    response_pos = prompt_pos[:, -1:] + steps.unsqueeze(0)
+    return DataProto.from_dict(
+        {
+            "prompts": prompt_ids,
+            "responses": responses,
+            "input_ids": torch.cat([prompt_ids, responses], dim=-1),
+            "attention_mask": torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=-1),
+            "position_ids": torch.cat([prompt_pos, response_pos], dim=-1),
+            "response_mask": response_mask,
+        },
+        meta_info=dict(prompts.meta_info),
+    )

@@ -1,0 +1,84 @@
+"""The epoch / mini-batch / micro-batch loop that the actor and the critic share.
+
+One optimizer step per mini-batch; its gradient is accumulated over micro-batches. Every
+micro-batch loss is divided by the SAME explicit denominator, the mini-batch's unit count over all
+ranks divided by the world size (FSDP averages gradients over ranks), so the accumulated gradient
+equals the gradient of the whole mini-batch's loss computed at once, whatever the micro-batch size
+or the number of ranks.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from verl.protocol import DataProto
+from verl.trainer.ppo.core_algos import agg_loss_normalizer
+from verl.utils.distributed import all_reduce_mean
+from verl.utils.fsdp_utils import clip_grad_norm
+
+# micro_loss(micro_batch, normalizer) -> (loss to backpropagate, additive metrics, averaged metrics):
+# additive ones (loss terms) sum over the micro-batches of a mini-batch, averaged ones are means.
+MicroLoss = Callable[[DataProto, torch.Tensor], tuple[torch.Tensor, dict, dict]]
+
+
+def global_normalizer(loss_mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:
+    count = agg_loss_normalizer(loss_mask, loss_agg_mode).to(torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.to(loss_mask.device)
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count
+
+
+def run_updates(
+    data: DataProto,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    mini_batch_size: int,
+    micro_batch_size: int,
+    epochs: int,
+    shuffle: bool,
+    loss_mask: Callable[[DataProto], torch.Tensor],
+    loss_agg_mode: str,
+    grad_clip: float,
+    micro_loss: MicroLoss,
+    prefix: str,
+) -> dict[str, float]:
+    """Train `module` on `data` (this rank's rows); returns metrics averaged over steps and ranks."""
+    history = defaultdict(list)
+    module.train()
+    for epoch in range(epochs):
+        if shuffle:  # same permutation law on every rank, different rows: each rank has its own data
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(epoch))
+            epoch_data = data[order]
+        else:
+            epoch_data = data
+        for mini in epoch_data.split(mini_batch_size):
+            normalizer = global_normalizer(loss_mask(mini), loss_agg_mode)
+            optimizer.zero_grad(set_to_none=True)
+            micros = mini.split(micro_batch_size)
+            step = defaultdict(float)
+            for i, micro in enumerate(micros):
+                if hasattr(module, "set_requires_gradient_sync"):  # FSDP2: reduce once per mini-batch
+                    module.set_requires_gradient_sync(i == len(micros) - 1)
+                loss, additive, averaged = micro_loss(micro, normalizer)
+                loss.backward()
+                for key, value in additive.items():
+                    step[key] += float(value)
+                for key, value in averaged.items():
+                    step[key] += float(value) / len(micros)
+            grad_norm = clip_grad_norm(module.parameters(), grad_clip)
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            else:  # one bad batch must not poison the weights; the metric shows it
+                optimizer.zero_grad(set_to_none=True)
+            step[f"{prefix}/grad_norm"] = grad_norm
+            for key, value in step.items():
+                history[key].append(value)
+    optimizer.zero_grad(set_to_none=True)
+    return all_reduce_mean({key: sum(values) / len(values) for key, values in history.items()})
