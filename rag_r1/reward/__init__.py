@@ -43,7 +43,7 @@ SCORERS: dict[str, Scorer] = {"em": _em, "f1": _f1, "format": _format}
 REWARDS: dict[str, str] = {
     source: "em"
     for source in ("hotpotqa", "hotpotqa_mq", "nq", "triviaqa", "popqa", "2wikimultihopqa", "musique",
-                   "bamboogle", "hotpotqa_closed")
+                   "bamboogle", "hotpotqa_closed", "closed_multihop", "demo")
 }
 
 

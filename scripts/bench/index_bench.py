@@ -117,7 +117,7 @@ def machine_description() -> str:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
     return (f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.release()}, "
-            f"FAISS {faiss.__version__} with {faiss.omp_get_max_threads()} threads")
+            f"FAISS {faiss.__version__}, FAISS threads: {faiss.omp_get_max_threads()}")
 
 
 def bytes_per_dimension(factory: str) -> float:
@@ -151,7 +151,7 @@ def render_markdown(rows: list[dict], context: dict, k: int = 10) -> str:
         f"recall@1 = share of queries with the same top hit, recall@{k} = mean overlap of the top-{k} "
         f"lists / {k}. These questions mostly ask about articles outside this 10k-article sample: "
         f"the mean exact score is {context['score_top1']:.3f} for the 1st and {context['score_top10']:.3f} "
-        f"for the 10th hit, so neighbours are close to ties: the hard case for approximate indexes.",
+        f"for the 10th hit, so the top hits are close in score: a hard case for approximate indexes.",
         "- Build = training (IVF/PQ/SQ, on all vectors here) + adding; latency p50 = one query per "
         "search call; batch = one call with all queries, per query.",
         "",
@@ -168,7 +168,9 @@ def render_markdown(rows: list[dict], context: dict, k: int = 10) -> str:
               "Index bytes grow linearly with the corpus. Per million passages at the measured "
               "bytes/vector, and for the 1024-d BGE-large default with the per-dimension part "
               "rescaled (4 bytes a dimension for Flat and HNSW's stored vectors, 1 for SQ8, none "
-              "for PQ codes; HNSW's graph and IVF's ids do not depend on the dimension):", "",
+              "for PQ codes; HNSW's graph and IVF's ids do not depend on the dimension). IVF and PQ "
+              "rows include their trained tables (centroids, codebooks: about 1-2 MB here) spread "
+              "over this corpus, so they overstate the per-million cost of those types:", "",
               f"| index | {context['dim']}-d, GB per 1M passages | 1024-d, GB per 1M passages |",
               "|---|---:|---:|"]
     seen = set()
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     faiss.omp_set_num_threads(args.threads)
 
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    corpus = split_kilt(args.kilt, args.work / "kilt_sample_100w.jsonl")
+    corpus = args.work / "kilt_sample_100w.jsonl"
+    split_kilt(args.kilt, corpus)
     embedding_dir = args.work / "kilt_sample_minilm"
     encoder = Encoder(resolve_model("minilm"))
     if not args.no_embed:
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     complete = len(vectors) == meta["num_passages"]
     context = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m scripts.bench.index_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m scripts.bench.index_bench", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_description(),
         "load_before": load_before,
         "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),

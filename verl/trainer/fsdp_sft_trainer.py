@@ -330,7 +330,8 @@ def fit(config: SFTConfig) -> dict[str, float]:
         step = ckpt.load_trainer_state(resume_dir)["global_step"]
     tracker = Tracking(trainer.project_name, trainer.experiment_name, trainer.logger,
                        config=OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
-                       log_dir=str(Path(trainer.default_local_dir) / "tensorboard"))
+                       log_dir=str(Path(trainer.default_local_dir) / "tensorboard"),
+                       jsonl_path=str(Path(trainer.default_local_dir) / "metrics.jsonl"))
 
     per_rank = data.train_batch_size // world
     metrics: dict[str, float] = {}

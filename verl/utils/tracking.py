@@ -9,11 +9,12 @@ tensorboard writes to `log_dir` (default `$TENSORBOARD_DIR` or `tensorboard_log/
 """
 from __future__ import annotations
 
+import json
 import numbers
 import os
 from pathlib import Path
 
-BACKENDS = ("console", "wandb", "tensorboard")
+BACKENDS = ("console", "wandb", "tensorboard", "jsonl")
 
 
 def is_rank_zero() -> bool:
@@ -30,12 +31,18 @@ def format_console(data: dict, step: int) -> str:
 
 class Tracking:
     def __init__(self, project_name: str, experiment_name: str, backends=("console",), config: dict | None = None,
-                 log_dir: str | None = None):
+                 log_dir: str | None = None, jsonl_path: str | None = None):
         unknown = [b for b in backends if b not in BACKENDS]
         if unknown:
             raise ValueError(f"unknown logger backend(s) {unknown}; expected some of {BACKENDS}")
         self.backends = list(backends) if is_rank_zero() else []
-        self._wandb = self._tensorboard = None
+        self._wandb = self._tensorboard = self._jsonl = None
+        if "jsonl" in self.backends:
+            # One JSON object per step, appended: reports and plots read it without wandb/tensorboard,
+            # and a resumed run continues the same file.
+            path = Path(jsonl_path or Path(log_dir or ".") / "metrics.jsonl")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._jsonl = path.open("a", encoding="utf-8")
         if "wandb" in self.backends:
             import wandb
 
@@ -51,6 +58,10 @@ class Tracking:
             print(format_console(data, step), flush=True)
         if self._wandb is not None:
             self._wandb.log(data, step=step)
+        if self._jsonl is not None:
+            row = {"step": step, **{k: v for k, v in data.items() if isinstance(v, (numbers.Real, str))}}
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
         if self._tensorboard is not None:
             for key, value in data.items():
                 if isinstance(value, numbers.Real):
@@ -58,6 +69,9 @@ class Tracking:
             self._tensorboard.flush()
 
     def finish(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

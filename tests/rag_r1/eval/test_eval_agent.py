@@ -8,6 +8,7 @@ from rag_r1.eval.agent import AgentSolver
 from rag_r1.eval.runner import evaluate
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager
+from rag_r1.llm_agent.prompts import invalid_action_note
 from rag_r1.llm_agent.scripted import ScriptedPolicy
 
 PASSAGES = {"Tarnholm": "Tarnholm is a city in Veland.", "Ilsa Varn": "Ilsa Varn was born in Tarnholm."}
@@ -65,8 +66,8 @@ def test_solver_reports_rounds_queries_ids_and_policy_tokens(tokenizer):
     assert "<information>" in b["text"] and "Tarnholm is a city in Veland." in b["text"]
     expected = "<search> Ilsa Varn, Tarnholm </search><answer> Tarn </answer>"
     assert b["tokens"] == len(tokenizer.encode(expected, add_special_tokens=False))
-    # the note "... between <answer> and </answer>" sits in c's text but is not c's answer
-    assert "<answer> and </answer>" in c["text"]
+    # c never acted: the corrective note sits in its text, and nothing in it reads as an answer
+    assert invalid_action_note("multi") in c["text"]
     assert (c["answer"], c["searches"], c["queries"], c["retrieved"]) == (None, 0, [], [])
     assert retriever.requests == [["Ilsa Varn", "Tarnholm"]]  # one request for the whole turn
 

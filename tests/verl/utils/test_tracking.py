@@ -33,3 +33,20 @@ def test_only_rank_zero_logs_and_unknown_backend_fails(monkeypatch, capsys):
     assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="mlflow"):
         Tracking("p", "e", backends=["mlflow"])
+
+
+def test_jsonl_backend_appends_one_row_per_step_and_survives_a_restart(tmp_path):
+    import json
+
+    from verl.utils.tracking import Tracking
+
+    path = tmp_path / "run" / "metrics.jsonl"
+    first = Tracking("p", "e", backends=["jsonl"], jsonl_path=str(path))
+    first.log({"critic/score/mean": 0.25, "env/search_calls_mean": 1.5}, step=1)
+    first.finish()
+    resumed = Tracking("p", "e", backends=["jsonl"], jsonl_path=str(path))
+    resumed.log({"critic/score/mean": 0.5, "note": "ok"}, step=2)
+    resumed.finish()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"step": 1, "critic/score/mean": 0.25, "env/search_calls_mean": 1.5},
+                    {"step": 2, "critic/score/mean": 0.5, "note": "ok"}]

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -80,7 +81,8 @@ class RayPPOTrainer:
         self.rollout_loop = load_rollout_loop(config, tokenizer, actor_rollout_wg.generate_sequences)
         self.tracker = tracker or Tracking(config.trainer.project_name, config.trainer.experiment_name,
                                            backends=config.trainer.logger,
-                                           config=OmegaConf.to_container(config, resolve=True))
+                                           config=OmegaConf.to_container(config, resolve=True),
+                                           jsonl_path=str(Path(config.trainer.default_local_dir) / "metrics.jsonl"))
         self.global_steps = 0
         self.history: list[dict] = []  # every step's metrics, for tests and scripts
 
@@ -211,6 +213,8 @@ class RayPPOTrainer:
         root = self.config.trainer.default_local_dir
         directory = checkpoint.step_dir(root, self.global_steps)
         self.actor_rollout_wg.save_checkpoint(str(directory / "actor"))
+        # A plain HF copy beside the resumable state, so evaluation and the next stage load it directly.
+        self.actor_rollout_wg.save_hf_model(str(directory / "actor" / "huggingface"))
         if self.use_critic:
             self.critic_wg.save_checkpoint(str(directory / "critic"))
         checkpoint.save_trainer_state(directory, self.global_steps, self.train_loader.state_dict(),

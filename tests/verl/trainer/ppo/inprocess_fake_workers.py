@@ -75,6 +75,9 @@ class InProcessFakeActorRolloutRefWG:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
                    Path(directory) / "fake_actor.pt")
 
+    def save_hf_model(self, directory: str) -> None:
+        self.model.save_pretrained(directory)
+
     def load_checkpoint(self, directory: str) -> None:
         state = torch.load(Path(directory) / "fake_actor.pt")
         self.model.load_state_dict(state["model"])
