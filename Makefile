@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup test test-fast demo results bench clean-venv model
+.PHONY: setup test demo results bench-retrieval bench-rollout bench-ppo bench-index clean-venv model
 
 setup: $(STAMP)
 
@@ -36,3 +36,16 @@ results: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Benchmarks print ratios measured side by side in one run (never asserted in tests).
+bench-retrieval: setup
+	$(PY) -m scripts.bench.retrieval_bench $(ARGS)
+
+bench-rollout: setup
+	$(PY) -m scripts.bench.rollout_bench $(ARGS)
+
+bench-ppo: setup
+	$(PY) -m scripts.bench.ppo_step_bench $(ARGS)
+
+bench-index: setup
+	$(PY) -m scripts.bench.index_bench $(ARGS)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rag_r1.eval.metrics import evidence_metrics
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager, Retriever, Trajectory, trajectory_metrics
 from rag_r1.search.client import RetrievalClient
@@ -67,8 +68,31 @@ class SearchAgentLoop(RolloutLoop):
         rows, stats = self.manager.run([r[m].tolist() for r, m in zip(ids, mask)], self.sampling_meta(validate))
         trajectory = to_dataproto(prompts, rows, self.tokenizer.pad_token_id)
         trajectory.union(DataProto.from_dict(non_tensors={**prompts.non_tensor_batch, **trajectory_columns(rows)}))
-        trajectory.meta_info = {"metrics": trajectory_metrics(rows, stats)}
+        metrics = trajectory_metrics(rows, stats)
+        metrics.update(evidence_step_metrics(prompts.non_tensor_batch.get("extra_info"), rows))
+        trajectory.meta_info = {"metrics": metrics}
         return trajectory
+
+
+def evidence_step_metrics(extra_info, rows: list[Trajectory]) -> dict[str, float]:
+    """`env/evidence_recall`, `env/evidence_all` and `env/evidence_recall_round_k` of one rollout, for
+    rows whose `extra_info` carries `supporting_ids` (issue 9): a metric of search quality, not a reward.
+    Empty when no row has them."""
+    if extra_info is None:
+        return {}
+    scored = []
+    for info, row in zip(extra_info, rows):
+        ids = (info or {}).get("supporting_ids")
+        # Parquet hands lists back as numpy arrays: make them plain lists before truth tests.
+        scored.append({"supporting_ids": [] if ids is None else list(ids), "retrieved": row.retrieved_ids})
+    evidence = evidence_metrics(scored)
+    if not evidence:
+        return {}
+    metrics = {"env/evidence_recall": evidence["evidence_recall"], "env/evidence_all": evidence["evidence_all"],
+               "env/retrieved_per_question": evidence["retrieved_per_question"]}
+    for k, value in enumerate(evidence["evidence_recall_by_round"], start=1):
+        metrics[f"env/evidence_recall_round_{k}"] = value
+    return metrics
 
 
 def to_dataproto(prompts: DataProto, rows: list[Trajectory], pad_token_id: int) -> DataProto:

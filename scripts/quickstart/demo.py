@@ -15,13 +15,14 @@ from scripts.results.pipeline import REPO, Pipeline, PipelineConfig, parse_confi
 DEFAULTS = PipelineConfig(
     data_dir=REPO / "data" / "demo",
     out_dir=REPO / "outputs" / "demo",
-    sft_questions=24,
-    sft_epochs=1,
+    sft_questions=32,
+    sft_epochs=2,
     sft_batch=8,
     sft_lr=1e-4,
     sft_max_length=1024,
     ppo_steps=2,
     ppo_batch=4,
+    ppo_lr=5e-6,  # a few CPU steps: larger than the paper's 1e-6 so they move the policy at all
     ppo_max_turns=2,
     ppo_response_length=64,
     ppo_max_obs_length=256,

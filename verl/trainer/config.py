@@ -17,6 +17,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from verl.trainer.ppo import core_algos
+from verl.utils.tracking import BACKENDS as LOGGER_BACKENDS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_NAME = "ppo_trainer"
@@ -276,8 +277,8 @@ def check_config(config: DictConfig) -> None:
     if ":" not in loop:
         problems.append(f"actor_rollout_ref.rollout.loop={loop!r}: expected 'module:Class'")
     for backend in config.trainer.logger:
-        if backend not in ("console", "wandb", "tensorboard"):
-            problems.append(f"trainer.logger has {backend!r}: expected console, wandb or tensorboard")
+        if backend not in LOGGER_BACKENDS:
+            problems.append(f"trainer.logger has {backend!r}: expected one of {', '.join(LOGGER_BACKENDS)}")
     if problems:
         raise ValueError("config: " + "; ".join(problems))
 

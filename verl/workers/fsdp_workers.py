@@ -56,7 +56,8 @@ class _TrainStateMixin:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     rank: int
 
-    def _save_train_state(self, directory: str) -> None:
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, directory: str) -> None:
         model_sd = fsdp_utils.full_model_state_dict(self.module)
         optim_sd = fsdp_utils.full_optimizer_state_dict(self.module, self.optimizer)
         if self.rank == 0:
@@ -66,8 +67,11 @@ class _TrainStateMixin:
             torch.save(optim_sd, path / "optimizer.pt")
             torch.save(self.lr_scheduler.state_dict(), path / "lr_scheduler.pt")
         dist.barrier()
+        # Each rank samples its own rollouts: its RNG must resume too, or a resumed sampled step differs.
+        torch.save(_rng_state(), Path(directory) / f"rng_rank{self.rank}.pt")
 
-    def _load_train_state(self, directory: str) -> None:
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, directory: str) -> None:
         path = Path(directory)
         if self.rank == 0:
             model_sd = torch.load(path / "model.pt", weights_only=True)
@@ -78,6 +82,22 @@ class _TrainStateMixin:
         fsdp_utils.load_full_state_dicts(self.module, self.optimizer, model_sd, optim_sd)
         dist.broadcast_object_list(sched, src=0)
         self.lr_scheduler.load_state_dict(sched[0])
+        rng = path / f"rng_rank{self.rank}.pt"
+        if rng.exists():  # absent when resuming on more ranks than saved: those start fresh
+            _set_rng_state(torch.load(rng, weights_only=False))
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class ActorRolloutRefWorker(_TrainStateMixin, Worker):
@@ -164,14 +184,6 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         return DataProto(meta_info={"metrics": metrics})
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def save_checkpoint(self, directory: str) -> None:
-        self._save_train_state(directory)
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def load_checkpoint(self, directory: str) -> None:
-        self._load_train_state(directory)
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_hf_model(self, directory: str) -> None:
         """A plain HF checkpoint (config, safetensors, tokenizer) loadable with from_pretrained."""
         state = fsdp_utils.full_model_state_dict(self.module)
@@ -222,10 +234,3 @@ class CriticWorker(_TrainStateMixin, Worker):
         self.lr_scheduler.step()
         return DataProto(meta_info={"metrics": metrics})
 
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def save_checkpoint(self, directory: str) -> None:
-        self._save_train_state(directory)
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def load_checkpoint(self, directory: str) -> None:
-        self._load_train_state(directory)

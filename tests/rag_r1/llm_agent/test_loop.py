@@ -160,3 +160,23 @@ def test_loop_rejects_bad_agent_config_naming_the_key(tokenizer):
     config = make_config("")
     with pytest.raises(ValueError, match="retriever.url"):
         SearchAgentLoop(config, tokenizer, lambda batch: batch)
+
+
+def test_evidence_step_metrics_by_round_with_parquet_style_ids():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from rag_r1.llm_agent.loop import evidence_step_metrics
+
+    extra_info = np.array([{"supporting_ids": np.array(["a", "b"])},  # as read back from parquet
+                           {"supporting_ids": ["c", "d"]},
+                           {"id": "no-evidence-row"}], dtype=object)
+    rows = [SimpleNamespace(retrieved_ids=[["a", "x"], ["a", "b"]]),  # 1/2 after round 1, 2/2 after round 2
+            SimpleNamespace(retrieved_ids=[["d"]]),                   # 1/2, and stays there
+            SimpleNamespace(retrieved_ids=[["a"]])]                   # not scored
+    metrics = evidence_step_metrics(extra_info, rows)
+    assert metrics == {"env/evidence_recall": 0.75, "env/evidence_all": 0.5, "env/retrieved_per_question": 2.0,
+                       "env/evidence_recall_round_1": 0.5, "env/evidence_recall_round_2": 0.75}
+    assert evidence_step_metrics(np.array([{"id": "x"}], dtype=object), rows[:1]) == {}
+    assert evidence_step_metrics(None, rows) == {}

@@ -49,14 +49,14 @@ def comparable(metrics):
 
 
 def test_resumed_step_equals_uninterrupted(tmp_path, tiny_model_dir):
-    # Greedy rollouts: the workers do not checkpoint their sampling RNG (see the report), so a
-    # sampled step k+1 could differ for that reason alone; everything else is restored.
-    overrides = ["actor_rollout_ref.rollout.do_sample=false", "trainer.total_training_steps=3", "data.train_batch_size=4",
+    # Sampled rollouts: step k+1 matches only if every worker's sampling RNG resumes as well.
+    overrides = ["trainer.total_training_steps=3", "data.train_batch_size=4",
                  "trainer.save_freq=2", "trainer.val_before_train=false"]
     uninterrupted = build_trainer(tiny_config(tmp_path / "a", tiny_model_dir, "gae", overrides), tracker=QUIET)
     full = uninterrupted.fit()
     saved = tmp_path / "a" / "ckpt" / "global_step_2"
     assert (saved / "trainer_state.pt").is_file() and (saved / "actor").is_dir() and (saved / "critic").is_dir()
+    assert (saved / "actor" / "huggingface" / "config.json").is_file()
     resumed = build_trainer(tiny_config(tmp_path / "b", tiny_model_dir, "gae", overrides + [f"trainer.resume_mode={saved}"]),
                             tracker=QUIET)
     rest = resumed.fit()
