@@ -11,15 +11,14 @@ The `agent` and `retriever` nodes are free-form here: the rollout loop that read
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from verl.trainer.ppo import core_algos
+from verl.utils.hydra_config import CONFIG_DIR, compose_checked
 from verl.utils.tracking import BACKENDS as LOGGER_BACKENDS
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_NAME = "ppo_trainer"
 SCHEMA_NAME = "ppo_trainer_schema"
 
@@ -240,13 +239,7 @@ def register_schema() -> None:
 
 def compose_config(overrides: list[str] | None = None, config_name: str = CONFIG_NAME) -> DictConfig:
     """The config `main_ppo` would run with these `key=value` overrides (checked)."""
-    from hydra import compose, initialize_config_dir
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        config = compose(config_name=config_name, overrides=list(overrides or []))
-    check_config(config)
-    return config
+    return compose_checked(config_name, overrides, register_schema, check_config)
 
 
 def check_config(config: DictConfig) -> None:

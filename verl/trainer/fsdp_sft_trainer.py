@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from verl.utils import checkpoint as ckpt
 from verl.utils.dataset.sft_dataset import SFTDataset
+from verl.utils.hydra_config import CONFIG_DIR, compose_checked
 from verl.utils.tracking import BACKENDS, Tracking
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_NAME = "sft_trainer"
 SCHEMA_NAME = "sft_trainer_schema"
 OPTIM_FILE = "optim.pt"
@@ -96,13 +96,7 @@ def register_schema() -> None:
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The config `python -m verl.trainer.fsdp_sft_trainer` would run with these overrides (checked)."""
-    from hydra import compose, initialize_config_dir
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        config = compose(config_name=CONFIG_NAME, overrides=list(overrides or []))
-    check_config(config)
-    return config
+    return compose_checked(CONFIG_NAME, overrides, register_schema, check_config)
 
 
 def check_config(config: DictConfig) -> None:

@@ -3,7 +3,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray for one test module (start-up ~10 s), 4 logical CPUs for 2 + 2 colocated workers.
+    """A local Ray for one test module of tests/verl (start-up ~10 s), 4 logical CPUs for 2 + 2 colocated workers.
 
     Module scope, shut down afterwards: other test modules call `ray.init` themselves, which
     fails while a Ray from an earlier module is still up.
