@@ -1,0 +1,332 @@
+"""The whole RAG-R1 recipe as resumable stages: index -> server -> SFT data -> SFT -> PPO -> eval -> report.
+
+`make results` (scripts/results/make_results.py) and `make demo` (scripts/quickstart/demo.py) are this
+pipeline with different sizes and data. Every stage runs the same command-line tool a researcher would
+run by hand (each command is printed and appended to OUT/commands.sh), and writes its output under OUT;
+a stage whose output is complete is skipped on re-run, so an interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DATA_SOURCE = "closed_multihop"  # scored by exact match (rag_r1.reward.REWARDS)
+
+
+@dataclass
+class PipelineConfig:
+    data_dir: Path  # corpus.jsonl, train.jsonl, test.jsonl (scripts/data_process/closed_corpus.py output)
+    out_dir: Path
+    model: str | None = None  # base HF checkpoint; None = the pip-shipped SmolLM2-135M-Instruct, converted
+    encoder: str = "minilm"  # sentence-transformers dir/name, or "minilm" for the pip-shipped MiniLM
+    topk: int = 3
+    # SFT on evidence trajectories of both modes, so the model follows whichever instruction it gets.
+    sft_questions: int = 400  # train questions per mode turned into SFT conversations
+    sft_epochs: int = 2
+    sft_steps: int | None = None  # caps the steps (None = sft_epochs over the data)
+    sft_batch: int = 8
+    sft_lr: float = 5e-5
+    sft_max_length: int = 1536
+    # PPO (multi-query, reward = EM on the response); the paper's settings scaled to CPU.
+    ppo_steps: int = 8
+    ppo_batch: int = 8
+    ppo_lr: float = 1e-6
+    ppo_critic_lr: float = 1e-5
+    ppo_max_turns: int = 2
+    ppo_response_length: int = 96  # tokens generated per turn
+    ppo_max_obs_length: int = 400
+    ppo_temperature: float = 1.0
+    # Evaluation on test.jsonl
+    eval_models: tuple[str, ...] = ("base", "sft", "ppo")
+    eval_modes: tuple[str, ...] = ("single", "multi")
+    eval_limit: int | None = None
+    eval_max_turns: int = 4
+    eval_max_new_tokens: int = 128
+    eval_batch_size: int = 16
+    python: str = field(default_factory=lambda: sys.executable)
+
+    def validate(self) -> None:
+        for name in ("corpus.jsonl", "train.jsonl", "test.jsonl"):
+            if not (self.data_dir / name).is_file():
+                raise SystemExit(f"data_dir: {self.data_dir / name} is missing (need corpus.jsonl, train.jsonl, "
+                                 "test.jsonl; scripts/data_process/closed_corpus.py writes them)")
+        unknown = set(self.eval_models) - {"base", "sft", "ppo"}
+        if unknown:
+            raise SystemExit(f"eval_models: unknown {sorted(unknown)}; expected base, sft, ppo")
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig):
+        config.validate()
+        self.cfg = config
+        self.out = config.out_dir
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt = self.out / "checkpoints"
+
+    # ------------------------------------------------------------------ the recipe, top to bottom
+    def run(self) -> Path:
+        started = time.time()
+        base = self.base_model()
+        index = self.build_index()
+        with self.retrieval_server(index) as url:
+            sft_data = [self.build_sft_data(url, mode) for mode in ("multi", "single")]
+            rl_data = self.build_rl_data()
+            sft = self.run_sft(base, sft_data)
+            ppo = self.run_ppo(sft, rl_data, url)
+            models = {"base": base, "sft": sft, "ppo": ppo}
+            for name in self.cfg.eval_models:
+                for mode in self.cfg.eval_modes:
+                    self.evaluate(name, models[name], mode, url)
+        from scripts.results.report import write_results_readme
+
+        readme = write_results_readme(self.out, wall_seconds=time.time() - started)
+        print(f"report: {readme}", flush=True)
+        return readme
+
+    # ------------------------------------------------------------------ stages
+    def base_model(self) -> Path:
+        target = self.ckpt / "base"
+        if not (target / "config.json").exists():
+            if self.cfg.model is None:
+                from rag_r1.models.smollm2 import convert
+
+                source = convert()
+            else:
+                source = Path(self.cfg.model)
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        return target
+
+    def build_index(self) -> Path:
+        index_dir = self.out / "index"
+        index = index_dir / "flat.index"
+        if index.exists():
+            return index
+        corpus = self.cfg.data_dir / "corpus.jsonl"
+        self.sh("embed corpus", ["-m", "scripts.build_corpus.build_corpus_embedding", "--corpus", corpus,
+                                 "--out", index_dir / "emb", "--model", self.cfg.encoder, "--num-shards", "1"])
+        self.sh("build index", ["-m", "scripts.build_corpus.build_corpus_index", "--embeddings", index_dir / "emb",
+                                "--out", index, "--factory", "Flat", "--corpus", corpus])
+        return index
+
+    @contextmanager
+    def retrieval_server(self, index: Path):
+        port = free_port()
+        encoder = self.encoder_path()
+        args = [self.cfg.python, REPO / "start_retrieval.py", "--retriever", "dense",
+                "--corpus", self.cfg.data_dir / "corpus.jsonl", "--index", index, "--encoder", encoder,
+                "--topk", str(self.cfg.topk), "--port", str(port)]
+        log = self.out / "logs" / "retrieval_server.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.record(args)
+        with log.open("w") as sink:
+            server = subprocess.Popen([str(a) for a in args], stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            wait_for_line(log, "RETRIEVAL READY", server, timeout=600)
+            url = f"http://127.0.0.1:{port}/retrieve"
+            (self.out / "config.json").write_text(json.dumps(
+                {"retriever": "dense", "encoder": str(encoder), "index": "Flat (inner product)", "topk": self.cfg.topk,
+                 "corpus": str(self.cfg.data_dir / "corpus.jsonl"), "pipeline": jsonable(asdict(self.cfg))},
+                indent=2) + "\n")
+            print(f"retrieval server ready at {url}", flush=True)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+    def build_sft_data(self, url: str, mode: str) -> Path:
+        out = self.out / "sft_data" / f"{mode}.jsonl"
+        if out.exists():
+            return out
+        questions = self.limited(self.cfg.data_dir / "train.jsonl", self.cfg.sft_questions, f"sft_{mode}")
+        self.sh(f"SFT data ({mode})", ["-m", "scripts.data_process.build_sft_from_evidence", "--questions", questions,
+                                       "--corpus", self.cfg.data_dir / "corpus.jsonl", "--retrieval-url", url,
+                                       "--mode", mode, "--out", out, "--topk", str(self.cfg.topk),
+                                       "--tokenizer", self.ckpt / "base",
+                                       "--max-obs-length", str(self.cfg.ppo_max_obs_length)])
+        return out
+
+    def build_rl_data(self) -> Path:
+        out = self.out / "rl_data"
+        if not (out / "train.parquet").exists():
+            self.sh("RL data", ["-m", "scripts.data_process.qa_eval_sets", "--input_dir", self.cfg.data_dir,
+                                "--sets", "train", "--mode", "multi", "--data_source", DATA_SOURCE, "--out", out])
+        return out
+
+    def run_sft(self, base: Path, data: list[Path]) -> Path:
+        target = self.ckpt / "sft"
+        if (target / "config.json").exists():
+            return target
+        run_dir = self.out / "runs" / "sft"
+        overrides = [f"data.train_files=[{','.join(str(p) for p in data)}]",
+                     f"data.max_length={self.cfg.sft_max_length}", f"data.train_batch_size={self.cfg.sft_batch}",
+                     "data.micro_batch_size_per_gpu=2", f"model.partial_pretrain={base}",
+                     f"optim.lr={self.cfg.sft_lr}", "optim.warmup_steps_ratio=0.1",
+                     f"trainer.total_epochs={self.cfg.sft_epochs}", f"trainer.default_local_dir={run_dir}",
+                     "trainer.logger=[console,jsonl]", "trainer.experiment_name=sft", "trainer.device=cpu"]
+        if self.cfg.sft_steps is not None:
+            overrides.append(f"trainer.total_training_steps={self.cfg.sft_steps}")
+        self.sh("SFT", ["-m", "verl.trainer.fsdp_sft_trainer", *overrides])
+        shutil.copytree(latest_step_dir(run_dir), target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.pt"))
+        return target
+
+    def run_ppo(self, sft: Path, rl_data: Path, url: str) -> Path:
+        target = self.ckpt / "ppo"
+        if (target / "config.json").exists():
+            return target
+        run_dir = self.out / "runs" / "ppo"
+        c = self.cfg
+        overrides = [
+            f"data.train_files={rl_data / 'train.parquet'}", f"data.val_files={rl_data / 'train.parquet'}",
+            f"data.train_batch_size={c.ppo_batch}", f"data.val_batch_size={c.ppo_batch}",
+            "data.max_prompt_length=4096", "data.max_start_length=1024",
+            f"data.max_response_length={c.ppo_response_length}",
+            f"actor_rollout_ref.model.path={sft}", f"actor_rollout_ref.actor.optim.lr={c.ppo_lr}",
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={c.ppo_batch}",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+            "actor_rollout_ref.actor.entropy_coeff=0.001", "actor_rollout_ref.actor.state_masking=true",
+            "actor_rollout_ref.actor.use_kl_loss=false",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+            "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.loop=rag_r1.llm_agent.loop:SearchAgentLoop",
+            f"actor_rollout_ref.rollout.temperature={c.ppo_temperature}", "actor_rollout_ref.rollout.top_p=0.95",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+            f"critic.model.path={sft}", f"critic.optim.lr={c.ppo_critic_lr}",
+            f"critic.ppo_mini_batch_size={c.ppo_batch}", "critic.ppo_micro_batch_size_per_gpu=2",
+            "critic.cliprange_value=0.5",
+            "algorithm.adv_estimator=gae", "algorithm.gamma=1.0", "algorithm.lam=1.0",
+            "algorithm.use_kl_in_reward=true", "algorithm.kl_penalty=kl", "algorithm.kl_ctrl.kl_coef=0.001",
+            "agent.mode=multi", f"agent.max_turns={c.ppo_max_turns}", f"agent.topk={c.topk}",
+            f"agent.max_obs_length={c.ppo_max_obs_length}", f"retriever.url={url}",
+            "custom_reward_function.path=rag_r1.reward:compute_score",
+            "trainer.device=cpu", "trainer.n_gpus_per_node=1", f"trainer.total_training_steps={c.ppo_steps}",
+            f"trainer.save_freq={c.ppo_steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
+            "trainer.logger=[console,jsonl]", f"trainer.default_local_dir={run_dir}",
+            "trainer.project_name=rag_r1", "trainer.experiment_name=ppo_multi",
+        ]
+        self.sh("PPO", ["-m", "verl.trainer.main_ppo", *overrides])
+        shutil.copytree(latest_step_dir(run_dir) / "actor" / "huggingface", target, dirs_exist_ok=True)
+        return target
+
+    def evaluate(self, name: str, model: Path, mode: str, url: str) -> Path:
+        out = self.out / "eval" / f"{name}-{mode}" / "test"
+        if (out / "summary.json").exists():
+            return out
+        args = ["-m", "rag_r1.eval", "--model", model, "--questions", self.cfg.data_dir / "test.jsonl",
+                "--retrieval-url", url, "--mode", mode, "--out", out, "--topk", str(self.cfg.topk),
+                "--max-turns", str(self.cfg.eval_max_turns), "--max-new-tokens", str(self.cfg.eval_max_new_tokens),
+                "--batch-size", str(self.cfg.eval_batch_size)]
+        if self.cfg.eval_limit is not None:
+            args += ["--limit", str(self.cfg.eval_limit)]
+        self.sh(f"eval {name} ({mode})", args)
+        return out
+
+    # ------------------------------------------------------------------ plumbing
+    def encoder_path(self) -> str:
+        if self.cfg.encoder == "minilm":
+            from rag_r1.search.encoder import default_minilm_path
+
+            return str(default_minilm_path())
+        return self.cfg.encoder
+
+    def limited(self, questions: Path, limit: int, tag: str) -> Path:
+        """The first `limit` rows of a JSONL file (the whole file when it is shorter)."""
+        rows = questions.read_text(encoding="utf-8").splitlines()
+        if len(rows) <= limit:
+            return questions
+        out = self.out / "sft_data" / f"{tag}_questions.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(rows[:limit]) + "\n", encoding="utf-8")
+        return out
+
+    def record(self, args: list) -> None:
+        line = " ".join(shlex.quote(str(a)) for a in args)
+        with (self.out / "commands.sh").open("a") as f:
+            f.write(line + "\n")
+        print(f"$ {line}", flush=True)
+
+    def sh(self, title: str, args: list) -> None:
+        print(f"\n=== {title}", flush=True)
+        full = [self.cfg.python, *args]
+        self.record(full)
+        started = time.time()
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        done = subprocess.run([str(a) for a in full], cwd=REPO, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"stage '{title}' failed (exit {done.returncode}); re-run to resume from it")
+        with (self.out / "stage_times.jsonl").open("a") as f:
+            f.write(json.dumps({"stage": title, "seconds": round(time.time() - started, 1)}) + "\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_line(log: Path, marker: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if marker in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise SystemExit(f"the retrieval server exited ({process.returncode}); see {log}:\n"
+                             + log.read_text(errors="replace")[-2000:])
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"the retrieval server was not ready after {timeout:.0f}s; see {log}")
+
+
+def latest_step_dir(run_dir: Path) -> Path:
+    steps = sorted(run_dir.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    if not steps:
+        raise SystemExit(f"no global_step_* checkpoint under {run_dir}")
+    return steps[-1]
+
+
+def jsonable(value):
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def parse_config(defaults: PipelineConfig, argv: list[str] | None, description: str) -> PipelineConfig:
+    """A flag per PipelineConfig field (`--ppo-steps 20`), defaulting to `defaults`; `DATA=` and `OUT=`
+    from the environment (how `make results DATA=...` passes them) come before the flags."""
+    import argparse
+    import dataclasses
+
+    parser = argparse.ArgumentParser(description=description)
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name == "python":
+            continue
+        value = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, tuple):
+            parser.add_argument(flag, nargs="+", default=value, help=f"default: {' '.join(value)}")
+        elif isinstance(value, bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
+        else:
+            # Fields whose default is None still take a typed value on the command line.
+            kind = {"model": str, "sft_steps": int, "eval_limit": int}.get(f.name) or type(value)
+            parser.add_argument(flag, type=kind, default=value, help=f"default: {value}")
+    env = {"data_dir": os.environ.get("DATA"), "out_dir": os.environ.get("OUT")}
+    for key, value in env.items():
+        if value:
+            parser.set_defaults(**{key: Path(value)})
+    args = vars(parser.parse_args(argv))
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    return PipelineConfig(**args)

@@ -1,0 +1,70 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts.results.pipeline import PipelineConfig, latest_step_dir, parse_config
+from scripts.results.report import evidence_table, write_results_readme
+
+
+def write_summary(root: Path, label: str, **summary) -> None:
+    path = root / "eval" / label / "test" / "summary.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(summary))
+
+
+def summary(em, rounds, qpr, recall_by_round):
+    return dict(n=4, em=em, f1=em, rounds=rounds, queries_per_round=qpr, tokens=50.0, seconds_per_question=2.0,
+                evidence_recall=recall_by_round[-1], evidence_all=0.25, evidence_recall_by_round=recall_by_round,
+                retrieved_per_question=6.0)
+
+
+def test_results_readme_has_tables_evidence_and_curves(tmp_path):
+    write_summary(tmp_path, "base-multi", **summary(0.0, 1.0, 1.0, [0.25]))
+    write_summary(tmp_path, "ppo-multi", **summary(0.5, 1.5, 2.0, [0.5, 0.75]))
+    runs = tmp_path / "runs" / "ppo"
+    runs.mkdir(parents=True)
+    rows = [{"step": 1, "critic/score/mean": 0.25, "env/search_calls_mean": 1.0},
+            {"step": 2, "critic/score/mean": 0.5, "env/search_calls_mean": 1.5}]
+    (runs / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "stage_times.jsonl").write_text(json.dumps({"stage": "PPO", "seconds": 12.5}) + "\n")
+
+    readme = write_results_readme(tmp_path, wall_seconds=600).read_text()
+
+    assert "- wall time of this invocation: 10.0 min" in readme
+    assert readme.index("| base-multi |") < readme.index("| ppo-multi |")
+    assert "| ppo-multi | 0.500 | 0.750 |" in readme  # evidence recall after round 1, 2
+    assert "| base-multi | 0.250 | – |" in readme
+    assert "| critic/score/mean | 0.25 | 0.5 |" in readme
+    assert "| env/search_calls_mean | 1 | 1.5 |" in readme
+    assert "| PPO | 12.5 |" in readme
+    for png in ("eval.png", "curves.png", "evidence_by_round.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_evidence_table_pads_shorter_runs():
+    assert evidence_table({"a": [0.5], "b": [0.25, 1.0]}).splitlines() == [
+        "| Method | after round 1 | after round 2 |", "|---|---|---|", "| a | 0.500 | – |", "| b | 0.250 | 1.000 |"]
+
+
+def test_parse_config_flags_and_env(tmp_path, monkeypatch):
+    defaults = PipelineConfig(data_dir=tmp_path / "d", out_dir=tmp_path / "o")
+    monkeypatch.setenv("DATA", str(tmp_path / "other"))
+    config = parse_config(defaults, ["--ppo-steps", "20", "--eval-modes", "multi", "--eval-limit", "5"], "x")
+    assert (config.data_dir, config.ppo_steps, config.eval_modes, config.eval_limit) == (
+        tmp_path / "other", 20, ("multi",), 5)
+    assert config.sft_lr == defaults.sft_lr and config.model is None
+
+
+def test_missing_data_names_the_file(tmp_path):
+    from scripts.results.pipeline import Pipeline
+
+    (tmp_path / "corpus.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="train.jsonl is missing"):
+        Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out"))
+
+
+def test_latest_step_dir_orders_numerically(tmp_path):
+    for step in (2, 10, 9):
+        (tmp_path / f"global_step_{step}").mkdir()
+    assert latest_step_dir(tmp_path).name == "global_step_10"
