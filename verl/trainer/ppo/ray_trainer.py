@@ -26,6 +26,7 @@ from verl.utils import checkpoint
 from verl.utils.dataset import RLHFDataset, StatefulLoader
 from verl.utils.torch_functional import masked_mean
 from verl.utils.tracking import Tracking
+from verl.workers.critic.dp_critic import value_loss_mask
 
 
 @contextmanager
@@ -179,9 +180,13 @@ class RayPPOTrainer:
         """advantages and returns by the estimator registered as algorithm.adv_estimator."""
         algo = self.config.algorithm
         estimator = core_algos.get_adv_estimator_fn(algo.adv_estimator)
+        # GAE walks the same tokens the critic learns on: with mask_info_in_critic, retrieved tokens
+        # are skipped (no TD step), as if cut out of the sequence.
+        mask = value_loss_mask(batch) if core_algos.adv_estimator_needs_critic(algo.adv_estimator) \
+            else batch.batch["response_mask"]
         advantages, returns = estimator(
             token_level_rewards=batch.batch["token_level_rewards"], values=batch.batch.get("values"),
-            response_mask=batch.batch["response_mask"], index=batch.non_tensor_batch["uid"],
+            response_mask=mask, index=batch.non_tensor_batch["uid"],
             gamma=algo.gamma, lam=algo.lam, norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
         batch.batch["advantages"], batch.batch["returns"] = advantages, returns
 

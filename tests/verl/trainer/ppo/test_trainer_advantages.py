@@ -1,0 +1,43 @@
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from verl.protocol import DataProto
+from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+
+def batch_with_retrieved_tokens(mask_info_in_critic: bool) -> DataProto:
+    # response: [gen, gen, info, info, gen]; reward 1 on the last token; values 0.1 .. 0.5
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0]]),
+                 "values": torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]]),
+                 "response_mask": torch.ones(1, 5, dtype=torch.long),
+                 "info_mask": torch.tensor([[0, 0, 1, 1, 0]])},
+        non_tensors={"uid": np.array(["p0"], dtype=object)})
+    data.meta_info["mask_info_in_critic"] = mask_info_in_critic
+    return data
+
+
+def advantages_of(data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
+    config = OmegaConf.create({"algorithm": {"adv_estimator": "gae", "gamma": 1.0, "lam": 1.0,
+                                             "norm_adv_by_std_in_grpo": True}})
+    RayPPOTrainer.compute_advantages(SimpleNamespace(config=config), data)
+    return data.batch["advantages"], data.batch["returns"]
+
+
+def test_gae_skips_retrieved_tokens_when_the_critic_masks_them():
+    _, returns = advantages_of(batch_with_retrieved_tokens(True))
+    # gamma = lam = 1: every generated token's return is the final reward, 1; retrieved tokens get 0
+    assert torch.allclose(returns, torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0]]), atol=1e-6)
+    # equal to GAE over the row with the retrieved tokens cut out
+    cut_adv, cut_ret = core_algos.compute_gae_advantage_return(
+        torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.1, 0.2, 0.5]]), torch.ones(1, 3), 1.0, 1.0)
+    assert torch.allclose(returns[:, [0, 1, 4]], cut_ret)
+
+
+def test_without_the_option_gae_walks_every_response_token():
+    _, returns = advantages_of(batch_with_retrieved_tokens(False))
+    assert torch.allclose(returns, torch.ones(1, 5), atol=1e-6)
