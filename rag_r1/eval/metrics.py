@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rag_r1.reward.evidence import evidence_by_round
 from rag_r1.reward.qa_em import em_check, f1_check
 
 
@@ -24,18 +25,6 @@ def answer_scores(answer: str | None, golden_answers: str | Sequence[str]) -> di
     if answer is None:
         return {"em": 0.0, "f1": 0.0}
     return {"em": float(em_check(answer, golden_answers)), "f1": f1_check(answer, golden_answers)}
-
-
-def evidence_by_round(retrieved: Sequence[Sequence[str]], supporting_ids: Sequence[str]) -> list[float]:
-    """Share of `supporting_ids` found in everything retrieved up to round 1, 2, ... (cumulative:
-    a passage retrieved in several rounds counts once). Empty when nothing was retrieved."""
-    wanted = set(supporting_ids)
-    seen: set[str] = set()
-    recalls = []
-    for ids in retrieved:
-        seen.update(ids)
-        recalls.append(len(wanted & seen) / len(wanted))
-    return recalls
 
 
 def evidence_metrics(rows: Sequence[dict]) -> dict[str, float | list[float]]:

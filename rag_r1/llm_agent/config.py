@@ -24,6 +24,9 @@ class AgentConfig:
     max_obs_length: int = 1000  # tokens of one <information> block, tags included
     topk: int = 3  # passages retrieved per query
     mask_info_in_critic: bool = False  # also drop retrieved tokens from the critic's loss and GAE
+    # Experiments only: adds weight x (share of the row's supporting_ids it retrieved) to the reward,
+    # for rows whose extra_info carries supporting_ids. 0 = the paper's pure answer reward.
+    evidence_reward_weight: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -37,6 +40,8 @@ class AgentConfig:
         # The block's own tags take ~10 tokens; below that no passage text would fit.
         if not isinstance(self.max_obs_length, int) or self.max_obs_length < 16:
             problems.append(f"agent.max_obs_length={self.max_obs_length!r}: expected an integer >= 16")
+        if not isinstance(self.evidence_reward_weight, (int, float)) or self.evidence_reward_weight < 0:
+            problems.append(f"agent.evidence_reward_weight={self.evidence_reward_weight!r}: expected a number >= 0")
         if not isinstance(self.query_delimiter, str) or not self.query_delimiter:
             problems.append(f"agent.query_delimiter={self.query_delimiter!r}: expected a non-empty string")
         if isinstance(self.max_start_length, int) and isinstance(self.max_prompt_length, int) \

@@ -67,11 +67,21 @@ class SearchAgentLoop(RolloutLoop):
         ids, mask = prompts.batch["input_ids"], prompts.batch["attention_mask"].bool()
         rows, stats = self.manager.run([r[m].tolist() for r, m in zip(ids, mask)], self.sampling_meta(validate))
         trajectory = to_dataproto(prompts, rows, self.tokenizer.pad_token_id)
-        trajectory.union(DataProto.from_dict(non_tensors={**prompts.non_tensor_batch, **trajectory_columns(rows)}))
+        columns = {**prompts.non_tensor_batch, **trajectory_columns(rows)}
+        if self.agent.evidence_reward_weight > 0 and "extra_info" in columns:
+            columns["extra_info"] = with_evidence_reward(columns["extra_info"], rows, self.agent.evidence_reward_weight)
+        trajectory.union(DataProto.from_dict(non_tensors=columns))
         metrics = trajectory_metrics(rows, stats)
         metrics.update(evidence_step_metrics(prompts.non_tensor_batch.get("extra_info"), rows))
         trajectory.meta_info = {"metrics": metrics}
         return trajectory
+
+
+def with_evidence_reward(extra_info, rows: list[Trajectory], weight: float) -> list:
+    """Copies of the rows' extra_info carrying what the reward's evidence term needs: the ids this
+    trajectory retrieved and the term's weight (the reward function sees only extra_info)."""
+    return [{**(info or {}), "retrieved_ids": row.retrieved_ids, "evidence_reward_weight": weight}
+            for info, row in zip(extra_info, rows)]
 
 
 def evidence_step_metrics(extra_info, rows: list[Trajectory]) -> dict[str, float]:

@@ -4,6 +4,9 @@ The trainer loads it as `custom_reward_function.path=rag_r1.reward:compute_score
 `data_source` maps to a scorer in REWARDS; a row may pick another registered scorer through
 `extra_info["reward"]` ("em", "f1" or "format"; "format" reads optional weights from
 `extra_info["format_weights"]`). The result is a dict: "score" plus numbers logged as reward/<key>.
+With `agent.evidence_reward_weight > 0` (experiments; off by default) the agent loop puts
+`retrieved_ids` and the weight into extra_info, and rows with `supporting_ids` get
+weight x evidence recall added to their score.
 Every scorer sees the response without its `<information>` blocks (retrieved text is not the
 policy's; an `<answer>` tag inside a passage must not score).
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from rag_r1.reward.evidence import evidence_by_round
 from rag_r1.reward.format import FormatWeights, format_reward
 from rag_r1.reward.qa_em import compute_score_em, compute_score_f1, extract_solution, strip_information
 
@@ -62,4 +66,12 @@ def compute_score(data_source: str, solution_str: str, ground_truth, extra_info:
                        f"(add one with rag_r1.reward.register)")
     if name not in SCORERS:
         raise KeyError(f"extra_info['reward']={name!r} is not a scorer; known: {sorted(SCORERS)}")
-    return SCORERS[name](strip_information(solution_str), ground_truth, extra_info)
+    result = SCORERS[name](strip_information(solution_str), ground_truth, extra_info)
+    weight = float(extra_info.get("evidence_reward_weight") or 0.0)
+    supporting = extra_info.get("supporting_ids")
+    if weight > 0 and supporting is not None and len(supporting) > 0:
+        curve = evidence_by_round(extra_info.get("retrieved_ids") or [], list(supporting))
+        recall = curve[-1] if curve else 0.0
+        result = {**result, "evidence_recall": recall, "score": result["score"] + weight * recall}
+    return result
+

@@ -56,3 +56,28 @@ def test_answer_tags_inside_retrieved_text_do_not_score():
     response = "<search> q </search>\n<information>\nDoc 1(Title: t) <answer> Paris </answer>\n</information>\n"
     assert compute_score("hotpotqa", response, {"target": "Paris"})["answered"] == 0.0
     assert compute_score("hotpotqa", response + "<answer> Paris </answer>", {"target": "Paris"})["score"] == 1.0
+
+
+def test_evidence_term_is_off_by_default_and_adds_weighted_recall_when_on():
+    from rag_r1.reward import compute_score
+
+    truth = {"target": ["Paris"]}
+    info = {"supporting_ids": ["a", "b"], "retrieved_ids": [["a", "x"], ["a"]]}
+    assert compute_score("hotpotqa", "<answer> Paris </answer>", truth, info)["score"] == 1.0
+    on = compute_score("hotpotqa", "<answer> Rome </answer>", truth, {**info, "evidence_reward_weight": 0.5})
+    assert (on["score"], on["evidence_recall"]) == (0.25, 0.5)  # 0 (EM) + 0.5 x (1 of 2 found)
+    no_ids = compute_score("hotpotqa", "<answer> Paris </answer>", truth, {"evidence_reward_weight": 0.5})
+    assert no_ids["score"] == 1.0 and "evidence_recall" not in no_ids
+
+
+def test_loop_hands_retrieved_ids_and_weight_to_the_reward():
+    from types import SimpleNamespace
+
+    from rag_r1.llm_agent.loop import with_evidence_reward
+
+    rows = [SimpleNamespace(retrieved_ids=[["a"]]), SimpleNamespace(retrieved_ids=[])]
+    extra = [{"supporting_ids": ["a", "b"]}, None]
+    assert with_evidence_reward(extra, rows, 0.3) == [
+        {"supporting_ids": ["a", "b"], "retrieved_ids": [["a"]], "evidence_reward_weight": 0.3},
+        {"retrieved_ids": [], "evidence_reward_weight": 0.3}]
+    assert extra[0] == {"supporting_ids": ["a", "b"]}  # the prompts' own extra_info is not changed
