@@ -72,8 +72,12 @@ def mentioned_first(titles: list[str], question: str) -> list[str]:
     >>> mentioned_first(["Shirley Temple", "Kiss and Tell (1945 film)"], "Who starred in Kiss and Tell?")
     ['Kiss and Tell (1945 film)', 'Shirley Temple']
     """
-    text = question.lower()
-    return sorted(titles, key=lambda t: _QUALIFIER.sub("", t).lower() not in text)
+    return sorted(titles, key=lambda t: not named_in(t, question))
+
+
+def named_in(title: str, question: str) -> bool:
+    """Whether the question names the title (its "(...)" qualifier ignored, case ignored)."""
+    return _QUALIFIER.sub("", title).strip().lower() in question.lower()
 
 
 def title_queries(question: EvidenceQuestion, titles: dict[str, str], mode: str, delimiter: str = ",") -> list[str]:
@@ -87,10 +91,17 @@ def title_queries(question: EvidenceQuestion, titles: dict[str, str], mode: str,
     return queries
 
 
-def plan_rounds(queries: list[str], mode: str, max_queries: int = 3) -> list[list[str]]:
-    """The queries of each search round: one per round (single), up to `max_queries` per round (multi)."""
-    size = 1 if mode == "single" else max_queries
-    return [queries[i:i + size] for i in range(0, len(queries), size)]
+def plan_rounds(queries: list[str], mode: str, question: str, max_queries: int = 3) -> list[list[str]]:
+    """The queries of each search round. Single: one per round. Multi: round 1 searches together
+    every title the question names (a comparison question names both); titles it does not name
+    (a bridge question's second hop, only learned by reading round 1's passages) come in later
+    rounds, so the model is never taught to guess an entity it has not read yet. With no title
+    named, round 1 takes the first one alone. At most `max_queries` per round."""
+    if mode == "single":
+        return [[q] for q in queries]
+    named = [q for q in queries if named_in(q, question)] or queries[:1]
+    later = [q for q in queries if q not in named]
+    return [part[i:i + max_queries] for part in (named, later) for i in range(0, len(part), max_queries)]
 
 
 def search_turn(round_no: int, rounds: list[list[str]], mode: str, delimiter: str = ",") -> str:
@@ -190,7 +201,7 @@ def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], ret
     supporting passages, or retrieved them but the observation cut left one of them out."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
-    plans = [plan_rounds(title_queries(q, titles, mode, delimiter), mode, max_queries) for q in questions]
+    plans = [plan_rounds(title_queries(q, titles, mode, delimiter), mode, q.question, max_queries) for q in questions]
     hits_of = retrieve_all(retriever, [query for rounds in plans for r in rounds for query in r], topk, batch_size)
     samples = []
     stats = {"questions": len(questions), "kept": 0, "dropped_missing_evidence": 0, "dropped_evidence_cut": 0}

@@ -66,11 +66,16 @@ def stub() -> StubRetriever:
     })
 
 
+COMPARE = EvidenceQuestion("q8", "Who designed the machine Ada Lovelace programmed, the Analytical Engine",
+                           "Charles Babbage", ("e0", "e1"))
+
+
 def test_multi_mode_conversation_exact_text():
-    samples, stats = build_dataset([ADA], TITLES, stub(), "multi", topk=2)
+    # The question names both titles, so one round searches them together.
+    samples, stats = build_dataset([COMPARE], TITLES, stub(), "multi", topk=2)
     assert stats == counts(questions=1, kept=1)
     assert samples == [{"conversations": [
-        {"from": "human", "value": user_content("Who designed the machine Ada Lovelace programmed", "multi")},
+        {"from": "human", "value": user_content(COMPARE.question, "multi")},
         {"from": "gpt", "value": "<think> To answer this I need to look up Ada Lovelace and Analytical Engine. "
                                  "I will search for them together. </think>\n"
                                  "<search> Ada Lovelace, Analytical Engine </search>"},
@@ -85,7 +90,7 @@ def test_multi_mode_conversation_exact_text():
                                  "<answer> Charles Babbage </answer>"},
     ]}]
     assert samples[0]["conversations"][0]["value"].endswith(
-        "Question: Who designed the machine Ada Lovelace programmed?")
+        "Question: Who designed the machine Ada Lovelace programmed, the Analytical Engine?")
 
 
 def test_single_mode_searches_one_title_per_round_exact_text():
@@ -110,8 +115,10 @@ def test_the_title_the_question_names_is_searched_first():
     samples, _ = build_dataset([bridge], TITLES, stub(), "single", topk=1)
     assert [t["value"].split("<search> ")[1] for t in samples[0]["conversations"][1:4:2]] == \
         ["Analytical Engine </search>", "Ada Lovelace </search>"]
+    # Multi mode too searches the unnamed second hop only after reading the first: no guessing.
     samples, _ = build_dataset([bridge], TITLES, stub(), "multi", topk=1)
-    assert samples[0]["conversations"][1]["value"].endswith("<search> Analytical Engine, Ada Lovelace </search>")
+    assert [t["value"].split("<search> ")[1] for t in samples[0]["conversations"][1:4:2]] == \
+        ["Analytical Engine </search>", "Ada Lovelace </search>"]
 
 
 def test_questions_missing_evidence_are_dropped_and_counted():
@@ -137,7 +144,9 @@ def test_model_turns_never_hold_retrieved_text():
     for mode in ("single", "multi"):
         samples, _ = build_dataset([ADA, EVEREST, third], TITLES, stub(), mode, topk=3)
         gpt_values = [t["value"] for s in samples for t in s["conversations"] if t["from"] == "gpt"]
-        assert len(gpt_values) == (5 if mode == "single" else 4)
+        # kept: q1 (2 rounds + answer) and q3 (1 round + answer), in both modes: q1's question names
+        # only its first hop, so multi mode searches the second after reading the first
+        assert len(gpt_values) == 5
         for value in gpt_values:
             assert "<information>" not in value and "</information>" not in value
             assert not any(split_title(text)[1] in value for text in PASSAGES.values())
@@ -251,12 +260,17 @@ def test_cli_against_real_bm25_server(bm25_server, tmp_path, capsys):
                      "observations_cut": 0, "skipped_no_supporting_ids": 1}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kept"] == 2
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[1]["conversations"][1]["value"].endswith("<search> Mount Everest, Tenzing Norgay </search>")
+    # "When was Everest first climbed?" names neither title in full: the first is searched alone.
+    assert rows[1]["conversations"][1]["value"].endswith("<search> Mount Everest </search>")
+    assert rows[1]["conversations"][3]["value"].endswith("<search> Tenzing Norgay </search>")
     observation = rows[1]["conversations"][2]["value"]
     documents = json.loads(observation.removeprefix("\n<information>\n").removesuffix("\n</information>\n"))
-    assert documents["query"] == ["Mount Everest", "Tenzing Norgay"]
+    assert documents["query"] == ["Mount Everest"]
     assert documents["documents"][0].startswith("Doc 1(Title: Mount Everest) Mount Everest is the highest")
-    assert documents["documents"][1].startswith("Doc 1(Title: Tenzing Norgay) Tenzing Norgay reached")
+    second = rows[1]["conversations"][4]["value"]
+    documents = json.loads(second.removeprefix("\n<information>\n").removesuffix("\n</information>\n"))
+    assert documents["query"] == ["Tenzing Norgay"]
+    assert documents["documents"][0].startswith("Doc 1(Title: Tenzing Norgay) Tenzing Norgay reached")
     assert rows[0]["conversations"][-1]["value"].endswith("<answer> Charles Babbage </answer>")
     from verl.utils.dataset.sft_dataset import parse_row  # the SFT trainer reads the rows as agent trajectories
 
