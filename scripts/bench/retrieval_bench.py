@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +30,7 @@ import numpy as np
 import psutil
 
 from rag_r1.search.client import RetrievalClient
+from rag_r1.search.launcher import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "retrieval_bench"
@@ -103,26 +102,13 @@ def build_bm25_index(corpus: Path) -> Path:
     return path if (path / META_FILE).is_file() else build_bm25(corpus, path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(args: list[str], log_path: Path, timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "start_retrieval.py"), *args, "--port", str(port)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if "RETRIEVAL READY" in log_path.read_text():
-            return proc, f"http://127.0.0.1:{port}/retrieve"
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited:\n{log_path.read_text()}")
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit(f"server not ready after {timeout}s:\n{log_path.read_text()}")
+    server = ServerProcess(args, log_path)
+    try:
+        server.start(timeout)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from err
+    return server.proc, server.retrieve_url
 
 
 def server_stats(url: str) -> dict:

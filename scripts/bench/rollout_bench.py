@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,26 +34,20 @@ SHARED = ROOT / ".." / "shared" / "data" / "hotpotqa_closed"
 
 def start_server(corpus: Path) -> tuple[subprocess.Popen, str]:
     from rag_r1.search.bm25 import build_bm25
+    from rag_r1.search.launcher import ServerProcess
 
     index = CACHE / f"bm25_{corpus.stem}_{corpus.stat().st_size}"
     if not (index / ".done").exists():
         build_bm25(corpus, index)
         (index / ".done").touch()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = Path(tempfile.mkstemp(suffix=".log")[1])
-    proc = subprocess.Popen([sys.executable, str(ROOT / "start_retrieval.py"), "--retriever", "bm25",
-                             "--corpus", str(corpus), "--index", str(index), "--port", str(port),
-                             "--cache-size", "0"],  # no cache: every repeat pays the real search
-                            cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while "RETRIEVAL READY" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.terminate()
-            raise SystemExit(f"retrieval server did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    return proc, f"http://127.0.0.1:{port}/retrieve"
+    # no cache: every repeat pays the real search
+    server = ServerProcess(["--retriever", "bm25", "--corpus", corpus, "--index", index, "--cache-size", "0"], log)
+    try:
+        server.start(timeout=180)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from err
+    return server.proc, server.retrieve_url
 
 
 def load_items(questions: Path, corpus: Path, n: int) -> list[dict]:

@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -120,31 +119,26 @@ class Pipeline:
 
     @contextmanager
     def retrieval_server(self, index: Path):
-        port = free_port()
+        from rag_r1.search.launcher import ServerProcess
+
         encoder = self.encoder_path()
-        args = [self.cfg.python, REPO / "start_retrieval.py", "--retriever", "dense",
-                "--corpus", self.cfg.data_dir / "corpus.jsonl", "--index", index, "--encoder", encoder,
-                "--topk", str(self.cfg.topk), "--port", str(port)]
-        log = self.out / "logs" / "retrieval_server.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.record(args)
-        with log.open("w") as sink:
-            server = subprocess.Popen([str(a) for a in args], stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
+        server = ServerProcess(["--retriever", "dense", "--corpus", self.cfg.data_dir / "corpus.jsonl",
+                                "--index", index, "--encoder", encoder, "--topk", self.cfg.topk],
+                               self.out / "logs" / "retrieval_server.log", python=self.cfg.python)
+        self.record(server.command())
         try:
-            wait_for_line(log, "RETRIEVAL READY", server, timeout=600)
-            url = f"http://127.0.0.1:{port}/retrieve"
+            server.start(timeout=600)
+        except RuntimeError as err:
+            raise SystemExit(str(err)) from err
+        try:
             (self.out / "config.json").write_text(json.dumps(
                 {"retriever": "dense", "encoder": str(encoder), "index": "Flat (inner product)", "topk": self.cfg.topk,
                  "corpus": str(self.cfg.data_dir / "corpus.jsonl"), "pipeline": jsonable(asdict(self.cfg))},
                 indent=2) + "\n")
-            print(f"retrieval server ready at {url}", flush=True)
-            yield url
+            print(f"retrieval server ready at {server.retrieve_url}", flush=True)
+            yield server.retrieve_url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.stop()
 
     def build_sft_data(self, url: str, mode: str) -> Path:
         out = self.out / "sft_data" / f"{mode}.jsonl"
@@ -267,25 +261,6 @@ class Pipeline:
             raise SystemExit(f"stage '{title}' failed (exit {done.returncode}); re-run to resume from it")
         with (self.out / "stage_times.jsonl").open("a") as f:
             f.write(json.dumps({"stage": title, "seconds": round(time.time() - started, 1)}) + "\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_line(log: Path, marker: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if marker in log.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            raise SystemExit(f"the retrieval server exited ({process.returncode}); see {log}:\n"
-                             + log.read_text(errors="replace")[-2000:])
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"the retrieval server was not ready after {timeout:.0f}s; see {log}")
 
 
 def latest_step_dir(run_dir: Path) -> Path:

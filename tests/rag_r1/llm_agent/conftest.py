@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from rag_r1.search.launcher import ServerProcess
+
 
 # One topic per passage so BM25's first hit for the test queries is unambiguous.
 PASSAGES = {
@@ -40,33 +37,16 @@ class RetrievalServer:
         corpus.write_text("".join(json.dumps({"id": pid, "contents": f'"{title}"\n{text}'}) + "\n"
                                   for pid, (title, text) in PASSAGES.items()))
         index = build_bm25(corpus, workdir / "bm25")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-        self.url = self.base + "/retrieve"
-        self.log = workdir / "server.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "start_retrieval.py"), "--retriever", "bm25", "--corpus", str(corpus),
-             "--index", str(index), "--port", str(port)],
-            cwd=ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while "RETRIEVAL READY" not in self.log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"retrieval server did not start:\n{self.log.read_text()}")
-            time.sleep(0.2)
+        self.server = ServerProcess(["--retriever", "bm25", "--corpus", corpus, "--index", index],
+                                    workdir / "server.log").start(timeout=120)
+        self.base = self.server.url
+        self.url = self.server.retrieve_url
 
     def stats(self) -> dict:
         return httpx.get(self.base + "/stats").json()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self.server.stop()
 
 
 @pytest.fixture(scope="session")

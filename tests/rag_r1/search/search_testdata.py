@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from rag_r1.search.launcher import ServerProcess, free_port  # noqa: F401  (the tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -43,47 +41,3 @@ def write_jsonl(path: Path, passages=PASSAGES) -> Path:
             f.write(json.dumps({"id": pid, "contents": passage_contents(title, text)}) + "\n")
     return path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`python start_retrieval.py ARGS` on a free loopback port; output goes to a log file."""
-
-    def __init__(self, args: list[str], log_path: Path, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = args
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180.0) -> ServerProcess:
-        log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "start_retrieval.py"), *self.args, "--port", str(self.port)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "RETRIEVAL READY" in self.log_path.read_text():
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text()

@@ -3,10 +3,6 @@ in the model's turns, and the CLI against a real BM25 retrieval server on loopba
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +10,11 @@ import pytest
 from rag_r1.llm_agent.actions import split_queries
 from rag_r1.llm_agent.prompts import user_content
 from rag_r1.search.corpus import split_title
+from rag_r1.search.launcher import ServerProcess
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN
 from rag_r1.sft.evidence import EvidenceQuestion, build_dataset, conversation, observation, title_queries, token_cut
 from scripts.data_process import build_sft_from_evidence
 
-ROOT = Path(__file__).resolve().parents[3]
 
 PASSAGES = {
     "e0": '"Ada Lovelace"\nAda Lovelace wrote the first program for the Analytical Engine.',
@@ -231,23 +227,8 @@ def bm25_server(tmp_path):
 
     corpus, questions = write_files(tmp_path)
     index = build_bm25(corpus, tmp_path / "bm25")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "server.log"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "start_retrieval.py"), "--retriever", "bm25", "--corpus", str(corpus),
-         "--index", str(index), "--port", str(port)], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while "RETRIEVAL READY" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"retrieval server did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/retrieve", corpus, questions
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with ServerProcess(["--retriever", "bm25", "--corpus", corpus, "--index", index], tmp_path / "server.log") as server:
+        yield server.retrieve_url, corpus, questions
 
 
 def test_cli_against_real_bm25_server(bm25_server, tmp_path, capsys):
