@@ -22,7 +22,7 @@ from rag_r1.eval.runner import evaluate, load_questions
 
 # Settings that change what a trajectory is; a resumed run must use the same ones.
 TRAJECTORY_SETTINGS = ("model", "questions", "mode", "max_turns", "max_new_tokens", "topk", "max_prompt_length",
-                       "max_start_length", "sample", "temperature", "top_p", "seed")
+                       "max_start_length", "max_obs_length", "sample", "temperature", "top_p", "seed")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-turns", type=int, default=5, help="retrieval rounds at most (paper: 5)")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="generated tokens per turn at most")
     parser.add_argument("--topk", type=int, default=3, help="passages per query")
+    parser.add_argument("--max-obs-length", type=int, default=1000,
+                        help="tokens of one <information> block at most (as agent.max_obs_length in training)")
     parser.add_argument("--max-prompt-length", type=int, default=8192,
                         help="tokens of the rolling context fed to each turn at most")
     parser.add_argument("--max-start-length", type=int, default=2048,

@@ -74,7 +74,7 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
                                                            "do_sample": args.sample}))
     config = AgentConfig(max_prompt_length=args.max_prompt_length, max_start_length=args.max_start_length,
                          max_response_length=args.max_new_tokens, mode=args.mode, max_turns=args.max_turns,
-                         topk=args.topk)
+                         topk=args.topk, max_obs_length=args.max_obs_length)
     manager = GenerationManager(engine.generate_sequences, tokenizer, RetrievalClient(args.retrieval_url), config)
     sampling = {"do_sample": args.sample}
     if args.sample:

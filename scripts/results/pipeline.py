@@ -30,25 +30,25 @@ class PipelineConfig:
     encoder: str = "minilm"  # sentence-transformers dir/name, or "minilm" for the pip-shipped MiniLM
     topk: int = 3
     # SFT on evidence trajectories of both modes, so the model follows whichever instruction it gets.
-    sft_questions: int = 400  # train questions per mode turned into SFT conversations
-    sft_epochs: int = 2
+    sft_questions: int = 90  # train questions per mode turned into SFT conversations
+    sft_epochs: int = 1
     sft_steps: int | None = None  # caps the steps (None = sft_epochs over the data)
     sft_batch: int = 8
-    sft_lr: float = 5e-5
+    sft_lr: float = 1e-4
     sft_max_length: int = 1536
     # PPO (multi-query, reward = EM on the response); the paper's settings scaled to CPU.
-    ppo_steps: int = 8
+    ppo_steps: int = 6
     ppo_batch: int = 8
-    ppo_lr: float = 1e-6
-    ppo_critic_lr: float = 1e-5
+    ppo_lr: float = 5e-6
+    ppo_critic_lr: float = 5e-5
     ppo_max_turns: int = 2
     ppo_response_length: int = 96  # tokens generated per turn
-    ppo_max_obs_length: int = 400
+    max_obs_length: int = 600  # tokens of one <information> block: SFT data, PPO and eval alike
     ppo_temperature: float = 1.0
     # Evaluation on test.jsonl
     eval_models: tuple[str, ...] = ("base", "sft", "ppo")
     eval_modes: tuple[str, ...] = ("single", "multi")
-    eval_limit: int | None = None
+    eval_limit: int | None = 100  # bounds the run time on large sets; None = all of test.jsonl
     eval_max_turns: int = 4
     eval_max_new_tokens: int = 128
     eval_batch_size: int = 16
@@ -149,7 +149,7 @@ class Pipeline:
                                        "--corpus", self.cfg.data_dir / "corpus.jsonl", "--retrieval-url", url,
                                        "--mode", mode, "--out", out, "--topk", str(self.cfg.topk),
                                        "--tokenizer", self.ckpt / "base",
-                                       "--max-obs-length", str(self.cfg.ppo_max_obs_length)])
+                                       "--max-obs-length", str(self.cfg.max_obs_length)])
         return out
 
     def build_rl_data(self) -> Path:
@@ -202,12 +202,13 @@ class Pipeline:
             "algorithm.adv_estimator=gae", "algorithm.gamma=1.0", "algorithm.lam=1.0",
             "algorithm.use_kl_in_reward=true", "algorithm.kl_penalty=kl", "algorithm.kl_ctrl.kl_coef=0.001",
             "agent.mode=multi", f"agent.max_turns={c.ppo_max_turns}", f"agent.topk={c.topk}",
-            f"agent.max_obs_length={c.ppo_max_obs_length}", f"retriever.url={url}",
+            f"agent.max_obs_length={c.max_obs_length}", f"retriever.url={url}",
             "custom_reward_function.path=rag_r1.reward:compute_score",
             "trainer.device=cpu", "trainer.n_gpus_per_node=1", f"trainer.total_training_steps={c.ppo_steps}",
             f"trainer.save_freq={c.ppo_steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
             "trainer.logger=[console,jsonl]", f"trainer.default_local_dir={run_dir}",
             "trainer.project_name=rag_r1", "trainer.experiment_name=ppo_multi",
+            "ray_init.include_dashboard=false",  # a local run; the dashboard only costs start-up time and a port
         ]
         self.sh("PPO", ["-m", "verl.trainer.main_ppo", *overrides])
         shutil.copytree(latest_step_dir(run_dir) / "actor" / "huggingface", target, dirs_exist_ok=True)
@@ -220,7 +221,8 @@ class Pipeline:
         args = ["-m", "rag_r1.eval", "--model", model, "--questions", self.cfg.data_dir / "test.jsonl",
                 "--retrieval-url", url, "--mode", mode, "--out", out, "--topk", str(self.cfg.topk),
                 "--max-turns", str(self.cfg.eval_max_turns), "--max-new-tokens", str(self.cfg.eval_max_new_tokens),
-                "--batch-size", str(self.cfg.eval_batch_size)]
+                "--batch-size", str(self.cfg.eval_batch_size),
+                "--max-obs-length", str(self.cfg.max_obs_length)]
         if self.cfg.eval_limit is not None:
             args += ["--limit", str(self.cfg.eval_limit)]
         self.sh(f"eval {name} ({mode})", args)
@@ -278,6 +280,11 @@ def jsonable(value):
     return str(value) if isinstance(value, Path) else value
 
 
+def optional_int(text: str) -> int | None:
+    """An integer flag where `none` or `all` lifts the cap."""
+    return None if text.lower() in ("none", "all") else int(text)
+
+
 def parse_config(defaults: PipelineConfig, argv: list[str] | None, description: str) -> PipelineConfig:
     """A flag per PipelineConfig field (`--ppo-steps 20`), defaulting to `defaults`; `DATA=` and `OUT=`
     from the environment (how `make results DATA=...` passes them) come before the flags."""
@@ -296,7 +303,7 @@ def parse_config(defaults: PipelineConfig, argv: list[str] | None, description: 
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
         else:
             # Fields whose default is None still take a typed value on the command line.
-            kind = {"model": str, "sft_steps": int, "eval_limit": int}.get(f.name) or type(value)
+            kind = {"model": str, "sft_steps": optional_int, "eval_limit": optional_int}.get(f.name) or type(value)
             parser.add_argument(flag, type=kind, default=value, help=f"default: {value}")
     env = {"data_dir": os.environ.get("DATA"), "out_dir": os.environ.get("OUT")}
     for key, value in env.items():

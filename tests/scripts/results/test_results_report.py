@@ -54,6 +54,7 @@ def test_parse_config_flags_and_env(tmp_path, monkeypatch):
     assert (config.data_dir, config.ppo_steps, config.eval_modes, config.eval_limit) == (
         tmp_path / "other", 20, ("multi",), 5)
     assert config.sft_lr == defaults.sft_lr and config.model is None
+    assert parse_config(defaults, ["--eval-limit", "all"], "x").eval_limit is None
 
 
 def test_missing_data_names_the_file(tmp_path):
