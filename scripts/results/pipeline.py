@@ -38,8 +38,8 @@ class PipelineConfig:
     sft_max_length: int = 1536
     # PPO (multi-query, reward = EM on the response); the paper's settings scaled to CPU.
     ppo_steps: int = 6
-    ppo_batch: int = 8
-    ppo_lr: float = 5e-6
+    ppo_batch: int = 4
+    ppo_lr: float = 1e-5
     ppo_critic_lr: float = 5e-5
     ppo_max_turns: int = 2
     ppo_response_length: int = 96  # tokens generated per turn

@@ -107,6 +107,23 @@ def pad_sequence_to_length(
     return F.pad(tensor, pad, value=pad_value)
 
 
+def trim_padding_columns(batch: dict, response_length: int) -> tuple[dict, int]:
+    """Model inputs of a [B, P + R] batch (left-padded prompts, right-padded responses) without the
+    columns that are padding in every row, and R' <= R, the response columns kept.
+
+    Such columns change no output at any other position (nothing attends to them and position_ids
+    are explicit), so a micro-batch of short rows does not pay for the longest row of the batch.
+    The kept window always includes the last prompt column, whose output predicts response token 0.
+    """
+    attended = batch["attention_mask"].bool().any(dim=0)
+    total = attended.shape[0]
+    prompt_end = total - response_length
+    first = min(int(attended.to(torch.int8).argmax()), prompt_end - 1)
+    last = max(total - int(attended.flip(0).to(torch.int8).argmax()), prompt_end)
+    inputs = {key: batch[key][..., first:last] for key in ("input_ids", "attention_mask", "position_ids")}
+    return inputs, last - prompt_end
+
+
 def pad_2d_list_to_length(
     rows: list[list[int]], pad_value: int, max_length: int | None = None, left_pad: bool = False
 ) -> torch.Tensor:

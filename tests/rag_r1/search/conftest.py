@@ -46,23 +46,21 @@ def bm25_dir(small_corpus, tmp_path_factory) -> Path:
     return build_bm25(small_corpus, tmp_path_factory.mktemp("bm25") / "index")
 
 
+def serve(retriever: str, corpus, index, limits_yaml, logs):
+    """A started retrieval server of one kind over the small corpus (stopped by the caller)."""
+    return ServerProcess(["--config", str(limits_yaml), "--retriever", retriever, "--corpus", str(corpus),
+                          "--index", str(index)], logs / f"{retriever}.log").start()
+
+
 @pytest.fixture(scope="session")
 def dense_server(small_corpus, flat_index, limits_yaml, tmp_path_factory):
-    server = ServerProcess(
-        ["--config", str(limits_yaml), "--retriever", "dense", "--corpus", str(small_corpus),
-         "--index", str(flat_index)],
-        tmp_path_factory.mktemp("logs") / "dense.log",
-    ).start()
+    server = serve("dense", small_corpus, flat_index, limits_yaml, tmp_path_factory.mktemp("logs"))
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def bm25_server(small_corpus, bm25_dir, limits_yaml, tmp_path_factory):
-    server = ServerProcess(
-        ["--config", str(limits_yaml), "--retriever", "bm25", "--corpus", str(small_corpus),
-         "--index", str(bm25_dir)],
-        tmp_path_factory.mktemp("logs") / "bm25.log",
-    ).start()
+    server = serve("bm25", small_corpus, bm25_dir, limits_yaml, tmp_path_factory.mktemp("logs"))
     yield server
     server.stop()

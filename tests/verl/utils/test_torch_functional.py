@@ -75,3 +75,22 @@ def test_padding_helpers():
     assert F.pad_sequence_to_length(t, 1, 0) is t
     assert F.pad_2d_list_to_length([[1], [2, 3], []], 0).tolist() == [[1, 0], [2, 3], [0, 0]]
     assert F.pad_2d_list_to_length([[1], [2, 3]], 7, max_length=3, left_pad=True).tolist() == [[7, 7, 1], [7, 2, 3]]
+
+
+def test_trim_padding_columns_drops_columns_padded_in_every_row():
+    # P = 4 prompt columns (left padded), R = 4 response columns (right padded)
+    attention = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0],
+                              [0, 1, 1, 1, 1, 0, 0, 0]])
+    batch = {"input_ids": torch.arange(16).view(2, 8), "attention_mask": attention,
+             "position_ids": torch.arange(8).repeat(2, 1)}
+    inputs, kept = F.trim_padding_columns(batch, response_length=4)
+    assert kept == 2  # response columns 0 and 1 hold a token in some row
+    assert inputs["input_ids"].tolist() == [[1, 2, 3, 4, 5], [9, 10, 11, 12, 13]]
+    assert inputs["attention_mask"].tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+
+
+def test_trim_padding_columns_keeps_the_last_prompt_column_when_no_response():
+    batch = {"input_ids": torch.tensor([[0, 7, 8, 0, 0]]), "attention_mask": torch.tensor([[0, 1, 1, 0, 0]]),
+             "position_ids": torch.tensor([[0, 0, 1, 2, 3]])}
+    inputs, kept = F.trim_padding_columns(batch, response_length=2)
+    assert kept == 0 and inputs["input_ids"].tolist() == [[7, 8]]

@@ -301,3 +301,30 @@ def test_kl_loss_and_entropy_bonus_enter_the_loss(local, tiny_model_dir):
 
     config = actor_config(tiny_model_dir, entropy_coeff=0.01)
     assert local_actor(model, config, recorder).update_policy(data)["actor/grad_norm"] > 0
+
+
+def test_trimmed_micro_batches_match_the_full_padded_batch(local, tiny_model_dir):
+    """One row per micro-batch trims that row's padding; its log-probs, entropies and values equal
+    the ones read from a forward pass over the whole padded batch."""
+    from verl.utils.model import load_value_model
+    from verl.workers.critic.dp_critic import DataParallelPPOCritic
+
+    model, tok = local
+    data = make_batch(len(tok), tok.pad_token_id, seed=3)
+    b, mask = data.batch, data.batch["response_mask"].bool()
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       position_ids=b["position_ids"]).logits[:, -RESPONSE - 1:-1]
+    expected = torch.log_softmax(logits, -1).gather(-1, b["responses"].unsqueeze(-1)).squeeze(-1)
+    log_probs, entropy = local_actor(model, actor_config(tiny_model_dir)).compute_log_prob(
+        DataProto.from_dict(dict(b), meta_info={"temperature": 1.0}), micro_batch_size=1)
+    torch.testing.assert_close(log_probs[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    probs = torch.softmax(logits, -1)
+    torch.testing.assert_close(entropy[mask], -(probs * torch.log(probs)).sum(-1)[mask], atol=1e-4, rtol=1e-4)
+
+    module = load_value_model(OmegaConf.create({"path": str(tiny_model_dir)}))
+    torch.nn.init.normal_(module.value_head.weight)  # non-zero values to compare
+    one_row = OmegaConf.merge(critic_config(tiny_model_dir), {"forward_micro_batch_size_per_gpu": 1})
+    whole = OmegaConf.merge(one_row, {"forward_micro_batch_size_per_gpu": ROWS})
+    torch.testing.assert_close(DataParallelPPOCritic(one_row, module).compute_values(data),
+                               DataParallelPPOCritic(whole, module).compute_values(data), atol=1e-5, rtol=1e-5)

@@ -11,18 +11,18 @@ from omegaconf import DictConfig
 
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss, kl_penalty
-from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
+from verl.utils.torch_functional import (entropy_from_logits, logprobs_from_logits, pad_sequence_to_length,
+                                         trim_padding_columns)
 from verl.workers.update_loop import run_updates
 
 
 def response_logits(module: torch.nn.Module, batch: dict, temperature: float) -> torch.Tensor:
-    """[B, R, V] fp32 logits that predicted each response token, divided by the sampling temperature."""
-    length = batch["responses"].shape[1]
-    logits = module(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"], use_cache=False,
-    ).logits
-    return logits[:, -length - 1:-1].float() / temperature
+    """[B, R', V] fp32 logits that predicted the first R' response tokens, divided by the sampling
+    temperature; R' <= R drops the trailing columns that are padding in every row."""
+    inputs, kept = trim_padding_columns(batch, batch["responses"].shape[1])
+    # logits_to_keep: the [*, V] LM head runs on the response positions only, never on the prompt.
+    logits = module(**inputs, use_cache=False, logits_to_keep=kept + 1).logits[:, :-1].float()
+    return logits / temperature if temperature != 1.0 else logits
 
 
 def policy_loss_mask(data: DataProto, state_masking: bool) -> torch.Tensor:
@@ -42,12 +42,16 @@ class DataParallelPPOActor:
         self.mini_batch_size = mini_batch_size
 
     def _log_probs(self, batch: dict, temperature: float, with_entropy: bool, entropy_grad: bool = False):
+        # Padding positions read 0 whatever the micro-batch size (a micro-batch may trim them away).
+        mask = batch["response_mask"]
         logits = response_logits(self.module, batch, temperature)
-        log_probs = logprobs_from_logits(logits, batch["responses"])
+        log_probs = logprobs_from_logits(logits, batch["responses"][:, :logits.shape[1]])
+        log_probs = pad_sequence_to_length(log_probs, mask.shape[1], 0.0) * mask
         if not with_entropy:
             return log_probs, None
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            return log_probs, entropy_from_logits(logits)
+            entropy = pad_sequence_to_length(entropy_from_logits(logits), mask.shape[1], 0.0) * mask
+        return log_probs, entropy
 
     @torch.no_grad()
     def compute_log_prob(self, data: DataProto, micro_batch_size: int, with_entropy: bool = True):

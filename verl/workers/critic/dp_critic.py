@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import compute_value_loss
+from verl.utils.torch_functional import pad_sequence_to_length, trim_padding_columns
 from verl.workers.update_loop import run_updates
 
 
@@ -29,9 +30,10 @@ class DataParallelPPOCritic:
     def _values(self, batch: dict) -> torch.Tensor:
         # V(s_t) for response token t is read where the model has seen the prefix before t,
         # the same positions whose logits predict t.
-        length = batch["responses"].shape[1]
-        values = self.module(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-        return values[:, -length - 1:-1].float()
+        width = batch["responses"].shape[1]
+        inputs, kept = trim_padding_columns(batch, width)
+        values = self.module(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
+        return pad_sequence_to_length(values[:, -kept - 1:-1].float(), width, 0.0)
 
     @torch.no_grad()
     def compute_values(self, data: DataProto) -> torch.Tensor:
