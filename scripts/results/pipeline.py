@@ -30,14 +30,14 @@ class PipelineConfig:
     encoder: str = "minilm"  # sentence-transformers dir/name, or "minilm" for the pip-shipped MiniLM
     topk: int = 3
     # SFT on evidence trajectories of both modes, so the model follows whichever instruction it gets.
-    sft_questions: int = 90  # train questions per mode turned into SFT conversations
+    sft_questions: int = 64  # train questions per mode turned into SFT conversations
     sft_epochs: int = 1
     sft_steps: int | None = None  # caps the steps (None = sft_epochs over the data)
     sft_batch: int = 8
     sft_lr: float = 1e-4
     sft_max_length: int = 1536
     # PPO (multi-query, reward = EM on the response); the paper's settings scaled to CPU.
-    ppo_steps: int = 6
+    ppo_steps: int = 4
     ppo_batch: int = 4
     ppo_lr: float = 1e-5
     ppo_critic_lr: float = 5e-5
@@ -48,9 +48,9 @@ class PipelineConfig:
     # Evaluation on test.jsonl
     eval_models: tuple[str, ...] = ("base", "sft", "ppo")
     eval_modes: tuple[str, ...] = ("single", "multi")
-    eval_limit: int | None = 100  # bounds the run time on large sets; None = all of test.jsonl
-    eval_max_turns: int = 4
-    eval_max_new_tokens: int = 128
+    eval_limit: int | None = 50  # first N test questions (~9 s each per model and mode on 2 cores); None = all
+    eval_max_turns: int = 3
+    eval_max_new_tokens: int = 96
     eval_batch_size: int = 16
     python: str = field(default_factory=lambda: sys.executable)
 
