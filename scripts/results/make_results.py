@@ -1,6 +1,6 @@
 """`make results`: SFT then PPO on a real multi-hop closed corpus, evaluated before and after.
 
-    make results                                   # ../shared/data/hotpotqa_closed, ~90 min on 2 cores
+    make results                                   # ../shared/data/hotpotqa_closed (see docs/results.md)
     make results DATA=path/to/set                  # any closed_corpus.py output (corpus/train/test.jsonl)
     make results ARGS="--ppo-steps 200 --ppo-batch 256 --model Qwen/Qwen2.5-3B-Instruct"   # scale up
 
