@@ -6,9 +6,13 @@ The text follows docs/architecture.md ("The agent's text"): the human turn is
 observation is `"\\n<information>\\n" + <the agent's formatter for the mode> + "\\n</information>\\n"`,
 and the last gpt turn holds the answer. Retrieved text only ever sits in observation turns.
 
-Multi mode searches all titles in one round (`max_queries` per round, more rounds only when a
-question has more supporting titles than that); single mode searches one title per round. With a
-tokenizer, results are cut to the agent's `max_obs_length` tokens as the rollout cuts them.
+Round 1 searches what the question itself gives: single mode the first supporting title it names
+(or, naming none, the question as asked); multi mode every title it names together, plus the
+question as asked when it names fewer than two (a bridge question's second hop is often among
+that query's passages). Each later round searches supporting titles not brought back yet: one
+per round in single mode, up to `max_queries` in multi mode; a question is answered as soon as its
+evidence is in. With a tokenizer, results are cut to the agent's `max_obs_length` tokens as the
+rollout cuts them.
 
     >>> join_and(["A", "B", "C"])
     'A, B and C'
@@ -76,44 +80,76 @@ def mentioned_first(titles: list[str], question: str) -> list[str]:
 
 
 def named_in(title: str, question: str) -> bool:
-    """Whether the question names the title (its "(...)" qualifier ignored, case ignored)."""
-    return _QUALIFIER.sub("", title).strip().lower() in question.lower()
+    """Whether the question names the title as whole words (its "(...)" qualifier, case and
+    punctuation ignored: the multi-mode query "Paris Texas" is named by "Paris, Texas").
+
+    >>> named_in("Paris Texas", "Is Paris, Texas big?"), named_in("Everest", "Who climbed Mount Everest?")
+    (True, True)
+    >>> named_in("Mount Everest", "Who climbed Everest?"), named_in("Ada", "Was Adam first?")
+    (False, False)
+    """
+    return f" {_words(_QUALIFIER.sub('', title))} " in f" {_words(question)} "
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
 
 
 def title_queries(question: EvidenceQuestion, titles: dict[str, str], mode: str, delimiter: str = ",") -> list[str]:
     """One query per supporting passage: its title, distinct, the ones the question names first. In
     multi mode a delimiter inside a title becomes a space, so the agent's split of the written
     `<search>` gives these queries back."""
-    distinct = list(dict.fromkeys(t.strip() for t in (titles[pid] for pid in question.supporting_ids) if t.strip()))
-    queries = mentioned_first(distinct, question.question)
-    if mode == "multi":
-        queries = list(dict.fromkeys(" ".join(q.replace(delimiter, " ").split()) for q in queries))
-    return queries
+    keys = (title_key(titles[pid], mode, delimiter) for pid in question.supporting_ids)
+    return mentioned_first(list(dict.fromkeys(k for k in keys if k)), question.question)
 
 
-def plan_rounds(queries: list[str], mode: str, question: str, max_queries: int = 3) -> list[list[str]]:
-    """The queries of each search round. Single: one per round. Multi: round 1 searches together
-    every title the question names (a comparison question names both); titles it does not name
-    (a bridge question's second hop, only learned by reading round 1's passages) come in later
-    rounds, so the model is never taught to guess an entity it has not read yet. With no title
-    named, round 1 takes the first one alone. At most `max_queries` per round."""
+def title_key(title: str, mode: str, delimiter: str = ",") -> str:
+    """A title as a query of the mode."""
+    return " ".join(title.replace(delimiter, " ").split()) if mode == "multi" else title.strip()
+
+
+def question_query(question: EvidenceQuestion, mode: str, delimiter: str = ",") -> str:
+    """The question itself as a query (in multi mode with the delimiter made a space, so the agent's
+    split gives it back whole)."""
+    text = question.question.strip()
+    return " ".join(text.replace(delimiter, " ").split()) if mode == "multi" else text
+
+
+def first_round(question: EvidenceQuestion, queries: list[str], mode: str, max_queries: int = 3,
+                delimiter: str = ",") -> list[str]:
+    """Round 1 searches only what the question itself gives, so the model is never taught to guess an
+    entity it has not read yet. Single: the first title the question names, else the question.
+    Multi: every title it names (a comparison names both); with fewer than two named (a bridge
+    question, whose second hop is only learned by reading), the question itself goes in the same
+    round, where it often finds that second hop at once."""
+    named = [q for q in queries if named_in(q, question.question)]
+    whole = question_query(question, mode, delimiter)
     if mode == "single":
-        return [[q] for q in queries]
-    named = [q for q in queries if named_in(q, question)] or queries[:1]
-    later = [q for q in queries if q not in named]
-    return [part[i:i + max_queries] for part in (named, later) for i in range(0, len(part), max_queries)]
+        return named[:1] or [whole]
+    return named[:max_queries] if len(named) >= 2 else (named + [whole])[:max_queries]
 
 
-def search_turn(round_no: int, rounds: list[list[str]], mode: str, delimiter: str = ",") -> str:
+def next_round(queries: list[str], searched: list[str], missing: list[str], mode: str, max_queries: int = 3
+               ) -> list[str]:
+    """The titles to search next: those whose passage no round has brought back yet (`missing`, in
+    `queries` order) and that were not searched already; one (single) or up to `max_queries` (multi).
+    Empty when nothing is left to search."""
+    todo = [q for q in queries if q in missing and q not in searched]
+    return todo[:1] if mode == "single" else todo[:max_queries]
+
+
+def search_turn(round_no: int, rounds: list[list[str]], mode: str, delimiter: str = ",", whole: str = "") -> str:
     """The gpt turn of one search round: a short plan, then the `<search>` block. A plan names only
-    this round's queries: later ones may be entities the model learns from this round's passages."""
+    this round's queries: later ones may be entities the model learns from this round's passages.
+    The query equal to `whole` (the question itself) is named as such."""
     queries = rounds[round_no]
+    names = join_and(["the whole question" if q == whole else q for q in queries])
     if round_no > 0:
-        thought = f"Next I need to look up {join_and(queries)}."
+        thought = f"Next I need to look up {names}."
     elif len(rounds) > 1:
-        thought = f"To answer this I will first look up {join_and(queries)}."
+        thought = f"To answer this I will first look up {names}."
     else:
-        thought = f"To answer this I need to look up {join_and(queries)}."
+        thought = f"To answer this I need to look up {names}."
         if len(queries) > 1:
             thought += " I will search for them together."
     content = f"{delimiter} ".join(queries) if mode == "multi" else queries[0]
@@ -174,10 +210,11 @@ def conversation(question: EvidenceQuestion, rounds: list[list[str]], hits_of: d
     """The sharegpt conversation (human prompt, then per round a search and its observation, then the
     answer) and the ids of the passages its observations show in full."""
     turns = [{"from": "human", "value": user_content(question.question, mode, max_queries, delimiter)}]
+    whole = question_query(question, mode, delimiter)
     seen: set[str] = set()
     for round_no, queries in enumerate(rounds):
         block, shown = observation(queries, [hits_of[q] for q in queries], mode, cut)
-        turns.append({"from": "gpt", "value": search_turn(round_no, rounds, mode, delimiter)})
+        turns.append({"from": "gpt", "value": search_turn(round_no, rounds, mode, delimiter, whole)})
         turns.append({"from": "observation", "value": block})
         seen |= shown
     turns.append({"from": "gpt", "value": answer_turn(question.answer)})
@@ -194,6 +231,34 @@ def retrieve_all(retriever: Retriever, queries: list[str], topk: int, batch_size
     return hits_of
 
 
+def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: str,
+             topk: int = 3, max_queries: int = 3, delimiter: str = ",", batch_size: int = 256,
+             ) -> tuple[list[list[list[str]]], dict[str, list[dict]]]:
+    """(the search rounds of each question, the hits of every query). Round 1 comes from the question
+    (`first_round`); each later round searches supporting titles the rounds so far did not bring back
+    (`next_round`), so a question whose first round already found all its evidence is answered after
+    it. The queries of every question's next round go to the server together, in batches."""
+    queries = [title_queries(q, titles, mode, delimiter) for q in questions]
+    plans = [[first_round(q, qs, mode, max_queries, delimiter)] for q, qs in zip(questions, queries)]
+    hits_of: dict[str, list[dict]] = {}
+    open_rows = list(range(len(questions)))
+    while open_rows:
+        wanted = [query for i in open_rows for query in plans[i][-1] if query not in hits_of]
+        hits_of.update(retrieve_all(retriever, wanted, topk, batch_size))
+        still_open = []
+        for i in open_rows:
+            found = {hit["id"] for r in plans[i] for query in r for hit in hits_of[query]}
+            missing = [title_key(titles[pid], mode, delimiter) for pid in questions[i].supporting_ids
+                       if pid not in found]
+            searched = [query for r in plans[i] for query in r]
+            following = next_round(queries[i], searched, missing, mode, max_queries)
+            if following:
+                plans[i].append(following)
+                still_open.append(i)
+        open_rows = still_open
+    return plans, hits_of
+
+
 def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: str,
                   topk: int = 3, max_queries: int = 3, delimiter: str = ",", batch_size: int = 256,
                   cut: Cut | None = None) -> tuple[list[dict], dict[str, int]]:
@@ -201,14 +266,13 @@ def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], ret
     supporting passages, or retrieved them but the observation cut left one of them out."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
-    plans = [plan_rounds(title_queries(q, titles, mode, delimiter), mode, q.question, max_queries) for q in questions]
-    hits_of = retrieve_all(retriever, [query for rounds in plans for r in rounds for query in r], topk, batch_size)
+    plans, hits_of = plan_all(questions, titles, retriever, mode, topk, max_queries, delimiter, batch_size)
     samples = []
     stats = {"questions": len(questions), "kept": 0, "dropped_missing_evidence": 0, "dropped_evidence_cut": 0}
     counting = CountingCut(cut if cut is not None else (lambda text: text))
     for q, rounds in zip(questions, plans):
         found = {hit["id"] for r in rounds for query in r for hit in hits_of[query]}
-        if not rounds or not set(q.supporting_ids) <= found:
+        if not set(q.supporting_ids) <= found:
             stats["dropped_missing_evidence"] += 1
             continue
         sample, seen = conversation(q, rounds, hits_of, mode, max_queries, delimiter, counting)

@@ -5,9 +5,10 @@ r"""Build SFT conversations (sharegpt JSONL) for questions that name their evide
         --corpus DATA/corpus.jsonl --retrieval-url http://127.0.0.1:8000/retrieve --mode multi \
         --out data/sft/evidence_multi.jsonl [--topk 3] [--tokenizer MODEL_DIR --max-obs-length 1000]
 
-For every question with `supporting_ids`: a short plan and a `<search>` for the titles of its
-supporting passages, those the question names first (multi: one round with all of them; single:
-one title per round), the `<information>` the retrieval server returns for those queries,
+For every question with `supporting_ids`: per round a short plan and a `<search>` aimed at its
+supporting passages (round 1: the titles the question names, and in multi mode the question as
+asked alongside; later rounds: the titles of passages not found yet; single mode: one query per
+round), the `<information>` the retrieval server returns for those queries,
 formatted as the agent formats it (and, with --tokenizer, cut to max_obs_length tokens as the
 rollout cuts it), then the first golden answer; rag_r1/sft/evidence.py writes the text.
 A question is dropped and counted when its searches did not bring back all its supporting passages
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
     parser.add_argument("--corpus", type=Path, required=True, help="the corpus the server serves (for titles)")
     parser.add_argument("--retrieval-url", required=retriever is None, nargs="+",
                         help="retrieval server URL(s), e.g. http://127.0.0.1:8000/retrieve")
-    parser.add_argument("--mode", choices=MODES, required=True, help="single: one query per round; multi: one round")
+    parser.add_argument("--mode", choices=MODES, required=True, help="single: one query per round; multi: up to --max-queries per round")
     parser.add_argument("--out", type=Path, required=True, help="sharegpt JSONL to write")
     parser.add_argument("--topk", type=int, default=3, help="passages per query, as the agent's topk (default 3)")
     parser.add_argument("--max-queries", type=int, default=3, help="multi mode: queries per round (default 3)")

@@ -30,7 +30,8 @@ EVEREST = EvidenceQuestion("q2", "When was Everest first climbed?", "1953", ("e2
 
 
 class StubRetriever:
-    """Answers each query with fixed passage ids; records every call (one call = one request)."""
+    """Answers each query with fixed passage ids (an unknown query finds nothing); records every call
+    (one call = one request)."""
 
     def __init__(self, results: dict[str, list[str]]):
         self.results = results
@@ -38,7 +39,7 @@ class StubRetriever:
 
     def retrieve(self, queries: list[str], topk: int) -> list[list[dict]]:
         self.calls.append((list(queries), topk))
-        return [[stub_hit(pid) for pid in self.results[q][:topk]] for q in queries]
+        return [[stub_hit(pid) for pid in self.results.get(q, [])[:topk]] for q in queries]
 
 
 def counts(**given: int) -> dict[str, int]:
@@ -105,16 +106,55 @@ def test_single_mode_searches_one_title_per_round_exact_text():
     assert samples[0]["conversations"][0]["value"] == user_content(ADA.question, "single")
 
 
+BRIDGE = EvidenceQuestion("q6", "Who programmed the Analytical Engine first?", "Ada Lovelace", ("e0", "e1"))
+
+
+def search_rounds(sample: dict) -> list[str]:
+    return [t["value"].split("<search> ")[1].removesuffix(" </search>")
+            for t in sample["conversations"] if t["from"] == "gpt" and "<search>" in t["value"]]
+
+
 def test_the_title_the_question_names_is_searched_first():
     # The question names the Analytical Engine, not Ada Lovelace (its second hop).
-    bridge = EvidenceQuestion("q6", "Who programmed the Analytical Engine first?", "Ada Lovelace", ("e0", "e1"))
-    samples, _ = build_dataset([bridge], TITLES, stub(), "single", topk=1)
-    assert [t["value"].split("<search> ")[1] for t in samples[0]["conversations"][1:4:2]] == \
-        ["Analytical Engine </search>", "Ada Lovelace </search>"]
-    # Multi mode too searches the unnamed second hop only after reading the first: no guessing.
-    samples, _ = build_dataset([bridge], TITLES, stub(), "multi", topk=1)
-    assert [t["value"].split("<search> ")[1] for t in samples[0]["conversations"][1:4:2]] == \
-        ["Analytical Engine </search>", "Ada Lovelace </search>"]
+    samples, _ = build_dataset([BRIDGE], TITLES, stub(), "single", topk=1)
+    assert search_rounds(samples[0]) == ["Analytical Engine", "Ada Lovelace"]
+
+
+def test_multi_mode_searches_a_bridge_questions_named_title_with_the_question_itself():
+    # The question finds nothing here: the unnamed second hop comes in round 2, after reading round 1.
+    samples, stats = build_dataset([BRIDGE], TITLES, stub(), "multi", topk=1)
+    assert stats == counts(questions=1, kept=1)
+    assert search_rounds(samples[0]) == ["Analytical Engine, Who programmed the Analytical Engine first?",
+                                         "Ada Lovelace"]
+    assert samples[0]["conversations"][1]["value"].startswith(
+        "<think> To answer this I will first look up Analytical Engine and the whole question. </think>")
+    # When the question itself brings the second hop back, one round holds all the evidence.
+    found = stub()
+    found.results[BRIDGE.question] = ["e0"]
+    samples, _ = build_dataset([BRIDGE], TITLES, found, "multi", topk=1)
+    assert search_rounds(samples[0]) == ["Analytical Engine, Who programmed the Analytical Engine first?"]
+    assert samples[0]["conversations"][1]["value"] == (
+        "<think> To answer this I need to look up Analytical Engine and the whole question. "
+        "I will search for them together. </think>\n"
+        "<search> Analytical Engine, Who programmed the Analytical Engine first? </search>")
+    assert split_queries(search_rounds(samples[0])[0]) == ["Analytical Engine", BRIDGE.question]
+    # Single mode keeps one query per round: the named title, then the missing one.
+    samples, _ = build_dataset([BRIDGE], TITLES, found, "single", topk=1)
+    assert search_rounds(samples[0]) == ["Analytical Engine", "Ada Lovelace"]
+
+
+def test_a_question_naming_no_title_is_searched_as_asked_first():
+    # "Everest" is not the title "Mount Everest": no guessing of titles the question does not give.
+    retriever = StubRetriever({EVEREST.question: ["e2"], "Tenzing Norgay": ["e3"], "Mount Everest": ["e2"]})
+    for mode in ("single", "multi"):
+        samples, stats = build_dataset([EVEREST], TITLES, retriever, mode, topk=1)
+        assert stats == counts(questions=1, kept=1)
+        assert search_rounds(samples[0]) == ["When was Everest first climbed?", "Tenzing Norgay"]
+    # A question with a delimiter reads, in multi mode, as one query.
+    commas = EvidenceQuestion("q9", "Where, in Texas, is Paris?", "Lamar County", ("e4",))
+    retriever = StubRetriever({"Where in Texas is Paris?": ["e4"]})
+    samples, _ = build_dataset([commas], TITLES, retriever, "multi", topk=1)
+    assert search_rounds(samples[0]) == ["Where in Texas is Paris?"]
 
 
 def test_questions_missing_evidence_are_dropped_and_counted():
@@ -128,11 +168,16 @@ def test_questions_missing_evidence_are_dropped_and_counted():
     assert stats == counts(questions=2, kept=1, dropped_missing_evidence=1)
 
 
-def test_whole_set_goes_in_batched_requests_each_query_once():
+def test_each_round_of_the_whole_set_goes_in_batched_requests_each_query_once():
     retriever = stub()
     again = EvidenceQuestion("q4", "Who wrote for the Analytical Engine?", "Ada Lovelace", ("e1", "e0"))
     build_dataset([ADA, EVEREST, again], TITLES, retriever, "multi", topk=2, batch_size=3)
-    assert retriever.calls == [(["Ada Lovelace", "Analytical Engine", "Mount Everest"], 2), (["Tenzing Norgay"], 2)]
+    # Round 1: each question's named title and the question itself; round 2: only titles still
+    # missing (q1 and q4 found both passages by their named title; EVEREST found nothing).
+    assert retriever.calls == [
+        (["Ada Lovelace", ADA.question, EVEREST.question], 2), (["Analytical Engine", again.question], 2),
+        (["Mount Everest", "Tenzing Norgay"], 2),
+    ]
 
 
 def test_model_turns_never_hold_retrieved_text():
@@ -140,9 +185,8 @@ def test_model_turns_never_hold_retrieved_text():
     for mode in ("single", "multi"):
         samples, _ = build_dataset([ADA, EVEREST, third], TITLES, stub(), mode, topk=3)
         gpt_values = [t["value"] for s in samples for t in s["conversations"] if t["from"] == "gpt"]
-        # kept: q1 (2 rounds + answer) and q3 (1 round + answer), in both modes: q1's question names
-        # only its first hop, so multi mode searches the second after reading the first
-        assert len(gpt_values) == 5
+        # kept: q1 and q3, each one round (topk=3 brings q1's second passage with its first) + answer
+        assert len(gpt_values) == 4
         for value in gpt_values:
             assert "<information>" not in value and "</information>" not in value
             assert not any(split_title(text)[1] in value for text in PASSAGES.values())
@@ -241,12 +285,13 @@ def test_cli_against_real_bm25_server(bm25_server, tmp_path, capsys):
                      "observations_cut": 0, "skipped_no_supporting_ids": 1}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kept"] == 2
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    # "When was Everest first climbed?" names neither title in full: the first is searched alone.
-    assert rows[1]["conversations"][1]["value"].endswith("<search> Mount Everest </search>")
+    # "When was Everest first climbed?" names neither title in full: the question is searched as asked,
+    # and the title it did not bring back comes next.
+    assert rows[1]["conversations"][1]["value"].endswith("<search> When was Everest first climbed? </search>")
     assert rows[1]["conversations"][3]["value"].endswith("<search> Tenzing Norgay </search>")
     observation = rows[1]["conversations"][2]["value"]
     documents = json.loads(observation.removeprefix("\n<information>\n").removesuffix("\n</information>\n"))
-    assert documents["query"] == ["Mount Everest"]
+    assert documents["query"] == ["When was Everest first climbed?"]
     assert documents["documents"][0].startswith("Doc 1(Title: Mount Everest) Mount Everest is the highest")
     second = rows[1]["conversations"][4]["value"]
     documents = json.loads(second.removeprefix("\n<information>\n").removesuffix("\n</information>\n"))

@@ -69,3 +69,29 @@ def test_latest_step_dir_orders_numerically(tmp_path):
     for step in (2, 10, 9):
         (tmp_path / f"global_step_{step}").mkdir()
     assert latest_step_dir(tmp_path).name == "global_step_10"
+
+
+def test_sampled_questions_are_a_seeded_draw_in_file_order(tmp_path):
+    from scripts.results.pipeline import Pipeline
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("corpus.jsonl", "train.jsonl", "test.jsonl"):
+        (data / name).write_text("")
+    # Sorted by type, as hotpotqa_closed is: 20 bridge rows, then 20 comparisons.
+    rows = [json.dumps({"id": f"{kind}{i}"}) for kind in ("b", "c") for i in range(20)]
+    source = data / "train.jsonl"
+    source.write_text("\n".join(rows) + "\n")
+    pipeline = Pipeline(PipelineConfig(data_dir=data, out_dir=tmp_path / "out", seed=3))
+
+    first = pipeline.sampled(source, 10, tmp_path / "out" / "a.jsonl")
+    picked = [json.loads(line)["id"] for line in first.read_text().splitlines()]
+    assert len(set(picked)) == 10 and sorted(picked, key=lambda i: rows.index(json.dumps({"id": i}))) == picked
+    assert {i[0] for i in picked} == {"b", "c"}  # not the first ten (all bridge)
+    again = Pipeline(PipelineConfig(data_dir=data, out_dir=tmp_path / "again", seed=3))
+    assert again.sampled(source, 10, tmp_path / "again" / "a.jsonl").read_text() == first.read_text()
+    other = [json.loads(line)["id"] for line in pipeline.sampled(source, 10, tmp_path / "out" / "b.jsonl")
+             .read_text().splitlines()]
+    assert other != picked
+    assert pipeline.sampled(source, None, tmp_path / "out" / "c.jsonl") == source
+    assert pipeline.sampled(source, 40, tmp_path / "out" / "c.jsonl") == source
