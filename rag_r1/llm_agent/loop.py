@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rag_r1.eval.metrics import evidence_metrics
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager, Retriever, Trajectory, trajectory_metrics
+from rag_r1.reward.evidence import evidence_metrics
 from rag_r1.search.client import RetrievalClient
 from verl.protocol import DataProto
 from verl.trainer.ppo.rollout_loop import GenerateFn, RolloutLoop

@@ -10,7 +10,7 @@ held-out demo questions, stops the server and prints where the report is (output
 """
 from __future__ import annotations
 
-from scripts.results.pipeline import REPO, Pipeline, PipelineConfig, parse_config
+from scripts.results.pipeline import REPO, Pipeline, PipelineConfig, invocation, parse_config
 
 DEFAULTS = PipelineConfig(
     data_dir=REPO / "data" / "demo",
@@ -36,7 +36,7 @@ DEFAULTS = PipelineConfig(
 
 
 def main(argv: list[str] | None = None) -> None:
-    Pipeline(parse_config(DEFAULTS, argv, __doc__.splitlines()[0])).run()
+    Pipeline(parse_config(DEFAULTS, argv, __doc__.splitlines()[0])).run(invocation("scripts.quickstart.demo", argv))
 
 
 if __name__ == "__main__":

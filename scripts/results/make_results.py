@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scripts.results.pipeline import REPO, Pipeline, PipelineConfig, parse_config
+from scripts.results.pipeline import REPO, Pipeline, PipelineConfig, invocation, parse_config
 
 DEFAULTS = PipelineConfig(
     data_dir=REPO.parent / "shared" / "data" / "hotpotqa_closed",
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(DEFAULTS, argv, __doc__.splitlines()[0])
     if not Path(config.data_dir).is_dir():
         raise SystemExit(f"data not found: {config.data_dir} (set DATA=path or --data-dir)")
-    Pipeline(config).run()
+    Pipeline(config).run(invocation("scripts.results.make_results", argv))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class PipelineConfig:
     # Evaluation on test.jsonl
     eval_models: tuple[str, ...] = ("base", "sft", "ppo")
     eval_modes: tuple[str, ...] = ("single", "multi")
-    eval_limit: int | None = 50  # a seeded sample of N test questions (~9 s each per model and mode on 2 cores); None = all
+    eval_limit: int | None = 50  # a seeded sample of N test questions (~9 s each per model and mode); None = all
     eval_max_turns: int = 3
     eval_max_new_tokens: int = 96
     eval_batch_size: int = 16
@@ -78,7 +78,8 @@ class Pipeline:
         self.ckpt = self.out / "checkpoints"
 
     # ------------------------------------------------------------------ the recipe, top to bottom
-    def run(self) -> Path:
+    def run(self, command: str | None = None) -> Path:
+        """The whole recipe; `command` (how it was invoked) goes into the report."""
         started = time.time()
         base = self.base_model()
         index = self.build_index()
@@ -93,7 +94,7 @@ class Pipeline:
                     self.evaluate(name, models[name], mode, url)
         from scripts.results.report import write_results_readme
 
-        readme = write_results_readme(self.out, wall_seconds=time.time() - started)
+        readme = write_results_readme(self.out, wall_seconds=time.time() - started, command=command)
         print(f"report: {readme}", flush=True)
         return readme
 
@@ -293,6 +294,14 @@ def jsonable(value):
 def optional_int(text: str) -> int | None:
     """An integer flag where `none` or `all` lifts the cap."""
     return None if text.lower() in ("none", "all") else int(text)
+
+
+def invocation(module: str, argv: list[str] | None) -> str:
+    """The command line that ran `module` with `argv` (None: this process's arguments), with the
+    DATA/OUT variables that parse_config reads."""
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in ("DATA", "OUT") if os.environ.get(k)]
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join([*env, "python", "-m", module, *(shlex.quote(a) for a in args)])
 
 
 def parse_config(defaults: PipelineConfig, argv: list[str] | None, description: str) -> PipelineConfig:

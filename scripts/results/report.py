@@ -104,6 +104,17 @@ def evidence_table(by_label: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
+def ppo_table(ppo: list[dict]) -> str:
+    """One row per PPO step: the curves' metrics, evidence recall and the step's seconds."""
+    keys = [k for k, _ in PPO_CURVES] + ["env/evidence_recall", "timing_s/step"]
+    keys = [k for k in keys if any(k in row for row in ppo)]
+    lines = ["| step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in ppo:
+        cells = [f"{row[k]:.4g}" if isinstance(row.get(k), (int, float)) else "–" for k in keys]
+        lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def git_commit() -> str:
     """Short HEAD, with "-dirty" when tracked files differ from it (the numbers came from other code)."""
     repo = Path(__file__).resolve().parents[2]
@@ -129,7 +140,7 @@ def pipeline_order(runs):
     return sorted(runs, key=key)
 
 
-def write_results_readme(out: Path, wall_seconds: float | None = None) -> Path:
+def write_results_readme(out: Path, wall_seconds: float | None = None, command: str | None = None) -> Path:
     out = Path(out)
     runs = pipeline_order(load_runs(out / "eval"))
     plot_report(runs, out / "eval.png")
@@ -142,6 +153,8 @@ def write_results_readme(out: Path, wall_seconds: float | None = None) -> Path:
     stages = read_jsonl(out / "stage_times.jsonl")
     parts = ["# RAG-R1 results", ""]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    if command:
+        parts.append(f"- command: `{command}`")
     parts.append(f"- git commit: `{git_commit()}`; machine: {machine}")
     if wall_seconds is not None:
         parts.append(f"- wall time of this invocation: {wall_seconds / 60:.1f} min")
@@ -156,12 +169,10 @@ def write_results_readme(out: Path, wall_seconds: float | None = None) -> Path:
         parts += [f"![evidence by round]({evidence_png.name})", ""]
     if curves is not None:
         parts += ["## Training curves", "", f"![curves]({curves.name})", ""]
+        if sft:
+            parts += ["SFT loss per step: " + ", ".join(f"{v:.3g}" for v in curve(sft, "train/loss")[1]), ""]
         if ppo:
-            first, last = ppo[0], ppo[-1]
-            keys = [k for k, _ in PPO_CURVES if k in first and k in last]
-            parts += ["| PPO metric | first step | last step |", "|---|---|---|"]
-            parts += [f"| {k} | {first[k]:.4g} | {last[k]:.4g} |" for k in keys]
-            parts.append("")
+            parts += [ppo_table(ppo), ""]
     if stages:
         parts += ["## Stage times", "", "| stage | seconds |", "|---|---|"]
         parts += [f"| {s['stage']} | {s['seconds']} |" for s in stages]

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag_r1.eval.metrics import answer_scores, evidence_by_round, evidence_metrics, summarize
+from rag_r1.eval.metrics import answer_scores, evidence_by_round, summarize
+from rag_r1.reward.evidence import evidence_metrics
 
 BASE_KEYS = {"n", "em", "f1", "answered", "turns", "rounds", "queries", "queries_per_round", "tokens",
              "seconds_per_question"}

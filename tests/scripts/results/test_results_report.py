@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.results.pipeline import PipelineConfig, latest_step_dir, parse_config
+from scripts.results.pipeline import PipelineConfig, invocation, latest_step_dir, parse_config
 from scripts.results.report import evidence_table, write_results_readme
 
 
@@ -29,14 +29,21 @@ def test_results_readme_has_tables_evidence_and_curves(tmp_path):
     (runs / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "stage_times.jsonl").write_text(json.dumps({"stage": "PPO", "seconds": 12.5}) + "\n")
 
-    readme = write_results_readme(tmp_path, wall_seconds=600).read_text()
+    sft = tmp_path / "runs" / "sft"
+    sft.mkdir(parents=True)
+    (sft / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/loss": 1.5}) + "\n"
+                                       + json.dumps({"step": 2, "train/loss": 0.25}) + "\n")
 
+    readme = write_results_readme(tmp_path, wall_seconds=600, command="python -m x --ppo-steps 2").read_text()
+
+    assert "- command: `python -m x --ppo-steps 2`" in readme
     assert "- wall time of this invocation: 10.0 min" in readme
     assert readme.index("| base-multi |") < readme.index("| ppo-multi |")
     assert "| ppo-multi | 0.500 | 0.750 |" in readme  # evidence recall after round 1, 2
     assert "| base-multi | 0.250 | – |" in readme
-    assert "| critic/score/mean | 0.25 | 0.5 |" in readme
-    assert "| env/search_calls_mean | 1 | 1.5 |" in readme
+    assert "| step | critic/score/mean | env/search_calls_mean |\n|---|---|---|\n| 1 | 0.25 | 1 |\n| 2 | 0.5 | 1.5 |" \
+        in readme
+    assert "SFT loss per step: 1.5, 0.25" in readme
     assert "| PPO | 12.5 |" in readme
     for png in ("eval.png", "curves.png", "evidence_by_round.png"):
         assert (tmp_path / png).stat().st_size > 1000
@@ -95,3 +102,10 @@ def test_sampled_questions_are_a_seeded_draw_in_file_order(tmp_path):
     assert other != picked
     assert pipeline.sampled(source, None, tmp_path / "out" / "c.jsonl") == source
     assert pipeline.sampled(source, 40, tmp_path / "out" / "c.jsonl") == source
+
+
+def test_invocation_names_the_module_args_and_data(monkeypatch):
+    monkeypatch.setenv("DATA", "/data/my set")
+    monkeypatch.delenv("OUT", raising=False)
+    assert invocation("scripts.results.make_results", ["--ppo-steps", "2", "--model", "a b"]) == \
+        "DATA='/data/my set' python -m scripts.results.make_results --ppo-steps 2 --model 'a b'"
