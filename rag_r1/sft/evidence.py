@@ -99,20 +99,19 @@ def title_queries(question: EvidenceQuestion, titles: dict[str, str], mode: str,
     """One query per supporting passage: its title, distinct, the ones the question names first. In
     multi mode a delimiter inside a title becomes a space, so the agent's split of the written
     `<search>` gives these queries back."""
-    keys = (title_key(titles[pid], mode, delimiter) for pid in question.supporting_ids)
+    keys = (as_query(titles[pid], mode, delimiter) for pid in question.supporting_ids)
     return mentioned_first(list(dict.fromkeys(k for k in keys if k)), question.question)
 
 
-def title_key(title: str, mode: str, delimiter: str = ",") -> str:
-    """A title as a query of the mode."""
-    return " ".join(title.replace(delimiter, " ").split()) if mode == "multi" else title.strip()
+def as_query(text: str, mode: str, delimiter: str = ",") -> str:
+    """A title or the question as one query of the mode: stripped, and in multi mode with the
+    delimiter made a space, so the agent's split of the written `<search>` gives it back whole."""
+    return " ".join(text.replace(delimiter, " ").split()) if mode == "multi" else text.strip()
 
 
-def question_query(question: EvidenceQuestion, mode: str, delimiter: str = ",") -> str:
-    """The question itself as a query (in multi mode with the delimiter made a space, so the agent's
-    split gives it back whole)."""
-    text = question.question.strip()
-    return " ".join(text.replace(delimiter, " ").split()) if mode == "multi" else text
+def retrieved_ids(rounds: list[list[str]], hits_of: dict[str, list[dict]]) -> set[str]:
+    """Ids of every passage the rounds' queries brought back."""
+    return {hit["id"] for queries in rounds for query in queries for hit in hits_of[query]}
 
 
 def first_round(question: EvidenceQuestion, queries: list[str], mode: str, max_queries: int = 3,
@@ -123,7 +122,7 @@ def first_round(question: EvidenceQuestion, queries: list[str], mode: str, max_q
     question, whose second hop is only learned by reading), the question itself goes in the same
     round, where it often finds that second hop at once."""
     named = [q for q in queries if named_in(q, question.question)]
-    whole = question_query(question, mode, delimiter)
+    whole = as_query(question.question, mode, delimiter)
     if mode == "single":
         return named[:1] or [whole]
     return named[:max_queries] if len(named) >= 2 else (named + [whole])[:max_queries]
@@ -210,7 +209,7 @@ def conversation(question: EvidenceQuestion, rounds: list[list[str]], hits_of: d
     """The sharegpt conversation (human prompt, then per round a search and its observation, then the
     answer) and the ids of the passages its observations show in full."""
     turns = [{"from": "human", "value": user_content(question.question, mode, max_queries, delimiter)}]
-    whole = question_query(question, mode, delimiter)
+    whole = as_query(question.question, mode, delimiter)
     seen: set[str] = set()
     for round_no, queries in enumerate(rounds):
         block, shown = observation(queries, [hits_of[q] for q in queries], mode, cut)
@@ -247,8 +246,8 @@ def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retrieve
         hits_of.update(retrieve_all(retriever, wanted, topk, batch_size))
         still_open = []
         for i in open_rows:
-            found = {hit["id"] for r in plans[i] for query in r for hit in hits_of[query]}
-            missing = [title_key(titles[pid], mode, delimiter) for pid in questions[i].supporting_ids
+            found = retrieved_ids(plans[i], hits_of)
+            missing = [as_query(titles[pid], mode, delimiter) for pid in questions[i].supporting_ids
                        if pid not in found]
             searched = [query for r in plans[i] for query in r]
             following = next_round(queries[i], searched, missing, mode, max_queries)
@@ -271,8 +270,7 @@ def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], ret
     stats = {"questions": len(questions), "kept": 0, "dropped_missing_evidence": 0, "dropped_evidence_cut": 0}
     counting = CountingCut(cut if cut is not None else (lambda text: text))
     for q, rounds in zip(questions, plans):
-        found = {hit["id"] for r in rounds for query in r for hit in hits_of[query]}
-        if not set(q.supporting_ids) <= found:
+        if not set(q.supporting_ids) <= retrieved_ids(rounds, hits_of):
             stats["dropped_missing_evidence"] += 1
             continue
         sample, seen = conversation(q, rounds, hits_of, mode, max_queries, delimiter, counting)
