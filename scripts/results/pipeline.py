@@ -247,14 +247,16 @@ class Pipeline:
         """`limit` rows of a JSONL file drawn with the run's seed, in file order, written to `out` (the
         file itself when it is no longer). A sample, not the first rows: a converted set may be
         sorted by question type (hotpotqa_closed lists its bridge questions before its comparisons).
-        The draw depends on the seed and `out`'s name, so each use gets its own sample."""
+        The draw depends on the seed and `out`'s name, so each use gets its own sample; it is drawn
+        again on every call, so a resumed run with another seed or limit does not reuse a stale file."""
         rows = questions.read_text(encoding="utf-8").splitlines()
         if limit is None or len(rows) <= limit:
             return questions
-        if not out.exists():
-            picked = sorted(random.Random(f"{self.cfg.seed}:{out.name}").sample(range(len(rows)), limit))
+        picked = sorted(random.Random(f"{self.cfg.seed}:{out.name}").sample(range(len(rows)), limit))
+        text = "".join(rows[i] + "\n" for i in picked)
+        if not out.exists() or out.read_text(encoding="utf-8") != text:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("".join(rows[i] + "\n" for i in picked), encoding="utf-8")
+            out.write_text(text, encoding="utf-8")
         return out
 
     def record(self, args: list) -> None:

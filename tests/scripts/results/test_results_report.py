@@ -100,6 +100,8 @@ def test_sampled_questions_are_a_seeded_draw_in_file_order(tmp_path):
     other = [json.loads(line)["id"] for line in pipeline.sampled(source, 10, tmp_path / "out" / "b.jsonl")
              .read_text().splitlines()]
     assert other != picked
+    # Resumed with another limit: the file is drawn again, not reused.
+    assert len(pipeline.sampled(source, 5, tmp_path / "out" / "a.jsonl").read_text().splitlines()) == 5
     assert pipeline.sampled(source, None, tmp_path / "out" / "c.jsonl") == source
     assert pipeline.sampled(source, 40, tmp_path / "out" / "c.jsonl") == source
 
