@@ -1,12 +1,18 @@
-"""Moving the FSDP actor's current weights into the vLLM engine around each rollout.
+"""Moving the FSDP actor's current weights into the generation engine around each rollout.
 
-    with FSDPVLLMShardingManager(actor_module, vllm_rollout) as manager:
+    with manager:
         output = manager.postprocess(rollout.generate_sequences(manager.preprocess(prompts)))
 
-Entering wakes the engine's weight memory, streams the actor's parameters one at a time
-(each all-gathered from its FSDP shards, so the full model never sits twice in memory) into
-vLLM's own `load_weights` (which also splits them for tensor parallelism), then wakes the KV cache.
-Leaving puts the engine into level-2 sleep, freeing all its GPU memory for training.
+HF engine (`FullWeightsShardingManager`): the engine generates with a plain, unsharded copy of the
+policy. Going through the FSDP module instead would all-gather every block and run FSDP's hooks at
+every generated token; the copy is refreshed from the shards only when the weights have changed
+(after an update or a checkpoint load), and LoRA adapters are merged into it.
+
+vLLM engine (`FSDPVLLMShardingManager`): entering wakes the engine's weight memory, streams the
+actor's parameters one at a time (each all-gathered from its FSDP shards, so the full model never
+sits twice in memory) into vLLM's own `load_weights` (which also splits them for tensor
+parallelism), then wakes the KV cache. Leaving puts the engine into level-2 sleep, freeing all its
+GPU memory for training.
 """
 from __future__ import annotations
 
@@ -14,10 +20,22 @@ import torch
 import torch.distributed as dist
 
 from verl.protocol import DataProto
+from verl.utils.lora import merged_state_dict
+
+
+def full_parameters(module: torch.nn.Module):
+    """(name, full tensor) of every entry of an FSDP2 module's state dict, shard by shard; every rank
+    must iterate (each DTensor is all-gathered collectively)."""
+    for name, tensor in module.state_dict().items():
+        if hasattr(tensor, "full_tensor"):  # a DTensor shard; NCCL gathers on the GPU (offload keeps it on CPU)
+            if torch.cuda.is_available() and tensor.device.type == "cpu" and dist.get_backend() == "nccl":
+                tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            tensor = tensor.full_tensor()
+        yield name, tensor
 
 
 class NoShardingManager:
-    """For the HF engine, which generates on the FSDP actor module itself: nothing to move."""
+    """For an engine that generates on the module it was given: nothing to move."""
 
     def __enter__(self) -> "NoShardingManager":
         return self
@@ -25,11 +43,36 @@ class NoShardingManager:
     def __exit__(self, *exc) -> None:
         return None
 
+    def weights_changed(self) -> None:
+        """Called after the actor's weights changed (update, checkpoint load)."""
+
     def preprocess(self, prompts: DataProto) -> DataProto:
         return prompts
 
     def postprocess(self, output: DataProto) -> DataProto:
         return output
+
+
+class FullWeightsShardingManager(NoShardingManager):
+    """The HF engine's plain copy of the policy, refreshed from the FSDP actor when it is stale."""
+
+    def __init__(self, module: torch.nn.Module, engine_module: torch.nn.Module, lora_scaling: float | None = None):
+        """`lora_scaling`: alpha / rank when the actor carries LoRA adapters (merged into the copy)."""
+        self.module, self.engine_module, self.lora_scaling = module, engine_module, lora_scaling
+        self.stale = True
+
+    def weights_changed(self) -> None:
+        self.stale = True
+
+    @torch.no_grad()
+    def __enter__(self) -> "FullWeightsShardingManager":
+        if self.stale:
+            state = dict(full_parameters(self.module))
+            if self.lora_scaling is not None:
+                state = merged_state_dict(state, self.lora_scaling)
+            self.engine_module.load_state_dict(state)  # copies into the engine's own dtype and device
+            self.stale = False
+        return self
 
 
 class FSDPVLLMShardingManager:
@@ -45,16 +88,13 @@ class FSDPVLLMShardingManager:
                 if start <= dist.get_rank() < start + tp_size:
                     self.tp_group = group
 
-    def _full_parameters(self):
-        for name, tensor in self.module.state_dict().items():
-            if hasattr(tensor, "full_tensor"):  # a DTensor shard; NCCL gathers on the GPU (offload keeps it on CPU)
-                tensor = tensor.to(torch.device("cuda", torch.cuda.current_device())).full_tensor()
-            yield name, tensor
+    def weights_changed(self) -> None:
+        """Nothing to mark: every rollout loads the actor's weights afresh."""
 
     def __enter__(self) -> "FSDPVLLMShardingManager":
         llm = self.rollout.llm
         llm.wake_up(tags=["weights"])
-        weights = self._full_parameters()
+        weights = full_parameters(self.module)
         # apply_model runs in this process (external launcher), so the generator is consumed locally
         llm.apply_model(lambda model: model.load_weights(weights))
         llm.wake_up(tags=["kv_cache"])

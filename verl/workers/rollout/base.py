@@ -27,6 +27,9 @@ class BaseRollout(ABC):
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         ...
 
+    def clear_cache(self) -> None:
+        """Forget cached keys/values (prefix caching): they belong to the weights that made them."""
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... over the real tokens of each row; padding on the left gets 0."""

@@ -1,22 +1,24 @@
 """Rollout with transformers `generate`: the CPU engine, and the simple reference on GPU.
 
-`module` may be a plain HF causal LM or the actor's FSDP2-sharded one; in the sharded case every
-forward all-gathers parameters collectively, so all ranks must run the same number of forwards:
-`synced_gpus=True` keeps finished ranks stepping until the slowest one ends, and the caller
-(the DP dispatch) gives every rank the same number of rows.
+`module` is a plain HF causal LM: in a PPO run, the actor worker's unsharded copy of the policy
+(verl/workers/sharding_manager.py), so each rank generates alone, with no collective per token.
+
+With `enable_prefix_caching` (the default) a call whose rows all extend rows of the previous call
+encodes only their new tokens (verl/workers/rollout/prefix_cache.py): a multi-turn agent's later
+turns then cost their observation and new tokens, not the whole context again. The owner of the
+weights calls `clear_cache()` whenever they change.
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule
 from omegaconf import DictConfig
 
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicLayer
 
 from verl.protocol import DataProto
-from verl.utils.distributed import device
-from verl.workers.rollout.base import BaseRollout, assemble_output, pad_responses
+from verl.workers.rollout.base import BaseRollout, assemble_output, pad_responses, prompt_token_lists
+from verl.workers.rollout.prefix_cache import CachedBatch, PrefixCache, after_generate, continuation_inputs
 
 
 class _StopOnStrings(StoppingCriteria):
@@ -42,12 +44,32 @@ class HFRollout(BaseRollout):
         self.module = module
         self.tokenizer = tokenizer
         self.config = config
+        self.prefix_cache = PrefixCache()
+        # what prefill encoded so far: real tokens, and positions including padding (benches read them)
+        self.prefill_tokens = self.prefill_positions = 0
 
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         rows = len(prompts)
         micro = self.config.get("micro_batch_size", None) or rows
-        outputs = [self._generate(part) for part in prompts.split(micro)]
+        tokens = prompt_token_lists(prompts)
+        cached = self.prefix_cache.take(tokens) if self.prefix_caching else None
+        outputs, left = [], []
+        for start in range(0, rows, micro):
+            part = range(start, min(start + micro, rows))
+            output, cache = self._generate(prompts[start:part.stop], [tokens[i] for i in part],
+                                           cached.select(list(part)) if cached is not None else None)
+            outputs.append(output)
+            left.append(cache)
+        if self.prefix_caching and all(c is not None for c in left):
+            self.prefix_cache.put(left)
         return DataProto.concat(outputs)
+
+    @property
+    def prefix_caching(self) -> bool:
+        return bool(self.config.get("enable_prefix_caching", True))
+
+    def clear_cache(self) -> None:
+        self.prefix_cache.clear()
 
     def _sampling_kwargs(self, meta: dict) -> dict:
         do_sample = meta.get("do_sample", self.config.get("do_sample", True))
@@ -62,12 +84,23 @@ class HFRollout(BaseRollout):
         }
 
     @torch.no_grad()
-    def _generate(self, prompts: DataProto) -> DataProto:
+    def _generate(self, prompts: DataProto, tokens: list[list[int]],
+                  cached: CachedBatch | None) -> tuple[DataProto, CachedBatch | None]:
+        """Generate for one micro-batch, from `cached` when given; returns its output and the cache
+        it leaves (None when it leaves nothing reusable)."""
         meta = prompts.meta_info
         max_new_tokens = int(meta.get("max_new_tokens", self.config.response_length))
         stop = list(meta.get("stop") or [])
         pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        input_ids = prompts.batch["input_ids"]
+        target = self._device()
+        if cached is None:
+            input_ids, attention_mask = prompts.batch["input_ids"].to(target), prompts.batch["attention_mask"].to(target)
+            cache, cached_length = DynamicCache(), 0
+        else:
+            input_ids, attention_mask = continuation_inputs(cached, tokens, pad_id)
+            cache, cached_length = DynamicCache(ddp_cache_data=cached.layers), cached.length
+        self.prefill_tokens += int(attention_mask[:, cached_length:].sum())
+        self.prefill_positions += input_ids.shape[0] * (input_ids.shape[1] - cached_length)
         kwargs = self._sampling_kwargs(meta)
         if stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
@@ -76,12 +109,12 @@ class HFRollout(BaseRollout):
         self.module.eval()
         try:
             out = self.module.generate(
-                input_ids=input_ids.to(self._device()),
-                attention_mask=prompts.batch["attention_mask"].to(self._device()),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=cache,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
-                synced_gpus=self._sharded() and dist.get_world_size() > 1,
                 use_cache=True,
                 **kwargs,
             )
@@ -89,7 +122,12 @@ class HFRollout(BaseRollout):
             self.module.train(was_training)
         generated = out[:, input_ids.shape[1]:].cpu().tolist()
         kept = [row[: self._row_length(row, eos_id, stop)] for row in generated]
-        return assemble_output(prompts, *pad_responses(kept, max_new_tokens, pad_id))
+        output = assemble_output(prompts, *pad_responses(kept, max_new_tokens, pad_id))
+        left = None
+        if self.prefix_caching and all(type(layer) is DynamicLayer for layer in cache.layers):
+            layers = [(layer.keys, layer.values) for layer in cache.layers]
+            left = after_generate(layers, attention_mask, tokens, kept, len(generated[0]) if generated else 0)
+        return output, left
 
     def _row_length(self, tokens: list[int], eos_id: int, stop: list[str]) -> int:
         """Tokens kept in a row: through its first eos or the token completing its first stop string."""
@@ -111,10 +149,5 @@ class HFRollout(BaseRollout):
         text = self.tokenizer.decode(tokens, skip_special_tokens=False)
         return any(s in text for s in stop)
 
-    def _sharded(self) -> bool:
-        # not "parameters are DTensors": after a forward FSDP2 may leave the root's ones unsharded
-        return isinstance(self.module, FSDPModule)
-
     def _device(self) -> torch.device:
-        # an FSDP2 shard may be offloaded to CPU while compute runs on the worker's device
-        return device() if self._sharded() else next(self.module.parameters()).device
+        return next(self.module.parameters()).device

@@ -35,11 +35,15 @@ class VLLMRollout(BaseRollout):
             gpu_memory_utilization=config.get("gpu_memory_utilization", 0.5),
             max_model_len=config.prompt_length + config.response_length,
             max_num_batched_tokens=config.get("max_num_batched_tokens", 8192),
+            enable_prefix_caching=config.get("enable_prefix_caching", True),
             enable_sleep_mode=True,
             load_format="dummy",  # real weights come from the actor before every rollout
             seed=0,  # ranks of one TP group must sample identically
         )
         self.llm.sleep(level=2)
+
+    def clear_cache(self) -> None:
+        self.llm.reset_prefix_cache()
 
     def _sampling_params(self, meta: dict, max_tokens: int):
         from vllm import SamplingParams

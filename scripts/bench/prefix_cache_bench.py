@@ -1,0 +1,117 @@
+"""Multi-turn agent rollouts continued from the KV cache vs re-encoding the whole context each turn.
+
+    python -m scripts.bench.prefix_cache_bench [--model DIR] [--questions ../shared/data/hotpotqa_closed/train.jsonl]
+        [--n 16] [--mode multi] [--max-turns 3] [--max-new-tokens 96] [--max-obs-length 1000] [--url URL]
+
+Same model, same questions, greedy decoding, the same GenerationManager and HFRollout; only
+`enable_prefix_caching` differs. Retrieval is real: BM25 over the corpus served by
+start_retrieval.py on loopback (as in rollout_bench). Prints, per path, the prefill tokens
+(real tokens encoded before generating, per trajectory), the positions encoded (with padding), the
+seconds per trajectory, and whether the two paths produced token-identical trajectories.
+The model should be one that searches (an SFT checkpoint: outputs/demo/checkpoints/sft after
+`make demo`); the untrained model mostly writes no action and only gets corrective notes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from scripts.bench.rollout_bench import ROOT, SHARED, load_items, start_server
+
+
+def default_model() -> Path:
+    for candidate in (ROOT / "results" / "checkpoints" / "sft", ROOT / "outputs" / "demo" / "checkpoints" / "sft"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    from rag_r1.models.smollm2 import convert
+
+    return convert()
+
+
+def run_path(model, tokenizer, prompts, url: str, args: argparse.Namespace, caching: bool) -> dict:
+    from omegaconf import OmegaConf
+
+    from rag_r1.llm_agent.config import AgentConfig
+    from rag_r1.llm_agent.generation import GenerationManager
+    from rag_r1.search.client import RetrievalClient
+    from verl.workers.rollout.hf_rollout import HFRollout
+
+    engine = HFRollout(model, tokenizer, OmegaConf.create({"response_length": args.max_new_tokens,
+                                                           "enable_prefix_caching": caching}))
+    config = AgentConfig(max_prompt_length=8192, max_start_length=2048, max_response_length=args.max_new_tokens,
+                         mode=args.mode, max_turns=args.max_turns, max_obs_length=args.max_obs_length, topk=3)
+    rows = []
+    start = time.perf_counter()
+    with RetrievalClient(url) as client:
+        manager = GenerationManager(engine.generate_sequences, tokenizer, client, config)
+        for i in range(0, len(prompts), args.batch_size):
+            rows += manager.run(prompts[i:i + args.batch_size], {"do_sample": False})[0]
+    seconds = time.perf_counter() - start
+    n = len(rows)
+    return {"seconds_per_trajectory": seconds / n, "prefill_tokens_per_trajectory": engine.prefill_tokens / n,
+            "prefill_positions_per_trajectory": engine.prefill_positions / n,
+            "turns_mean": sum(r.turns for r in rows) / n, "searches_mean": sum(r.search_calls for r in rows) / n,
+            "response_tokens_mean": sum(len(r.response) for r in rows) / n,
+            "responses": [r.response for r in rows]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="default: an SFT checkpoint of make results/demo, "
+                   "else the untrained SmolLM2-135M-Instruct")
+    p.add_argument("--corpus", type=Path, default=SHARED / "corpus.jsonl")
+    p.add_argument("--questions", type=Path, default=SHARED / "train.jsonl")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--mode", choices=["single", "multi"], default="multi")
+    p.add_argument("--max-turns", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-obs-length", type=int, default=1000)
+    p.add_argument("--url", help="an already running retrieval server over --corpus")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "prefix_cache_bench.json")
+    args = p.parse_args(argv)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rag_r1.llm_agent.prompts import user_content
+
+    model_dir = args.model or default_model()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    items = load_items(args.questions, args.corpus, args.n)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": user_content(i["question"], args.mode)}],
+                                             add_generation_prompt=True, tokenize=True, return_dict=False)
+               for i in items]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server on kill/timeout
+    proc, url = (None, args.url) if args.url else start_server(args.corpus)
+    try:
+        results = {name: run_path(model, tokenizer, prompts, url, args, caching)
+                   for name, caching in (("re-encode", False), ("kv-cache", True))}
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=15)
+    identical = results["re-encode"].pop("responses") == results["kv-cache"].pop("responses")
+    old, new = results["re-encode"], results["kv-cache"]
+    report = {"model": str(model_dir), "n": len(items), "mode": args.mode, **results,
+              "identical_greedy_trajectories": identical,
+              "prefill_tokens_ratio": round(new["prefill_tokens_per_trajectory"] / old["prefill_tokens_per_trajectory"], 3),
+              "speedup": round(old["seconds_per_trajectory"] / new["seconds_per_trajectory"], 3)}
+    print(f"{len(items)} questions, {args.mode} mode, model {model_dir}")
+    print(f"{'path':10} {'prefill tok/traj':>16} {'positions/traj':>14} {'s/traj':>7} {'turns':>5} {'searches':>8}")
+    for name, r in results.items():
+        print(f"{name:10} {r['prefill_tokens_per_trajectory']:>16.1f} {r['prefill_positions_per_trajectory']:>14.1f} "
+              f"{r['seconds_per_trajectory']:>7.2f} {r['turns_mean']:>5.2f} {r['searches_mean']:>8.2f}")
+    print(f"identical greedy trajectories: {identical}; prefill tokens x{report['prefill_tokens_ratio']}; "
+          f"speed-up x{report['speedup']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
