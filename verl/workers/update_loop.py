@@ -19,6 +19,7 @@ from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import agg_loss_normalizer
 from verl.utils.distributed import all_reduce_mean
 from verl.utils.fsdp_utils import clip_grad_norm
+from verl.utils.seqlen_balancing import micro_batches
 
 # micro_loss(micro_batch, normalizer) -> (loss to backpropagate, additive metrics, averaged metrics):
 # additive ones (loss terms) sum over the micro-batches of a mini-batch, averaged ones are means.
@@ -41,6 +42,7 @@ def run_updates(
     *,
     mini_batch_size: int,
     micro_batch_size: int,
+    max_token_len: int | None = None,
     epochs: int,
     shuffle: bool,
     loss_mask: Callable[[DataProto], torch.Tensor],
@@ -49,7 +51,11 @@ def run_updates(
     micro_loss: MicroLoss,
     prefix: str,
 ) -> dict[str, float]:
-    """Train `module` on `data` (this rank's rows); returns metrics averaged over steps and ranks."""
+    """Train `module` on `data` (this rank's rows); returns metrics averaged over steps and ranks.
+
+    Micro-batches hold `micro_batch_size` rows, or, with `max_token_len`, as many rows as fit that
+    many padded tokens (use_dynamic_bsz): the explicit normalizer makes both give the same gradient.
+    """
     history = defaultdict(list)
     module.train()
     for epoch in range(epochs):
@@ -61,7 +67,7 @@ def run_updates(
         for mini in epoch_data.split(mini_batch_size):
             normalizer = global_normalizer(loss_mask(mini), loss_agg_mode)
             optimizer.zero_grad(set_to_none=True)
-            micros = mini.split(micro_batch_size)
+            micros = micro_batches(mini, micro_batch_size, max_token_len)
             step = defaultdict(float)
             for i, micro in enumerate(micros):
                 if hasattr(module, "set_requires_gradient_sync"):  # FSDP2: reduce once per mini-batch

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss, kl_penalty
+from verl.utils.seqlen_balancing import map_micro_batches
 from verl.utils.torch_functional import (entropy_from_logits, logprobs_from_logits, pad_sequence_to_length,
                                          trim_padding_columns)
 from verl.workers.update_loop import run_updates
@@ -54,13 +55,21 @@ class DataParallelPPOActor:
         return log_probs, entropy
 
     @torch.no_grad()
-    def compute_log_prob(self, data: DataProto, micro_batch_size: int, with_entropy: bool = True):
-        """-> (log_probs [B, R], entropys [B, R] or None), computed `micro_batch_size` rows at a time."""
+    def compute_log_prob(self, data: DataProto, micro_batch_size: int, max_token_len: int | None = None,
+                         with_entropy: bool = True):
+        """-> (log_probs [B, R], entropys [B, R] or None), computed `micro_batch_size` rows at a time,
+        or in token-budget micro-batches of at most `max_token_len` padded tokens when given."""
         temperature = data.meta_info.get("temperature", 1.0)
         self.module.eval()
-        parts = [self._log_probs(m.batch, temperature, with_entropy) for m in data.split(micro_batch_size)]
-        log_probs = torch.cat([p[0] for p in parts])
-        return log_probs, torch.cat([p[1] for p in parts]) if with_entropy else None
+
+        def forward(micro: DataProto) -> torch.Tensor:
+            log_probs, entropy = self._log_probs(micro.batch, temperature, with_entropy)
+            return torch.stack([log_probs, entropy]) if with_entropy else log_probs.unsqueeze(0)
+
+        # rows on dim 1: map_micro_batches concatenates and reorders along dim 0
+        stacked = map_micro_batches(data, micro_batch_size, max_token_len, lambda m: forward(m).transpose(0, 1))
+        stacked = stacked.transpose(0, 1)
+        return stacked[0], stacked[1] if with_entropy else None
 
     def update_policy(self, data: DataProto) -> dict[str, float]:
         cfg = self.config
@@ -68,14 +77,21 @@ class DataParallelPPOActor:
         mode = cfg.get("loss_agg_mode", "token-mean")
         entropy_coeff = float(cfg.get("entropy_coeff", 0.0))
         use_kl_loss = bool(cfg.get("use_kl_loss", False))
+        mini_batch_size = self.mini_batch_size or len(data)
+        on_policy = "old_log_probs" not in data.batch
+        if on_policy and (cfg.get("ppo_epochs", 1) > 1 or mini_batch_size < len(data)):
+            raise ValueError("update_policy without old_log_probs needs one epoch over one mini-batch "
+                             f"(ppo_epochs={cfg.get('ppo_epochs', 1)}, {len(data)} rows, mini-batch {mini_batch_size})")
 
         def micro_loss(micro: DataProto, normalizer: torch.Tensor):
             batch = micro.batch
             mask = policy_loss_mask(micro, cfg.get("state_masking", False))
             # the entropy is always reported; it carries gradient only when it is in the loss
             log_prob, entropy = self._log_probs(batch, temperature, True, entropy_grad=entropy_coeff != 0)
+            # On-policy (the trainer skipped the recomputation): the sampling policy IS the current one.
+            old_log_prob = log_prob.detach() if on_policy else batch["old_log_probs"]
             pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower = compute_policy_loss(
-                batch["old_log_probs"], log_prob, batch["advantages"], mask,
+                old_log_prob, log_prob, batch["advantages"], mask,
                 cliprange=cfg.clip_ratio, cliprange_low=cfg.get("clip_ratio_low"),
                 cliprange_high=cfg.get("clip_ratio_high"), clip_ratio_c=cfg.get("clip_ratio_c", 3.0),
                 loss_agg_mode=mode, normalizer=normalizer,
@@ -95,8 +111,9 @@ class DataParallelPPOActor:
 
         return run_updates(
             data, self.module, self.optimizer,
-            mini_batch_size=self.mini_batch_size or len(data),
+            mini_batch_size=mini_batch_size,
             micro_batch_size=cfg.ppo_micro_batch_size_per_gpu,
+            max_token_len=cfg.ppo_max_token_len_per_gpu if cfg.get("use_dynamic_bsz", False) else None,
             epochs=cfg.get("ppo_epochs", 1), shuffle=cfg.get("shuffle", False),
             loss_mask=lambda mini: policy_loss_mask(mini, cfg.get("state_masking", False)),
             loss_agg_mode=mode, grad_clip=cfg.get("grad_clip", 1.0),

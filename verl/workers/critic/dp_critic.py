@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import compute_value_loss
+from verl.utils.seqlen_balancing import map_micro_batches
 from verl.utils.torch_functional import pad_sequence_to_length, trim_padding_columns
 from verl.workers.update_loop import run_updates
 
@@ -39,7 +40,8 @@ class DataParallelPPOCritic:
     def compute_values(self, data: DataProto) -> torch.Tensor:
         self.module.eval()
         micro = self.config.get("forward_micro_batch_size_per_gpu", None) or len(data)
-        values = torch.cat([self._values(m.batch) for m in data.split(micro)])
+        budget = self.config.forward_max_token_len_per_gpu if self.config.get("use_dynamic_bsz", False) else None
+        values = map_micro_batches(data, micro, budget, lambda m: self._values(m.batch))
         return values * data.batch["response_mask"]
 
     def update_critic(self, data: DataProto) -> dict[str, float]:
@@ -58,6 +60,7 @@ class DataParallelPPOCritic:
             data, self.module, self.optimizer,
             mini_batch_size=self.mini_batch_size or len(data),
             micro_batch_size=cfg.ppo_micro_batch_size_per_gpu,
+            max_token_len=cfg.ppo_max_token_len_per_gpu if cfg.get("use_dynamic_bsz", False) else None,
             epochs=cfg.get("ppo_epochs", 1), shuffle=cfg.get("shuffle", False),
             loss_mask=value_loss_mask, loss_agg_mode=mode, grad_clip=cfg.get("grad_clip", 1.0),
             micro_loss=micro_loss, prefix="critic",

@@ -59,8 +59,9 @@ class InProcessFakeActorRolloutRefWG:
         for part in _minibatches(data, actor.ppo_mini_batch_size, self.config.rollout.n):
             logits, _ = _forward(self.model, part)
             log_prob = logprobs_from_logits(logits, part.batch["responses"])
+            old_log_prob = part.batch["old_log_probs"] if "old_log_probs" in part.batch else log_prob.detach()
             pg_loss, clipfrac, ppo_kl, _ = core_algos.compute_policy_loss(
-                part.batch["old_log_probs"], log_prob, part.batch["advantages"], part.batch["response_mask"],
+                old_log_prob, log_prob, part.batch["advantages"], part.batch["response_mask"],
                 cliprange=actor.clip_ratio)
             self.optimizer.zero_grad()
             pg_loss.backward()
