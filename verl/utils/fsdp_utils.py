@@ -55,9 +55,10 @@ def full_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Opt
     return get_optimizer_state_dict(model, optimizer, options=_FULL)
 
 
-def load_full_state_dicts(model, optimizer, model_sd: dict, optim_sd: dict | None) -> None:
-    """Inverse of the two above: rank 0 passes the dicts, other ranks empty ones (broadcast)."""
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+def load_full_state_dicts(model, optimizer, model_sd: dict, optim_sd: dict | None, strict: bool = True) -> None:
+    """Inverse of the two above: rank 0 passes the dicts, other ranks empty ones (broadcast).
+    `strict=False` loads a part of the weights (a LoRA checkpoint's adapter)."""
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
     set_model_state_dict(model, model_sd, options=options)
     if optimizer is not None and optim_sd is not None:
         set_optimizer_state_dict(model, optimizer, optim_sd, options=options)

@@ -24,10 +24,12 @@ from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
 from verl.utils import fsdp_utils
 from verl.utils.distributed import device
+from verl.utils.lora import (adapter_state_dict, adapters_disabled, apply_lora, lora_enabled, lora_scaling,
+                             merged_state_dict, save_peft_adapter)
 from verl.utils.model import hf_config, load_causal_lm, load_value_model
 from verl.workers.actor.dp_actor import DataParallelPPOActor
 from verl.workers.critic.dp_critic import DataParallelPPOCritic
-from verl.workers.sharding_manager import FSDPVLLMShardingManager, NoShardingManager
+from verl.workers.sharding_manager import FSDPVLLMShardingManager, FullWeightsShardingManager
 
 ROLES = ("actor", "rollout", "ref", "actor_rollout", "actor_rollout_ref")
 
@@ -40,9 +42,16 @@ def _rows_per_rank(prompts_per_step: int, samples_per_prompt: int, world_size: i
     return rows // world_size
 
 
+def _log_prob_batching(node) -> tuple[int, int | None]:
+    """(rows per micro-batch, token budget or None) of a log-prob pass, from its config node."""
+    budget = node.log_prob_max_token_len_per_gpu if node.get("log_prob_use_dynamic_bsz", False) else None
+    return node.log_prob_micro_batch_size_per_gpu, budget
+
+
 def _make_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer:
+    # frozen weights (the base model under LoRA) get no optimizer state
     return torch.optim.AdamW(
-        module.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.get("betas", (0.9, 0.999))),
+        [p for p in module.parameters() if p.requires_grad], lr=optim_cfg.lr, betas=tuple(optim_cfg.get("betas", (0.9, 0.999))),
         weight_decay=optim_cfg.get("weight_decay", 0.01),
     )
 
@@ -55,6 +64,7 @@ class _TrainStateMixin:
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     rank: int
+    trains_adapter_only = False  # LoRA: checkpoints hold the adapter; the base comes from model.path
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, directory: str) -> None:
@@ -63,6 +73,9 @@ class _TrainStateMixin:
         if self.rank == 0:
             path = Path(directory)
             path.mkdir(parents=True, exist_ok=True)
+            if self.trains_adapter_only:
+                model_sd = adapter_state_dict(model_sd)
+                save_peft_adapter(model_sd, self.config.model, path / "lora_adapter")
             torch.save(model_sd, path / "model.pt")
             torch.save(optim_sd, path / "optimizer.pt")
             torch.save(self.lr_scheduler.state_dict(), path / "lr_scheduler.pt")
@@ -79,12 +92,17 @@ class _TrainStateMixin:
             sched = [torch.load(path / "lr_scheduler.pt", weights_only=False)]
         else:  # filled by broadcast from rank 0, so other nodes need not see rank 0's disk
             model_sd, optim_sd, sched = {}, {}, [None]
-        fsdp_utils.load_full_state_dicts(self.module, self.optimizer, model_sd, optim_sd)
+        fsdp_utils.load_full_state_dicts(self.module, self.optimizer, model_sd, optim_sd,
+                                         strict=not self.trains_adapter_only)
         dist.broadcast_object_list(sched, src=0)
         self.lr_scheduler.load_state_dict(sched[0])
         rng = path / f"rng_rank{self.rank}.pt"
         if rng.exists():  # absent when resuming on more ranks than saved: those start fresh
             _set_rng_state(torch.load(rng, weights_only=False))
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        """Hook for what depends on the weights (the actor's rollout copy)."""
 
 
 def _rng_state() -> dict:
@@ -111,6 +129,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         self._is_rollout = role in ("rollout", "actor_rollout", "actor_rollout_ref")
         self._is_ref = role in ("ref", "actor_rollout_ref")
         self.use_gpu = torch.cuda.is_available()
+        self.trains_adapter_only = lora_enabled(config.model)
         if self._is_actor:
             self.mini_batch_rows = _rows_per_rank(config.actor.ppo_mini_batch_size, config.rollout.n,
                                                   self.world_size, "actor.ppo_mini_batch_size")
@@ -121,14 +140,19 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_cfg.get("tokenizer_path") or model_cfg.path, trust_remote_code=model_cfg.get("trust_remote_code", False))
         if self._is_actor or self._is_rollout:
-            self.module = fsdp_utils.apply_fsdp2(load_causal_lm(model_cfg), self.config.actor.fsdp_config, self.use_gpu)
+            model = load_causal_lm(model_cfg)
+            if self.trains_adapter_only:
+                model = apply_lora(model, model_cfg)
+            self.module = fsdp_utils.apply_fsdp2(model, self.config.actor.fsdp_config, self.use_gpu)
         if self._is_actor:
             self.optimizer = _make_optimizer(self.module, self.config.actor.optim)
             self.lr_scheduler = fsdp_utils.build_lr_scheduler(self.optimizer, self.config.actor.optim)
             self.actor = DataParallelPPOActor(self.config.actor, self.module, self.optimizer, self.mini_batch_rows)
         if self._is_rollout:
             self.rollout, self.sharding_manager = self._build_rollout()
-        if self._is_ref:
+        if self._is_ref and self._is_actor and self.trains_adapter_only:  # the actor with adapters off
+            self.ref = DataParallelPPOActor(self.config.ref, self.module)
+        elif self._is_ref:
             ref_module = fsdp_utils.apply_fsdp2(load_causal_lm(model_cfg), self.config.ref.fsdp_config, self.use_gpu)
             self.ref = DataParallelPPOActor(self.config.ref, ref_module)
 
@@ -137,10 +161,17 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         if name == "hf":
             from verl.workers.rollout.hf_rollout import HFRollout
 
-            return HFRollout(self.module, self.tokenizer, self.config.rollout), NoShardingManager()
+            # fp32 on CPU (no fast bf16 kernels there); on GPU the dtype FSDP computes in
+            dtype = getattr(torch, self.config.rollout.get("dtype", "bfloat16")) if self.use_gpu else torch.float32
+            engine_module = load_causal_lm(self.config.model, dtype=dtype).to(device()).eval()
+            scaling = lora_scaling(self.config.model) if self.trains_adapter_only else None
+            return (HFRollout(engine_module, self.tokenizer, self.config.rollout),
+                    FullWeightsShardingManager(self.module, engine_module, scaling))
         if name == "vllm":
             if not self.use_gpu:
                 raise ValueError("rollout.name=vllm needs GPUs; use rollout.name=hf on CPU")
+            if self.trains_adapter_only:
+                raise ValueError("actor_rollout_ref.model.lora_rank > 0 is supported with rollout.name=hf only")
             from verl.workers.rollout.vllm_rollout import VLLMRollout
 
             rollout = VLLMRollout(self.config.model.path, self.config.rollout, self.tokenizer)
@@ -159,11 +190,22 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             output = self.rollout.generate_sequences(manager.preprocess(prompts))
             return manager.postprocess(output).to("cpu")
 
+    def _rollout_finished(self) -> None:
+        """Training passes start: the rollout's cached keys/values are stale (or about to be)."""
+        if self._is_rollout:
+            self.rollout.clear_cache()
+
+    def _weights_changed(self) -> None:
+        self._rollout_finished()
+        if self._is_rollout:
+            self.sharding_manager.weights_changed()
+
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def compute_log_prob(self, data: DataProto) -> DataProto:
+        self._rollout_finished()
         data = self._with_temperature(data)
-        micro = self.config.rollout.log_prob_micro_batch_size_per_gpu
-        log_probs, entropys = self.actor.compute_log_prob(data, micro, with_entropy=True)
+        log_probs, entropys = self.actor.compute_log_prob(data, *_log_prob_batching(self.config.rollout),
+                                                          with_entropy=True)
         return DataProto.from_dict({"old_log_probs": log_probs, "entropys": entropys},
                                    meta_info={"temperature": data.meta_info["temperature"]}).to("cpu")
 
@@ -171,14 +213,20 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
     def compute_ref_log_prob(self, data: DataProto) -> DataProto:
         if not self._is_ref:
             raise RuntimeError(f"compute_ref_log_prob on a worker of role {self.role!r} (needs ref)")
+        self._rollout_finished()
         data = self._with_temperature(data)
-        micro = self.config.ref.log_prob_micro_batch_size_per_gpu
-        log_probs, _ = self.ref.compute_log_prob(data, micro, with_entropy=False)
+        if self.trains_adapter_only and self._is_actor:
+            with adapters_disabled(self.module):
+                log_probs, _ = self.ref.compute_log_prob(data, *_log_prob_batching(self.config.ref), with_entropy=False)
+        else:
+            log_probs, _ = self.ref.compute_log_prob(data, *_log_prob_batching(self.config.ref), with_entropy=False)
         return DataProto.from_dict({"ref_log_prob": log_probs}).to("cpu")
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
+        self._rollout_finished()
         metrics = self.actor.update_policy(self._with_temperature(data))
+        self._weights_changed()
         metrics["actor/lr"] = self.lr_scheduler.get_last_lr()[0]
         self.lr_scheduler.step()
         return DataProto(meta_info={"metrics": metrics})
@@ -188,6 +236,8 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         """A plain HF checkpoint (config, safetensors, tokenizer) loadable with from_pretrained."""
         state = fsdp_utils.full_model_state_dict(self.module)
         if self.rank == 0:
+            if self.trains_adapter_only:  # evaluation loads the merged model like any other
+                state = merged_state_dict(state, lora_scaling(self.config.model))
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(hf_config(self.config.model))
             model.load_state_dict(state, assign=True)

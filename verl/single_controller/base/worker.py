@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import resource
+import sys
 
+from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils.distributed import init_process_group_from_env
 
 
@@ -22,3 +25,9 @@ class Worker:
     def ping(self) -> int:
         """Liveness and rank check used by the worker group after start-up."""
         return self.rank
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def peak_rss_bytes(self) -> int:
+        """The most resident memory this worker process has held so far (benchmarks read it)."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
