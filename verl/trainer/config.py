@@ -48,6 +48,9 @@ class ModelConfig:
     enable_gradient_checkpointing: bool = False
     use_remove_padding: bool = False  # accepted for veRL compatibility; padding is kept on CPU
     override_config: dict[str, Any] = field(default_factory=dict)  # passed to the HF config
+    lora_rank: int = 0  # actor only: LoRA adapters of this rank train instead of all weights; 0 = off
+    lora_alpha: float = 16  # LoRA scaling is lora_alpha / lora_rank
+    target_modules: Any = "all-linear"  # modules that get adapters: "all-linear" or a list of names
 
 
 @dataclass
@@ -74,6 +77,8 @@ class ActorConfig:
     strategy: str = "fsdp"
     ppo_mini_batch_size: int = 16  # prompts per optimizer step (multiplied by rollout.n)
     ppo_micro_batch_size_per_gpu: int = 4  # rows per forward/backward (gradient accumulation)
+    # Micro-batches by a token budget instead of ppo_micro_batch_size_per_gpu rows: each holds as many
+    # rows as fit ppo_max_token_len_per_gpu padded tokens (a longer row goes alone).
     use_dynamic_bsz: bool = False
     ppo_max_token_len_per_gpu: int = 16384
     ppo_epochs: int = 1  # passes over each rollout batch
@@ -117,16 +122,23 @@ class RolloutConfig:
     enforce_eager: bool = True  # vllm
     free_cache_engine: bool = True  # vllm
     max_num_batched_tokens: int = 8192  # vllm
+    # Reuse the keys/values of earlier turns: hf continues each row from the previous call's cache
+    # (only an agent's new tokens are encoded); vllm turns on its automatic prefix caching.
+    enable_prefix_caching: bool = True
     prompt_length: int = "${data.max_prompt_length}"  # type: ignore[assignment]  # follows data.*
     response_length: int = "${data.max_response_length}"  # type: ignore[assignment]  # follows data.*
     micro_batch_size: Optional[int] = None  # hf: rows generated at once per worker; None = all
     log_prob_micro_batch_size_per_gpu: int = 8  # rows per forward when recomputing log-probs
+    log_prob_use_dynamic_bsz: bool = "${actor_rollout_ref.actor.use_dynamic_bsz}"  # type: ignore[assignment]
+    log_prob_max_token_len_per_gpu: int = "${actor_rollout_ref.actor.ppo_max_token_len_per_gpu}"  # type: ignore[assignment]
     val_kwargs: ValKwargs = field(default_factory=ValKwargs)
 
 
 @dataclass
 class RefConfig:
     log_prob_micro_batch_size_per_gpu: int = 8
+    log_prob_use_dynamic_bsz: bool = "${actor_rollout_ref.actor.use_dynamic_bsz}"  # type: ignore[assignment]
+    log_prob_max_token_len_per_gpu: int = "${actor_rollout_ref.actor.ppo_max_token_len_per_gpu}"  # type: ignore[assignment]
     fsdp_config: FSDPConfig = field(default_factory=lambda: FSDPConfig(param_offload=True))
 
 
@@ -158,8 +170,9 @@ class CriticConfig:
     ppo_mini_batch_size: int = 16  # prompts per optimizer step (multiplied by rollout.n)
     ppo_micro_batch_size_per_gpu: int = 4
     forward_micro_batch_size_per_gpu: int = 8  # rows per forward in compute_values
-    use_dynamic_bsz: bool = False
+    use_dynamic_bsz: bool = False  # token-budget micro-batches, as the actor's
     ppo_max_token_len_per_gpu: int = 32768
+    forward_max_token_len_per_gpu: int = "${critic.ppo_max_token_len_per_gpu}"  # type: ignore[assignment]
     ppo_epochs: int = 1
     shuffle: bool = False
     rollout_n: int = "${actor_rollout_ref.rollout.n}"  # type: ignore[assignment]  # rows per prompt
@@ -177,6 +190,16 @@ class KLControlConfig:
 
 
 @dataclass
+class FilterGroupsConfig:
+    """DAPO's dynamic sampling: drop prompt groups whose rows all score the same (zero advantage
+    under GRPO) and refill the batch from the next prompts."""
+
+    enable: bool = False
+    metric: str = "score"  # per-row value compared in a group: score (= seq_final_reward) or a reward extra (em, f1, ...)
+    max_num_gen_batches: int = 0  # generation batches per step at most (0 = no cap); then train on what was kept
+
+
+@dataclass
 class AlgorithmConfig:
     adv_estimator: str = "gae"  # gae | grpo
     gamma: float = 1.0
@@ -185,6 +208,7 @@ class AlgorithmConfig:
     kl_penalty: str = "kl"  # estimator of the in-reward KL: kl | abs | mse | low_var_kl
     use_kl_in_reward: bool = False
     kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
+    filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
 
 
 @dataclass
@@ -197,6 +221,8 @@ class TrainerConfig:
     nnodes: int = 1
     n_gpus_per_node: int = 1  # workers per node (CPU processes when there is no GPU)
     save_freq: int = -1  # steps between checkpoints; -1 = never
+    max_actor_ckpt_to_keep: Optional[int] = None  # newest actor checkpoints kept on disk; None = all
+    max_critic_ckpt_to_keep: Optional[int] = None  # newest critic checkpoints kept on disk; None = all
     test_freq: int = -1  # steps between validations; -1 = never (and at the end when > 0)
     critic_warmup: int = 0  # steps that update only the critic
     val_before_train: bool = True
@@ -209,6 +235,7 @@ class TrainerConfig:
 class RewardFunctionConfig:
     path: Optional[str] = None  # "module:function", or a .py file path with `name`
     name: str = "compute_score"  # function name when `path` is a file
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of every call
 
 
 @dataclass

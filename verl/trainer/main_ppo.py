@@ -57,7 +57,8 @@ def build_trainer(config: DictConfig, tracker=None) -> RayPPOTrainer:
     check_config(config)
     OmegaConf.resolve(config)  # workers get plain subtrees, with no reference to the root
     tokenizer = load_tokenizer(config)
-    compute_score = load_reward_function(config.custom_reward_function.path, config.custom_reward_function.name)
+    reward = config.custom_reward_function
+    compute_score = load_reward_function(reward.path, reward.name, OmegaConf.to_container(reward.reward_kwargs))
     train_dataset = RLHFDataset(config.data.train_files, tokenizer, config.data)
     val_dataset = RLHFDataset(config.data.val_files, tokenizer, config.data)
     with open_dict(config):  # the workers' lr schedules need the run length

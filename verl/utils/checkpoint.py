@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,25 @@ def resolve_resume_dir(resume_mode: str, root: str | Path) -> Path | None:
         raise FileNotFoundError(f"trainer.resume_mode={resume_mode!r}: expected auto, disable or a "
                                 f"global_step_N directory holding {STATE_FILE}")
     return directory
+
+
+def prune(root: str | Path, part: str, keep: int | None) -> list[Path]:
+    """Delete `part` ("actor" or "critic") of every checkpoint but the newest `keep` ones
+    (trainer.max_{actor,critic}_ckpt_to_keep; None keeps all), and step directories left with
+    neither. Returns the deleted paths. The newest complete checkpoint is never touched."""
+    if keep is None:
+        return []
+    if keep < 1:
+        raise ValueError(f"checkpoints to keep must be >= 1 (or None for all), got {keep}")
+    steps = sorted((p for p in Path(root).glob("global_step_*") if re.fullmatch(r"global_step_\d+", p.name)),
+                   key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    deleted = []
+    for directory in steps[:-keep]:
+        target = directory / part
+        if target.exists():
+            shutil.rmtree(target)
+            deleted.append(target)
+        if not (directory / "actor").exists() and not (directory / "critic").exists():
+            shutil.rmtree(directory)
+            deleted.append(directory)
+    return deleted

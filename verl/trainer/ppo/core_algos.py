@@ -34,6 +34,7 @@ __all__ = [
     "adv_estimator_needs_critic",
     "compute_gae_advantage_return",
     "compute_grpo_outcome_advantage",
+    "varied_groups",
     "kl_penalty",
     "apply_kl_penalty",
     "agg_loss",
@@ -160,6 +161,28 @@ def compute_grpo_outcome_advantage(
         adv = centred / (std + epsilon) if norm_adv_by_std_in_grpo else centred
         adv = adv.unsqueeze(-1) * response_mask.to(adv.dtype)
     return adv, adv
+
+
+def varied_groups(index: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Rows of the groups worth training on (DAPO's dynamic sampling): a group whose rows all have the
+    same `values` gets zero group-relative advantage everywhere and only dilutes the batch.
+
+    index: (bs,) group ids (``uid``); values: (bs,) the filter metric per row. Returns a (bs,) bool
+    mask, true on every row of a group whose values are not all equal, and on groups of one row
+    (nothing to compare them with), as veRL's DAPO trainer keeps them.
+
+    >>> varied_groups(np.array(["a", "a", "b", "b", "c"]), np.array([1.0, 0.0, 1.0, 1.0, 0.0])).tolist()
+    [True, True, False, False, True]
+    """
+    groups: dict = defaultdict(list)
+    for row, uid in enumerate(index):
+        groups[uid].append(row)
+    keep = np.zeros(len(index), dtype=bool)
+    for rows in groups.values():
+        group = np.asarray(values)[rows]
+        if len(rows) == 1 or np.ptp(group) > 0:
+            keep[rows] = True
+    return keep
 
 
 # ----------------------------------------------------------------------------- KL

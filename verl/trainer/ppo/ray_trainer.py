@@ -58,6 +58,17 @@ def add_columns(batch: DataProto, output: DataProto, keys: list[str]) -> DataPro
     return batch.union(output.select(batch_keys=keys, non_tensor_batch_keys=[], meta_info_keys=[]))
 
 
+def filter_values(batch: DataProto, extras: dict[str, list[float]], metric: str) -> np.ndarray:
+    """The per-row values algorithm.filter_groups.metric names: the sequence score, or an extra
+    number the reward function returned (e.g. em)."""
+    if metric in ("score", "seq_final_reward"):
+        return batch.batch["token_level_scores"].sum(-1).numpy()
+    if metric not in extras:
+        raise ValueError(f"algorithm.filter_groups.metric={metric!r}: the reward returns no such key; "
+                         f"known: score, seq_final_reward, {', '.join(sorted(extras))}")
+    return np.asarray(extras[metric], dtype=np.float64)
+
+
 class RayPPOTrainer:
     def __init__(self, config: DictConfig, tokenizer, actor_rollout_wg, critic_wg, reward_fn: RewardManager,
                  val_reward_fn: RewardManager | None, train_dataset: RLHFDataset, val_dataset: RLHFDataset | None,
@@ -93,52 +104,108 @@ class RayPPOTrainer:
         self.load_checkpoint()
         if self.val_loader is not None and self.config.trainer.val_before_train and self.global_steps == 0:
             self.log(self.validate())
-        while self.global_steps < self.total_training_steps:  # epochs; the loader resumes mid-epoch
-            for prompts in self.train_loader:
-                self.global_steps += 1
-                metrics, timing = {}, {}
-                with timer("step", timing):
-                    batch = self.repeat_for_sampling(prompts)
-                    with timer("gen", timing):
-                        batch, rollout_metrics = self.rollout(batch)
-                    metrics.update(rollout_metrics)
-                    with timer("reward", timing):
-                        metrics.update(self.compute_scores(batch))
-                    with timer("old_log_prob", timing):
-                        metrics.update(self.compute_old_log_probs(batch))
-                    if self.use_reference_policy:
-                        with timer("ref", timing):
-                            add_columns(batch, self.actor_rollout_wg.compute_ref_log_prob(batch), ["ref_log_prob"])
-                    if self.use_critic:
-                        with timer("values", timing):
-                            add_columns(batch, self.critic_wg.compute_values(batch), ["values"])
-                    with timer("adv", timing):
-                        metrics.update(self.apply_kl_in_reward(batch))
-                        self.compute_advantages(batch)
-                    if self.use_critic:
-                        with timer("update_critic", timing):
-                            metrics.update(mean_metrics(self.critic_wg.update_critic(batch).meta_info["metrics"]))
-                    if self.global_steps > self.config.trainer.critic_warmup:
-                        with timer("update_actor", timing):
-                            metrics.update(mean_metrics(self.actor_rollout_wg.update_actor(batch).meta_info["metrics"]))
-                is_last_step = self.global_steps >= self.total_training_steps
-                if self.should(self.config.trainer.test_freq, is_last_step) and self.val_loader is not None:
-                    with timer("testing", timing):
-                        metrics.update(self.validate())
-                if self.should(self.config.trainer.save_freq, is_last_step):
-                    with timer("save_checkpoint", timing):
-                        self.save_checkpoint()
+        prompt_batches = self.prompt_batches()
+        while self.global_steps < self.total_training_steps:
+            self.global_steps += 1
+            metrics, timing = {}, {}
+            with timer("step", timing):
+                with timer("gen", timing):
+                    batch, sampling_metrics = self.sample_scored_batch(prompt_batches)
+                metrics.update(sampling_metrics)
+                if len(batch):
+                    metrics.update(self.train_on(batch, timing))
+            is_last_step = self.global_steps >= self.total_training_steps
+            if self.should(self.config.trainer.test_freq, is_last_step) and self.val_loader is not None:
+                with timer("testing", timing):
+                    metrics.update(self.validate())
+            if self.should(self.config.trainer.save_freq, is_last_step):
+                with timer("save_checkpoint", timing):
+                    self.save_checkpoint()
+            if len(batch):
                 metrics.update(compute_data_metrics(batch=batch, use_critic=self.use_critic))
                 metrics.update(compute_timing_metrics(batch=batch, timing_raw=timing))
                 metrics.update(compute_throughput_metrics(batch=batch, timing_raw=timing, n_devices=self.n_workers))
-                self.log(metrics)
-                if is_last_step:
-                    self.tracker.finish()
-                    return self.history
+            self.log(metrics)
         self.tracker.finish()
         return self.history
 
+    def train_on(self, batch: DataProto, timing: dict) -> dict:
+        """Old/ref log-probs, values, KL in the reward, advantages and the updates, for one scored batch."""
+        metrics = {}
+        if self.recompute_old_log_probs:
+            with timer("old_log_prob", timing):
+                metrics.update(self.compute_old_log_probs(batch))
+        if self.use_reference_policy:
+            with timer("ref", timing):
+                add_columns(batch, self.actor_rollout_wg.compute_ref_log_prob(batch), ["ref_log_prob"])
+        if self.use_critic:
+            with timer("values", timing):
+                add_columns(batch, self.critic_wg.compute_values(batch), ["values"])
+        with timer("adv", timing):
+            metrics.update(self.apply_kl_in_reward(batch))
+            self.compute_advantages(batch)
+        if self.use_critic:
+            with timer("update_critic", timing):
+                metrics.update(mean_metrics(self.critic_wg.update_critic(batch).meta_info["metrics"]))
+        if self.global_steps > self.config.trainer.critic_warmup:
+            with timer("update_actor", timing):
+                metrics.update(mean_metrics(self.actor_rollout_wg.update_actor(batch).meta_info["metrics"]))
+        return metrics
+
     # ------------------------------------------------------------------ phases
+
+    def prompt_batches(self):
+        """Training prompts batch after batch, epoch after epoch (the loader resumes mid-epoch)."""
+        while True:
+            yield from self.train_loader
+
+    @property
+    def recompute_old_log_probs(self) -> bool:
+        """False when the update is exactly on-policy (one epoch, one mini-batch, nothing else reads
+        old_log_probs): the actor then takes its own detached log-probs as the old ones, ratio 1,
+        the same gradient without a forward pass over the batch."""
+        actor = self.config.actor_rollout_ref.actor
+        one_update = actor.ppo_epochs == 1 and actor.ppo_mini_batch_size >= self.config.data.train_batch_size
+        return not one_update or self.config.algorithm.use_kl_in_reward
+
+    def sample_scored_batch(self, prompt_batches) -> tuple[DataProto, dict]:
+        """Rollouts of the next prompts, scored. With algorithm.filter_groups (DAPO's dynamic
+        sampling), groups whose rows all score the same are dropped and more prompts are rolled out
+        until data.train_batch_size groups are kept or max_num_gen_batches batches were generated;
+        the batch then holds the first train_batch_size kept groups (fewer when the cap was hit).
+        Score metrics (`critic/score/*`) describe the trained batch; `sampling/score_mean` describes
+        every sampled row, i.e. the policy itself."""
+        filter_cfg = self.config.algorithm.filter_groups
+        kept, rollout_metrics, scores, generated = [], defaultdict(list), [], 0
+        while True:
+            batch = self.repeat_for_sampling(next(prompt_batches))
+            batch, loop_metrics = self.rollout(batch)
+            extras = self.compute_scores(batch)
+            generated += 1
+            for key, value in {**loop_metrics, **reward_metrics(extras)}.items():
+                rollout_metrics[key].append(value)
+            row_scores = batch.batch["token_level_scores"].sum(-1).numpy()
+            scores.extend(row_scores.tolist())
+            if not filter_cfg.enable:
+                kept.append(batch)
+                break
+            values = filter_values(batch, extras, filter_cfg.metric)
+            keep = core_algos.varied_groups(batch.non_tensor_batch["uid"], values)
+            kept.append(batch[np.flatnonzero(keep)])
+            groups = sum(len(set(b.non_tensor_batch["uid"])) for b in kept)
+            if groups >= self.config.data.train_batch_size or 0 < filter_cfg.max_num_gen_batches <= generated:
+                break
+        batch = DataProto.concat(kept) if len(kept) > 1 else kept[0]
+        rows = self.config.data.train_batch_size * self.config.actor_rollout_ref.rollout.n
+        if len(batch) > rows:
+            batch = batch[:rows]
+        metrics = {key: float(np.sum(v)) if key.startswith("timing_s/") else float(np.mean(v))
+                   for key, v in rollout_metrics.items()}
+        metrics["sampling/score_mean"] = float(np.mean(scores))
+        if filter_cfg.enable:
+            metrics["sampling/num_gen_batches"] = float(generated)
+            metrics["sampling/kept_groups"] = float(len(set(batch.non_tensor_batch["uid"]))) if len(batch) else 0.0
+        return batch, metrics
 
     def repeat_for_sampling(self, prompts: DataProto) -> DataProto:
         """Give every prompt a uid (its GRPO group), then repeat it rollout.n times, interleaved."""
@@ -152,10 +219,11 @@ class RayPPOTrainer:
         batch.meta_info["mask_info_in_critic"] = bool(self.config.agent.get("mask_info_in_critic", False))
         return batch, metrics
 
-    def compute_scores(self, batch: DataProto) -> dict:
+    def compute_scores(self, batch: DataProto) -> dict[str, list[float]]:
+        """token_level_scores into the batch; returns the reward's extra numbers per row."""
         scores, extras = self.reward_fn(batch)
         batch.batch["token_level_scores"] = scores
-        return reward_metrics(extras)
+        return extras
 
     def compute_old_log_probs(self, batch: DataProto) -> dict:
         output = self.actor_rollout_wg.compute_log_prob(batch)
@@ -225,6 +293,8 @@ class RayPPOTrainer:
         checkpoint.save_trainer_state(directory, self.global_steps, self.train_loader.state_dict(),
                                       extra={"kl_coef": float(self.kl_ctrl.value)})
         checkpoint.mark_latest(root, self.global_steps)
+        checkpoint.prune(root, "actor", self.config.trainer.max_actor_ckpt_to_keep)
+        checkpoint.prune(root, "critic", self.config.trainer.max_critic_ckpt_to_keep)
 
     def load_checkpoint(self) -> None:
         trainer = self.config.trainer

@@ -9,6 +9,7 @@ holds "score" plus extra numbers, logged as `reward/<key>`. Example:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from collections import defaultdict
@@ -23,8 +24,9 @@ from verl.protocol import DataProto
 ScoreFn = Callable[..., "float | dict"]
 
 
-def load_reward_function(path: str | None, name: str = "compute_score") -> ScoreFn:
-    """`module:function`, or a `.py` file path whose function is `name`."""
+def load_reward_function(path: str | None, name: str = "compute_score", reward_kwargs: dict | None = None) -> ScoreFn:
+    """`module:function`, or a `.py` file path whose function is `name`; `reward_kwargs`
+    (custom_reward_function.reward_kwargs) are passed to every call."""
     if not path:
         raise ValueError("custom_reward_function.path is not set: give 'module:function' or a .py file")
     if path.endswith(".py") or Path(path).is_file():
@@ -41,7 +43,8 @@ def load_reward_function(path: str | None, name: str = "compute_score") -> Score
         raise ValueError(f"custom_reward_function.path={path!r}: expected 'module:function' or a .py file")
     if not hasattr(module, function_name):
         raise AttributeError(f"custom_reward_function: {module.__name__} has no function {function_name!r}")
-    return getattr(module, function_name)
+    function = getattr(module, function_name)
+    return functools.partial(function, **reward_kwargs) if reward_kwargs else function
 
 
 class RewardManager:
