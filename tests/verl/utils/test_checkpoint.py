@@ -36,3 +36,19 @@ def test_resume_modes(tmp_path):
     assert checkpoint.resolve_resume_dir(str(tmp_path / "global_step_2"), tmp_path) == tmp_path / "global_step_2"
     with pytest.raises(FileNotFoundError, match="global_step_9"):
         checkpoint.resolve_resume_dir(str(tmp_path / "global_step_9"), tmp_path)
+
+
+def test_prune_keeps_the_newest_actor_and_critic_checkpoints(tmp_path):
+    for step in (1, 2, 10):
+        for part in ("actor", "critic"):
+            (checkpoint.step_dir(tmp_path, step) / part).mkdir(parents=True)
+    assert checkpoint.prune(tmp_path, "actor", None) == []
+    deleted = checkpoint.prune(tmp_path, "actor", 2)
+    assert deleted == [checkpoint.step_dir(tmp_path, 1) / "actor"]  # step 10 after step 2: numeric order
+    assert (checkpoint.step_dir(tmp_path, 1) / "critic").is_dir()
+    checkpoint.prune(tmp_path, "critic", 1)
+    # step 1 holds nothing any more and goes; step 2 keeps its actor
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step_10", "global_step_2"]
+    assert sorted(p.name for p in checkpoint.step_dir(tmp_path, 2).iterdir()) == ["actor"]
+    with pytest.raises(ValueError, match=">= 1"):
+        checkpoint.prune(tmp_path, "actor", 0)

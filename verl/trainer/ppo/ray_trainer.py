@@ -26,6 +26,7 @@ from verl.utils import checkpoint
 from verl.utils.dataset import RLHFDataset, StatefulLoader
 from verl.utils.torch_functional import masked_mean
 from verl.utils.tracking import Tracking
+from verl.workers.rollout.base import concat_rollouts
 from verl.workers.critic.dp_critic import value_loss_mask
 
 
@@ -195,7 +196,8 @@ class RayPPOTrainer:
             groups = sum(len(set(b.non_tensor_batch["uid"])) for b in kept)
             if groups >= self.config.data.train_batch_size or 0 < filter_cfg.max_num_gen_batches <= generated:
                 break
-        batch = DataProto.concat(kept) if len(kept) > 1 else kept[0]
+        # batches of different prompts and turns have different widths
+        batch = concat_rollouts(kept, self.tokenizer.pad_token_id) if len(kept) > 1 else kept[0]
         rows = self.config.data.train_batch_size * self.config.actor_rollout_ref.rollout.n
         if len(batch) > rows:
             batch = batch[:rows]

@@ -97,3 +97,45 @@ def assemble_output(prompts: DataProto, responses: torch.Tensor, response_mask: 
         },
         meta_info=dict(prompts.meta_info),
     )
+
+
+PROMPT_KEYS = ("prompts",)  # [B, P], left padded
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")  # [B, P + R]
+
+
+def concat_rollouts(batches: list[DataProto], pad_token_id: int) -> DataProto:
+    """One batch of rollout batches whose prompt (P) and response (R) widths differ: prompts are left
+    padded and responses right padded to the widest, then concatenated. `prompts` is prompt-aligned,
+    `input_ids`/`attention_mask`/`position_ids` span both parts, every other 2-D tensor is
+    response-aligned (responses, masks, scores, ...). Pads are `pad_token_id` for token ids, 0
+    elsewhere; padded response positions continue each row's positions, as `assemble_output` does."""
+    widths = [(b.batch["prompts"].shape[1], b.batch["responses"].shape[1]) for b in batches]
+    P, R = max(p for p, _ in widths), max(r for _, r in widths)
+    padded = []
+    for batch, (p, r) in zip(batches, widths):
+        tensors = {}
+        for key, value in batch.batch.items():
+            if value.dim() < 2:
+                tensors[key] = value
+                continue
+            fill = pad_token_id if key in ("prompts", "responses", "input_ids") else 0
+            if key in PROMPT_KEYS:
+                tensors[key] = _pad(value, P - p, 0, fill)
+            elif key in SEQUENCE_KEYS:
+                prompt, response = value[:, :p], value[:, p:]
+                if key == "position_ids":
+                    steps = torch.arange(1, R - r + 1, dtype=value.dtype)
+                    tail = value[:, -1:] + steps.unsqueeze(0)
+                    tensors[key] = torch.cat([_pad(prompt, P - p, 0, 0), response, tail], dim=1)
+                else:
+                    tensors[key] = torch.cat([_pad(prompt, P - p, 0, fill), _pad(response, 0, R - r, fill)], dim=1)
+            else:
+                tensors[key] = _pad(value, 0, R - r, fill)
+        padded.append(DataProto.from_dict(tensors, non_tensors=dict(batch.non_tensor_batch),
+                                          meta_info=dict(batch.meta_info)))
+    return DataProto.concat(padded)
+
+
+def _pad(x: torch.Tensor, left: int, right: int, value) -> torch.Tensor:
+    """`x` [B, W] with `left` and `right` columns of `value` added."""
+    return torch.nn.functional.pad(x, (left, right), value=value)

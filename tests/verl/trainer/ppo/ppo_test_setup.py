@@ -16,6 +16,14 @@ def contains_target(data_source, solution_str, ground_truth, extra_info=None):
     return {"score": float(TARGET in solution_str), "chars": float(len(solution_str))}
 
 
+def odd_prompts_vary(data_source, solution_str, ground_truth, extra_info=None):
+    """Even prompts score 0 on every sample (a group with nothing to compare); odd prompts score the
+    response length's parity, which differs between samples of a random model."""
+    if extra_info["index"] % 2 == 0:
+        return {"score": 0.0, "index": float(extra_info["index"])}
+    return {"score": float(len(solution_str) % 2), "index": float(extra_info["index"])}
+
+
 def write_prompts(path: Path, n: int, source: str = "toy") -> str:
     rows = [{"data_source": source, "prompt": [{"role": "user", "content": f"Say something {i}."}],
              "ability": "toy", "reward_model": {"style": "rule", "ground_truth": TARGET},

@@ -81,3 +81,30 @@ def test_sampled_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
                  tiny_model_dir).fit()
     assert [h["step"] for h in rest] == [3]
     assert comparable(rest[0]) == pytest.approx(comparable(full[2]), rel=1e-5, abs=1e-6)
+
+
+def test_dynamic_sampling_keeps_varied_groups_and_refills_the_batch(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, "grpo", [
+        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.max_num_gen_batches=3",
+        "custom_reward_function.name=odd_prompts_vary", "data.shuffle=false", "actor_rollout_ref.rollout.temperature=2.0"])
+    trainer = build(config, tiny_model_dir)
+    batch, metrics = trainer.sample_scored_batch(trainer.prompt_batches())
+    scores = batch.batch["token_level_scores"].sum(-1)
+    uids = batch.non_tensor_batch["uid"]
+    groups = {u: scores[uids == u] for u in set(uids)}
+    assert all(g.max() > g.min() for g in groups.values())  # every kept group has something to compare
+    indices = {int(info["index"]) for info in batch.non_tensor_batch["extra_info"]}
+    assert indices and all(i % 2 == 1 for i in indices)  # only odd prompts survive
+    # 8 prompts per generation batch hold at most 4 varied groups: a second batch was generated
+    assert metrics["sampling/num_gen_batches"] >= 2
+    assert metrics["sampling/kept_groups"] == len(groups) <= 8 and len(batch) == 4 * len(groups)
+    # the reward curve describes every sampled row, the dropped groups' zeros included
+    assert metrics["sampling/score_mean"] < float(scores.mean())
+
+
+def test_dynamic_sampling_names_an_unknown_metric(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, "grpo", ["algorithm.filter_groups.enable=true",
+                                                             "algorithm.filter_groups.metric=acc"])
+    trainer = build(config, tiny_model_dir)
+    with pytest.raises(ValueError, match="metric='acc'.*known: score, seq_final_reward, chars"):
+        trainer.sample_scored_batch(trainer.prompt_batches())

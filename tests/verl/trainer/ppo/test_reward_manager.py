@@ -71,3 +71,11 @@ def test_load_by_module_path_and_by_file(tmp_path):
         load_reward_function(None)
     with pytest.raises(ModuleNotFoundError):
         load_reward_function("no_such_module_xyz:f")
+
+
+def test_reward_kwargs_reach_every_call(tmp_path):
+    path = tmp_path / "shaped.py"
+    path.write_text("def judge(data_source, solution_str, ground_truth, extra_info=None, bonus=0.0):\n"
+                    "    return 0.5 + bonus\n")
+    assert load_reward_function(str(path), "judge", {"bonus": 0.25})("nq", "x", "y") == 0.75
+    assert load_reward_function(str(path), "judge", {})("nq", "x", "y") == 0.5
