@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from rag_r1.eval.agent import add_agent_arguments
 from rag_r1.eval.runner import evaluate, load_questions
 
 # Settings that change what a trajectory is; a resumed run must use the same ones.
@@ -27,27 +28,7 @@ TRAJECTORY_SETTINGS = ("model", "questions", "mode", "max_turns", "max_new_token
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m rag_r1.eval", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="HF checkpoint directory (or hub name)")
-    parser.add_argument("--questions", required=True, type=Path, help="FlashRAG JSONL or veRL parquet")
-    parser.add_argument("--retrieval-url", required=True, nargs="+",
-                        help="retrieval server URL(s), e.g. http://127.0.0.1:8000/retrieve; several = replicas")
-    parser.add_argument("--mode", required=True, choices=["single", "multi"], help="one query or several per search")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--limit", type=int, default=None, help="first N questions only")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions the agent advances together")
-    parser.add_argument("--max-turns", type=int, default=5, help="retrieval rounds at most (paper: 5)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="generated tokens per turn at most")
-    parser.add_argument("--topk", type=int, default=3, help="passages per query")
-    parser.add_argument("--max-obs-length", type=int, default=1000,
-                        help="tokens of one <information> block at most (as agent.max_obs_length in training)")
-    parser.add_argument("--max-prompt-length", type=int, default=8192,
-                        help="tokens of the rolling context fed to each turn at most")
-    parser.add_argument("--max-start-length", type=int, default=2048,
-                        help="tokens of the initial prompt kept in the rolling context at most")
-    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0, help="with --sample")
-    parser.add_argument("--top-p", type=float, default=1.0, help="with --sample")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed (matters with --sample)")
+    add_agent_arguments(parser)
     args = parser.parse_args(argv)
     for name in ("batch_size", "max_turns", "max_new_tokens", "topk", "max_prompt_length", "max_start_length"):
         if getattr(args, name) < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from itertools import groupby
+from pathlib import Path
 
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager, Trajectory
@@ -55,6 +56,34 @@ class AgentSolver:
         return [trajectory_result(row, self.tokenizer) for row in rows]
 
 
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which model runs the agent on which questions, and how (`build_solver` reads them;
+    `python -m rag_r1.eval` and `rag_r1.eval.frontier` share them)."""
+    parser.add_argument("--model", required=True, help="HF checkpoint directory (or hub name)")
+    parser.add_argument("--questions", required=True, type=Path, help="FlashRAG JSONL or veRL parquet")
+    parser.add_argument("--retrieval-url", required=True, nargs="+",
+                        help="retrieval server URL(s), e.g. http://127.0.0.1:8000/retrieve; several = replicas")
+    parser.add_argument("--mode", required=True, choices=["single", "multi"], help="one query or several per search")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--limit", type=int, default=None, help="first N questions only")
+    parser.add_argument("--batch-size", type=int, default=8, help="trajectories the agent advances together")
+    parser.add_argument("--max-turns", type=int, default=5, help="retrieval rounds at most (paper: 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="generated tokens per turn at most")
+    parser.add_argument("--topk", type=int, default=3, help="passages per query")
+    parser.add_argument("--max-obs-length", type=int, default=1000,
+                        help="tokens of one <information> block at most (as agent.max_obs_length in training)")
+    parser.add_argument("--max-prompt-length", type=int, default=8192,
+                        help="tokens of the rolling context fed to each turn at most")
+    parser.add_argument("--max-start-length", type=int, default=2048,
+                        help="tokens of the initial prompt kept in the rolling context at most")
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0, help="with --sample")
+    parser.add_argument("--top-p", type=float, default=1.0, help="with --sample")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed (matters with --sample)")
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                        help="re-encode the whole context every turn instead of continuing from the KV cache")
+
+
 def build_solver(args: argparse.Namespace) -> AgentSolver:
     """Model, tokenizer, HF engine, retrieval client and agent as the eval CLI's `args` say."""
     import torch
@@ -71,7 +100,8 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     engine = HFRollout(model, tokenizer, OmegaConf.create({"response_length": args.max_new_tokens,
-                                                           "do_sample": args.sample}))
+                                                           "do_sample": args.sample,
+                                                           "enable_prefix_caching": args.prefix_cache}))
     config = AgentConfig(max_prompt_length=args.max_prompt_length, max_start_length=args.max_start_length,
                          max_response_length=args.max_new_tokens, mode=args.mode, max_turns=args.max_turns,
                          topk=args.topk, max_obs_length=args.max_obs_length)

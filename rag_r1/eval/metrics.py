@@ -59,3 +59,24 @@ def summarize(rows: Sequence[dict]) -> dict[str, float | int | list[float]]:
     }
     summary.update(evidence_metrics(rows))
     return summary
+
+
+def paired_bootstrap(before: Sequence[float], after: Sequence[float], samples: int = 10_000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """Mean of after - before over paired questions and its percentile-bootstrap interval: questions
+    are resampled with replacement, keeping each question's pair together.
+
+    >>> r = paired_bootstrap([0, 0, 1, 1], [1, 1, 1, 1])
+    >>> r["diff"], r["lo"] >= 0.0, r["hi"] <= 1.0
+    (0.5, True, True)
+    """
+    import numpy as np
+
+    if len(before) != len(after) or not before:
+        raise ValueError(f"need two equally long non-empty score lists, got {len(before)} and {len(after)}")
+    diffs = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(samples, len(diffs)))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    return {"diff": float(diffs.mean()), "lo": float(np.percentile(means, tail)),
+            "hi": float(np.percentile(means, 100 - tail)), "n": len(diffs)}

@@ -52,6 +52,9 @@ def _question_row(raw: dict, index: int, where: str) -> dict:
     supporting = _first(raw.get("supporting_ids"), extra.get("supporting_ids"))
     if supporting is not None:
         row["supporting_ids"] = [str(s) for s in supporting]
+    kind = _first(raw.get("type"), extra.get("type"))
+    if kind is not None:  # HotpotQA's question type (bridge / comparison), kept for per-type reports
+        row["type"] = str(kind)
     return row
 
 

@@ -7,6 +7,7 @@ message naming its key.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 MODES = ("single", "multi")
 
@@ -27,6 +28,9 @@ class AgentConfig:
     # Experiments only: adds weight x (share of the row's supporting_ids it retrieved) to the reward,
     # for rows whose extra_info carries supporting_ids. 0 = the paper's pure answer reward.
     evidence_reward_weight: float = 0.0
+    # Gold evidence trajectories (SFT conversations) mixed into training groups, one per group whose
+    # prompt has one (rag_r1.llm_agent.guides); None = on-policy samples only.
+    guide_file: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,6 +46,8 @@ class AgentConfig:
             problems.append(f"agent.max_obs_length={self.max_obs_length!r}: expected an integer >= 16")
         if not isinstance(self.evidence_reward_weight, (int, float)) or self.evidence_reward_weight < 0:
             problems.append(f"agent.evidence_reward_weight={self.evidence_reward_weight!r}: expected a number >= 0")
+        if self.guide_file is not None and not Path(self.guide_file).is_file():
+            problems.append(f"agent.guide_file={self.guide_file!r}: no such file")
         if not isinstance(self.query_delimiter, str) or not self.query_delimiter:
             problems.append(f"agent.query_delimiter={self.query_delimiter!r}: expected a non-empty string")
         if isinstance(self.max_start_length, int) and isinstance(self.max_prompt_length, int) \

@@ -14,6 +14,7 @@ import torch
 
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager, Retriever, Trajectory, trajectory_metrics
+from rag_r1.llm_agent.guides import load_guides, mix_guides
 from rag_r1.reward.evidence import evidence_metrics
 from rag_r1.search.client import RetrievalClient
 from verl.protocol import DataProto
@@ -62,17 +63,25 @@ class SearchAgentLoop(RolloutLoop):
             settings = RetrieverSettings.from_config(config.get("retriever"))
             retriever = RetrievalClient(settings.url, timeout=settings.timeout, retries=settings.retries)
         self.manager = GenerationManager(generate, tokenizer, retriever, self.agent)
+        self.guides = {}
+        if self.agent.guide_file:
+            self.guides = load_guides(self.agent.guide_file, tokenizer, self.manager.mode.queries_of)
 
     def run(self, prompts: DataProto, validate: bool = False) -> DataProto:
         ids, mask = prompts.batch["input_ids"], prompts.batch["attention_mask"].bool()
         rows, stats = self.manager.run([r[m].tolist() for r, m in zip(ids, mask)], self.sampling_meta(validate))
+        # the metrics describe the policy's own samples, before any guide takes a place
+        metrics = trajectory_metrics(rows, stats)
+        metrics.update(evidence_step_metrics(prompts.non_tensor_batch.get("extra_info"), rows))
+        guided = [False] * len(rows)
+        if self.guides and not validate:
+            guided = mix_guides(rows, prompts.non_tensor_batch.get("uid", list(range(len(rows)))), self.guides)
+            metrics["env/guided_ratio"] = sum(guided) / len(rows)
         trajectory = to_dataproto(prompts, rows, self.tokenizer.pad_token_id)
-        columns = {**prompts.non_tensor_batch, **trajectory_columns(rows)}
+        columns = {**prompts.non_tensor_batch, **trajectory_columns(rows), "guided": guided}
         if self.agent.evidence_reward_weight > 0 and "extra_info" in columns:
             columns["extra_info"] = with_evidence_reward(columns["extra_info"], rows, self.agent.evidence_reward_weight)
         trajectory.union(DataProto.from_dict(non_tensors=columns))
-        metrics = trajectory_metrics(rows, stats)
-        metrics.update(evidence_step_metrics(prompts.non_tensor_batch.get("extra_info"), rows))
         trajectory.meta_info = {"metrics": metrics}
         return trajectory
 

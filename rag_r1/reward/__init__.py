@@ -58,9 +58,19 @@ def register(data_source: str, scorer: str) -> None:
     REWARDS[data_source] = scorer
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None) -> dict:
+def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None,
+                  scorer: str | None = None, format_weights: dict | None = None) -> dict:
+    """`scorer` and `format_weights` come from the run's config (`custom_reward_function.reward_kwargs`):
+    the scorer of every row, and the weights of the format scorer; a row's own `extra_info["reward"]`
+    and `extra_info["format_weights"]` still win over them.
+
+    >>> compute_score("hotpotqa", "<answer> Paris France </answer>", {"target": ["Paris"]}, scorer="f1")["score"]
+    0.6666666666666666
+    """
     extra_info = extra_info or {}
-    name = extra_info.get("reward") or REWARDS.get(data_source)
+    if format_weights and "format_weights" not in extra_info:
+        extra_info = {**extra_info, "format_weights": dict(format_weights)}
+    name = extra_info.get("reward") or scorer or REWARDS.get(data_source)
     if name is None:
         raise KeyError(f"no reward registered for data_source={data_source!r}; known: {sorted(REWARDS)} "
                        f"(add one with rag_r1.reward.register)")

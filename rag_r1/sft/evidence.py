@@ -140,17 +140,21 @@ def next_round(queries: list[str], searched: list[str], missing: list[str], mode
 def search_turn(round_no: int, rounds: list[list[str]], mode: str, delimiter: str = ",", whole: str = "") -> str:
     """The gpt turn of one search round: a short plan, then the `<search>` block. A plan names only
     this round's queries: later ones may be entities the model learns from this round's passages.
-    The query equal to `whole` (the question itself) is named as such."""
+    The query equal to `whole` (the question itself) is named as such. The two modes word their
+    plans differently from the first word on, so a model trained on both follows the instruction it
+    is given instead of one plan for both (a shared opening taught a 135M model one query per round
+    in multi mode too)."""
     queries = rounds[round_no]
     names = join_and(["the whole question" if q == whole else q for q in queries])
-    if round_no > 0:
+    if mode == "multi":
+        together = " in parallel" if len(queries) > 1 else ""
+        thought = f"{'Next I' if round_no > 0 else 'I'} will search {names}{together}."
+    elif round_no > 0:
         thought = f"Next I need to look up {names}."
     elif len(rounds) > 1:
         thought = f"To answer this I will first look up {names}."
     else:
         thought = f"To answer this I need to look up {names}."
-        if len(queries) > 1:
-            thought += " I will search for them together."
     content = f"{delimiter} ".join(queries) if mode == "multi" else queries[0]
     return f"<think> {thought} </think>\n<search> {content} </search>"
 

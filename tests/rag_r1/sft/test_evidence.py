@@ -73,8 +73,7 @@ def test_multi_mode_conversation_exact_text():
     assert stats == counts(questions=1, kept=1)
     assert samples == [{"conversations": [
         {"from": "human", "value": user_content(COMPARE.question, "multi")},
-        {"from": "gpt", "value": "<think> To answer this I need to look up Ada Lovelace and Analytical Engine. "
-                                 "I will search for them together. </think>\n"
+        {"from": "gpt", "value": "<think> I will search Ada Lovelace and Analytical Engine in parallel. </think>\n"
                                  "<search> Ada Lovelace, Analytical Engine </search>"},
         {"from": "observation", "value":
             '\n<information>\n{"query": ["Ada Lovelace", "Analytical Engine"], "documents": ['
@@ -127,15 +126,16 @@ def test_multi_mode_searches_a_bridge_questions_named_title_with_the_question_it
     assert search_rounds(samples[0]) == ["Analytical Engine, Who programmed the Analytical Engine first?",
                                          "Ada Lovelace"]
     assert samples[0]["conversations"][1]["value"].startswith(
-        "<think> To answer this I will first look up Analytical Engine and the whole question. </think>")
+        "<think> I will search Analytical Engine and the whole question in parallel. </think>")
+    assert samples[0]["conversations"][3]["value"] == "<think> Next I will search Ada Lovelace. </think>\n" \
+        "<search> Ada Lovelace </search>"
     # When the question itself brings the second hop back, one round holds all the evidence.
     found = stub()
     found.results[BRIDGE.question] = ["e0"]
     samples, _ = build_dataset([BRIDGE], TITLES, found, "multi", topk=1)
     assert search_rounds(samples[0]) == ["Analytical Engine, Who programmed the Analytical Engine first?"]
     assert samples[0]["conversations"][1]["value"] == (
-        "<think> To answer this I need to look up Analytical Engine and the whole question. "
-        "I will search for them together. </think>\n"
+        "<think> I will search Analytical Engine and the whole question in parallel. </think>\n"
         "<search> Analytical Engine, Who programmed the Analytical Engine first? </search>")
     assert split_queries(search_rounds(samples[0])[0]) == ["Analytical Engine", BRIDGE.question]
     # Single mode keeps one query per round: the named title, then the missing one.
