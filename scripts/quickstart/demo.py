@@ -1,12 +1,13 @@
 """`make demo`: the whole recipe on the embedded demo world, on CPU, in about half an hour.
 
-    make demo                       # data/demo, SmolLM2-135M-Instruct, MiniLM + FAISS Flat
-    make demo ARGS="--ppo-steps 2"  # any scripts/results/pipeline.py flag
+    make demo                      # data/demo, SmolLM2-135M-Instruct, MiniLM + FAISS Flat
+    make demo ARGS="--rl-steps 4"  # any scripts/results/pipeline.py flag
 
 Converts SmolLM2-135M-Instruct from the pip-shipped GGUF (cached), indexes data/demo/corpus.jsonl,
 starts the retrieval server, builds SFT trajectories from the questions' evidence, runs a short SFT
-warm-up and a few multi-query PPO steps, evaluates the untrained, SFT and SFT+PPO models on the
-held-out demo questions, stops the server and prints where the report is (outputs/demo/README.md).
+warm-up, picks the train questions at the SFT model's frontier, runs GRPO with LoRA in multi-query
+mode on them, evaluates the untrained, SFT and SFT+RL models on the held-out demo questions, stops
+the server and prints where the report is (outputs/demo/README.md).
 """
 from __future__ import annotations
 
@@ -20,15 +21,20 @@ DEFAULTS = PipelineConfig(
     sft_batch=8,
     sft_lr=1e-4,
     sft_max_length=1024,
-    ppo_steps=2,
-    ppo_batch=4,
-    ppo_lr=5e-6,  # a few CPU steps: larger than the paper's 1e-6 so they move the policy at all
-    ppo_max_turns=2,
-    ppo_response_length=64,
-    max_obs_length=256,
-    eval_models=("base", "sft", "ppo"),
-    eval_modes=("multi",),
-    eval_limit=16,
+    rl_steps=8,
+    rl_batch=4,
+    rl_n=4,
+    rl_lr=5e-5,
+    rl_max_turns=2,
+    rl_response_length=64,
+    lora_rank=16,
+    lora_alpha=32,
+    max_obs_length=512,
+    frontier_questions=32,
+    rl_token_budget=4096,
+    eval_models=("base", "sft", "rl"),
+    eval_modes=("single", "multi"),
+    eval_limit=None,
     eval_max_turns=3,
     eval_max_new_tokens=64,
     eval_batch_size=16,

@@ -1,12 +1,16 @@
 """Grow the demo world: an invented corpus of people, places and works, with two-hop questions.
 
-    python -m scripts.quickstart.make_demo_data [--out data/demo] [--seed 0] [--test-size 40]
+    python -m scripts.quickstart.make_demo_data [--out data/demo] [--seed 0] [--test-size 48]
 
 Writes `corpus.jsonl` (`{"id", "contents": "\\"Title\\"\\ntext"}`), `train.jsonl` and `test.jsonl`
 (`{"id", "question", "golden_answers", "supporting_ids"}`). Every name is made up from syllables,
-so a model cannot answer from memory: it has to retrieve. Every question names one entity (the
-title of its first supporting passage); that passage names a bridge entity (the title of the
-second); the second holds the answer, and the first never does. The same seed writes the same bytes.
+so a model cannot answer from memory: it has to retrieve. Two kinds of question, as in HotpotQA:
+- bridge: the question names one entity (the title of its first supporting passage); that passage
+  names a bridge entity (the title of the second), which holds the answer; the first never does.
+  Found in two rounds: the second query is only known after reading the first passage.
+- comparison: the question names two entities, each passage holds one of the facts compared (birth
+  years, founding years, birthplaces). Both passages can be searched at once: one parallel round.
+The same seed writes the same bytes.
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "data" / "demo"
 
-# World size: 89 passages and 192 questions (4 per person, 2 per work, 1 per school).
+# World size: 89 passages; 192 bridge questions (4 per person, 2 per work, 1 per school) and
+# 72 comparison questions (pairs of people and of schools).
 N_COUNTRIES, N_CITIES, N_SCHOOLS, N_PEOPLE, N_WORKS = 5, 14, 8, 30, 32
+N_BORN_FIRST, N_SAME_CITY, N_FOUNDED_FIRST = 30, 24, 18
 
 ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr", "th", "sh"]
 VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou"]
@@ -79,9 +85,9 @@ def build_world(seed: int) -> tuple[list[dict], list[dict]]:
     rng = world.rng
     questions: list[dict] = []
 
-    def ask(question: str, answers: list[str], first: str, second: str) -> None:
-        questions.append({"id": f"demo_q{len(questions)}", "question": question,
-                          "golden_answers": answers, "supporting_ids": [first, second]})
+    def ask(question: str, answers: list[str], first: str, second: str, kind: str = "bridge") -> None:
+        questions.append({"id": f"demo_q{len(questions)}", "question": question, "golden_answers": answers,
+                          "supporting_ids": [first, second], "type": kind})
 
     countries = []
     for _ in range(N_COUNTRIES):
@@ -108,7 +114,8 @@ def build_world(seed: int) -> tuple[list[dict], list[dict]]:
         founded = rng.randint(1700, 1850)
         text = (f"The {name} is a school of the arts located in {city['name']}. "
                 f"It was founded in {founded} by {founder} and admits about two hundred students a year.")
-        school = {"name": name, "city": city, "founder": founder, "pid": world.add_passage(name, text)}
+        school = {"name": name, "city": city, "founder": founder, "founded": founded,
+                  "pid": world.add_passage(name, text)}
         schools.append(school)
         # The school passage names its city but not the country: two hops.
         ask(f"In which country is the {name} located?", [city["country"]], school["pid"], city["pid"])
@@ -145,16 +152,44 @@ def build_world(seed: int) -> tuple[list[dict], list[dict]]:
         pid = world.add_passage(title, text)
         ask(f"In which city was the {maker_word} of {title} born?", [maker["birthplace"]["name"]], pid, maker["pid"])
         ask(f"In what year was the {maker_word} of {title} born?", [str(maker["born"])], pid, maker["pid"])
+    ask_comparisons(rng, people, schools, ask)
     return world.passages, questions
 
 
+def ask_comparisons(rng: random.Random, people: list[dict], schools: list[dict], ask) -> None:
+    """Questions naming two entities whose passages each hold one side of the comparison."""
+    pairs = [(a, b) for i, a in enumerate(people) for b in people[i + 1:]]
+    distinct_years = [(a, b) for a, b in pairs if a["born"] != b["born"]]
+    for a, b in rng.sample(distinct_years, N_BORN_FIRST):
+        a, b = rng.sample([a, b], 2)  # which one is named first says nothing about the answer
+        first = min((a, b), key=lambda p: p["born"])
+        ask(f"Who was born first, {a['name']} or {b['name']}?", [first["name"]], a["pid"], b["pid"], "comparison")
+    same = [(a, b) for a, b in pairs if a["birthplace"] is b["birthplace"]]
+    different = [(a, b) for a, b in pairs if a["birthplace"] is not b["birthplace"]]
+    half = N_SAME_CITY // 2
+    for (a, b), answer in rng.sample([*zip(rng.sample(same, half), ["yes"] * half),
+                                      *zip(rng.sample(different, half), ["no"] * half)], N_SAME_CITY):
+        ask(f"Were {a['name']} and {b['name']} born in the same city?", [answer], a["pid"], b["pid"], "comparison")
+    school_pairs = [(a, b) for i, a in enumerate(schools) for b in schools[i + 1:] if a["founded"] != b["founded"]]
+    for a, b in rng.sample(school_pairs, N_FOUNDED_FIRST):
+        a, b = rng.sample([a, b], 2)
+        first = min((a, b), key=lambda s: s["founded"])
+        ask(f"Which school was founded first, the {a['name']} or the {b['name']}?", [first["name"]],
+            a["pid"], b["pid"], "comparison")
+
+
 def split_questions(questions: list[dict], test_size: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """A seeded shuffle cut into (train, test); each keeps the generation order inside it."""
+    """A seeded split into (train, test), stratified by question type (each type's share of the
+    test set is its share of all questions); each part keeps the generation order."""
     if not 0 < test_size < len(questions):
         raise ValueError(f"--test-size must be between 1 and {len(questions) - 1}, got {test_size}")
-    order = list(range(len(questions)))
-    random.Random(seed + 1).shuffle(order)
-    test_idx = set(order[:test_size])
+    rng = random.Random(seed + 1)
+    test_idx: set[int] = set()
+    kinds = sorted({q["type"] for q in questions})
+    for k, kind in enumerate(kinds):
+        rows = [i for i, q in enumerate(questions) if q["type"] == kind]
+        share = test_size - len(test_idx) if k == len(kinds) - 1 else round(test_size * len(rows) / len(questions))
+        test_idx.update(rng.sample(rows, share))
     train = [q for i, q in enumerate(questions) if i not in test_idx]
     test = [q for i, q in enumerate(questions) if i in test_idx]
     return train, test
@@ -166,7 +201,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def make_demo_data(out_dir: Path, seed: int = 0, test_size: int = 40) -> dict[str, int]:
+def make_demo_data(out_dir: Path, seed: int = 0, test_size: int = 48) -> dict[str, int]:
     """Write corpus.jsonl, train.jsonl and test.jsonl under `out_dir`; return their row counts."""
     passages, questions = build_world(seed)
     train, test = split_questions(questions, test_size, seed)
@@ -181,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of names, facts and the split")
-    parser.add_argument("--test-size", type=int, default=40, help="held-out questions")
+    parser.add_argument("--test-size", type=int, default=48, help="held-out questions")
     args = parser.parse_args(argv)
     counts = make_demo_data(args.out, args.seed, args.test_size)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
