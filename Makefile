@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup test demo results bench-retrieval bench-rollout bench-ppo bench-index clean-venv model
+.PHONY: setup test demo results bench-retrieval bench-rollout bench-prefix-cache bench-ppo bench-index clean-venv model
 
 setup: $(STAMP)
 
@@ -31,8 +31,10 @@ test: setup
 demo: setup
 	$(PY) -m scripts.quickstart.demo $(ARGS)
 
+# PROFILE=long: the longer RL profile of scripts/results/make_results.py (about 150 min on 2 cores).
+PROFILE ?= default
 results: setup
-	$(PY) -m scripts.results.make_results $(ARGS)
+	$(PY) -m scripts.results.make_results --profile $(PROFILE) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
@@ -43,6 +45,9 @@ bench-retrieval: setup
 
 bench-rollout: setup
 	$(PY) -m scripts.bench.rollout_bench $(ARGS)
+
+bench-prefix-cache: setup
+	$(PY) -m scripts.bench.prefix_cache_bench $(ARGS)
 
 bench-ppo: setup
 	$(PY) -m scripts.bench.ppo_step_bench $(ARGS)

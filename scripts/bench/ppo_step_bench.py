@@ -1,13 +1,21 @@
-"""Time one PPO (GAE) step with SmolLM2-135M-Instruct on CPU, phase by phase, and compare the
-trainer's rollout tokens/s with bare `model.generate` on the same prompts.
+"""Time one RL step with SmolLM2-135M-Instruct, phase by phase, per algorithm variant, with each
+worker's peak memory; and compare the trainer's rollout tokens/s with bare `model.generate`.
 
-    python -m scripts.bench.ppo_step_bench [--prompts 4] [--response-length 32] [--workers 1] [--out FILE]
+    python -m scripts.bench.ppo_step_bench [--variants ppo grpo grpo-lora] [--trajectories 8]
+        [--context-tokens 1500] [--response-length 32] [--token-budget 4096] [--workers 1]
+        [--device cpu|cuda] [--out FILE]
 
-Rollouts are greedy in both measurements, so both produce the same tokens and the ratio compares
-like with like (the trainer's rollout runs on the worker's FSDP-wrapped actor behind Ray, and its
-time includes the first call's set-up; bare generate is timed after a 2-token warm-up).
-Prints one JSON object: `timing_s/<phase>`, `rollout_tokens_per_s`, `bare_generate_tokens_per_s`,
-and `rollout_vs_bare_ratio` (< 1 means the trainer's rollout is slower).
+Variants (the same number of trajectories each, the same prompts):
+- ppo: the paper's PPO: GAE with a critic, KL to a reference policy in the reward (a ref model);
+- grpo: groups of 2 samples per prompt, no critic, no KL, so no reference model is built; one
+  mini-batch per step, so the old log-probs are not recomputed (on-policy);
+- grpo-lora: grpo with LoRA rank 16 on all linear layers of the actor.
+Every variant uses token-budget micro-batches (use_dynamic_bsz). `--context-tokens` pads each
+prompt with passage-like text, so sequences are as long as an agent's after a retrieval round.
+Rollouts are greedy, so the bare generate produces the same tokens and the ratio compares like with
+like (bare generate is timed after a 2-token warm-up; the trainer's includes its first call).
+Prints one JSON object per variant: `timing_s/<phase>`, `peak_rss_gb/<worker>` and the rollout vs
+bare generate tokens/s.
 """
 from __future__ import annotations
 
@@ -25,6 +33,14 @@ QUESTIONS = ["Who wrote the novel Dracula?", "What is the capital of Australia?"
              "When did the Berlin Wall fall?", "Which planet is the largest in the solar system?",
              "Who painted the Mona Lisa?", "What is the boiling point of water in Fahrenheit?",
              "Which element has the chemical symbol K?", "How many strings does a violin have?"]
+PASSAGE = ("Doc 1(Title: Dracula) Dracula is an 1897 Gothic horror novel by Irish author Bram Stoker. "
+           "The narrative is related through letters, diary entries, and newspaper articles. ")
+VARIANTS = {
+    "ppo": ["algorithm.adv_estimator=gae", "algorithm.use_kl_in_reward=true", "actor_rollout_ref.rollout.n=1"],
+    "grpo": ["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=2"],
+    "grpo-lora": ["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=2",
+                  "actor_rollout_ref.model.lora_rank=16", "actor_rollout_ref.model.lora_alpha=32"],
+}
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float:
@@ -32,93 +48,130 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None) -> f
     return float(ground_truth.lower() in solution_str.lower())
 
 
-def write_prompts(path: Path, n: int) -> str:
-    rows = [{"data_source": "bench", "prompt": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-             "ability": "qa", "reward_model": {"style": "rule", "ground_truth": "the"}, "extra_info": {"index": i}}
-            for i in range(n)]
+def write_prompts(path: Path, n: int, context_tokens: int, tokenizer) -> str:
+    context = ""
+    while len(tokenizer.encode(context)) < context_tokens:
+        context += PASSAGE
+    rows = [{"data_source": "bench", "ability": "qa", "extra_info": {"index": i},
+             "prompt": [{"role": "user", "content": context + QUESTIONS[i % len(QUESTIONS)]}],
+             "reward_model": {"style": "rule", "ground_truth": "the"}} for i in range(n)]
     pd.DataFrame(rows).to_parquet(path)
     return str(path)
 
 
-def bench_config(model_dir: str, workdir: Path, prompts: int, response_length: int, workers: int):
+def bench_config(model_dir: str, data: str, workdir: Path, prompts: int, args: argparse.Namespace, variant: str):
     from verl.trainer.config import compose_config
 
-    data = write_prompts(workdir / "prompts.parquet", prompts)
     return compose_config([
         f"data.train_files={data}", f"data.val_files={data}", f"data.train_batch_size={prompts}",
-        "data.shuffle=false", "data.max_prompt_length=128", f"data.max_response_length={response_length}",
+        "data.shuffle=false", f"data.max_prompt_length={args.context_tokens + 128}",
+        f"data.max_response_length={args.response_length}",
         f"actor_rollout_ref.model.path={model_dir}", "actor_rollout_ref.rollout.do_sample=false",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts}", f"critic.ppo_mini_batch_size={prompts}",
-        "algorithm.adv_estimator=gae", "trainer.total_training_steps=1", "trainer.val_before_train=false",
-        "trainer.logger=[console]", f"trainer.n_gpus_per_node={workers}", "trainer.resume_mode=disable",
-        f"trainer.default_local_dir={workdir / 'ckpt'}",
+        "actor_rollout_ref.actor.use_dynamic_bsz=true", "critic.use_dynamic_bsz=true",
+        f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={args.token_budget}",
+        f"critic.ppo_max_token_len_per_gpu={args.token_budget}",
+        "trainer.total_training_steps=1", "trainer.val_before_train=false",
+        "trainer.logger=[console]", f"trainer.n_gpus_per_node={args.workers}", "trainer.resume_mode=disable",
+        f"trainer.device={args.device}", f"trainer.default_local_dir={workdir / variant / 'ckpt'}",
         f"custom_reward_function.path={Path(__file__).resolve()}", "custom_reward_function.name=compute_score",
+        *VARIANTS[variant],
     ])
 
 
-def bare_generate_tokens_per_s(model_dir: str, prompts, max_new_tokens: int) -> tuple[float, int]:
-    """tokens/s of plain HF generate (greedy) on the trainer's first batch of prompts."""
+def bare_generate_tokens_per_s(model_dir: str, prompts, max_new_tokens: int, device: str) -> tuple[float, int]:
+    """tokens/s of plain HF generate (greedy) on the trainer's first batch of prompts, in the dtype
+    the trainer's rollout uses (fp32 on CPU, bf16 on GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    input_ids, attention_mask = prompts.batch["input_ids"], prompts.batch["attention_mask"]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    input_ids, attention_mask = prompts.batch["input_ids"].to(device), prompts.batch["attention_mask"].to(device)
 
     def generate(new_tokens: int):
         with torch.no_grad():
-            return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
-                                  do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     generate(2)  # warm-up
     start = time.perf_counter()
     out = generate(max_new_tokens)
     seconds = time.perf_counter() - start
-    generated = out[:, input_ids.shape[1]:]
     tokens = 0
-    for row in generated.tolist():  # through the first eos, as the rollout counts them
+    for row in out[:, input_ids.shape[1]:].tolist():  # through the first eos, as the rollout counts them
         tokens += row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
     return tokens / seconds, tokens
 
 
+def run_variant(model_dir: str, data: str, workdir: Path, args: argparse.Namespace, variant: str) -> dict:
+    from verl.trainer.main_ppo import build_trainer
+
+    n = 1 if variant == "ppo" else 2
+    config = bench_config(model_dir, data, workdir, args.trajectories // n, args, variant)
+    ray.init(num_cpus=max(2, args.workers * 2), num_gpus=1 if args.device == "cuda" else 0,
+             include_dashboard=False, log_to_driver=False)
+    try:
+        trainer = build_trainer(config)
+        (step,) = trainer.fit()
+        memory = {"actor": max(trainer.actor_rollout_wg.peak_rss_bytes())}
+        if trainer.critic_wg is not None:
+            memory["critic"] = max(trainer.critic_wg.peak_rss_bytes())
+    finally:
+        ray.shutdown()
+    report = {key: round(value, 3) for key, value in step.items() if key.startswith("timing_s/")}
+    report.update({f"peak_rss_gb/{worker}": round(b / 2**30, 2) for worker, b in memory.items()})
+    report.update({"trajectories": args.trajectories, "response_length/mean": step["response_length/mean"],
+                   "prompt_length/mean": step["prompt_length/mean"],
+                   "rollout_tokens_per_s": round(step["response_length/mean"] * args.trajectories / step["timing_s/gen"], 2)})
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--trajectories", type=int, default=8, help="rollouts per step (prompts x samples)")
+    parser.add_argument("--context-tokens", type=int, default=1500, help="prompt length before the question")
     parser.add_argument("--response-length", type=int, default=32)
+    parser.add_argument("--token-budget", type=int, default=4096, help="ppo_max_token_len_per_gpu")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the bare generate; Ray gives each worker OMP_NUM_THREADS=1")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.trajectories % 2:
+        parser.error("--trajectories must be even (grpo samples 2 per prompt)")
+
+    from transformers import AutoTokenizer
 
     from rag_r1.models.smollm2 import convert
-    from verl.trainer.main_ppo import build_trainer, load_tokenizer
+    from verl.trainer.main_ppo import load_tokenizer
     from verl.utils.dataset import RLHFDataset, StatefulLoader
 
     model_dir = str(convert())
     workdir = Path(tempfile.mkdtemp(prefix="ppo_step_bench_"))
-    config = bench_config(model_dir, workdir, args.prompts, args.response_length, args.workers)
+    data = write_prompts(workdir / "prompts.parquet", args.trajectories, args.context_tokens,
+                         AutoTokenizer.from_pretrained(model_dir))
+    config = bench_config(model_dir, data, workdir, args.trajectories, args, "ppo")
     dataset = RLHFDataset(config.data.train_files, load_tokenizer(config), config.data)
-    first_batch = next(iter(StatefulLoader(dataset, args.prompts, shuffle=False)))  # the trainer's step-1 batch
+    first_batch = next(iter(StatefulLoader(dataset, args.trajectories, shuffle=False)))  # the step's prompts
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    bare_tps, bare_tokens = bare_generate_tokens_per_s(model_dir, first_batch, args.response_length)
+    bare_tps, bare_tokens = bare_generate_tokens_per_s(model_dir, first_batch, args.response_length, args.device)
     torch.set_num_threads(threads)
-    ray.init(num_cpus=max(2, args.workers * 2), include_dashboard=False, log_to_driver=False)
-    try:
-        (step,) = build_trainer(config).fit()
-    finally:
-        ray.shutdown()
-    rollout_tokens = step["response_length/mean"] * args.prompts
-    rollout_tps = rollout_tokens / step["timing_s/gen"]
-    report = {key: round(value, 3) for key, value in step.items() if key.startswith("timing_s/")}
-    report.update({
-        "prompts": args.prompts, "max_response_length": args.response_length, "workers": args.workers,
-        "rollout_tokens": rollout_tokens, "bare_generate_tokens": bare_tokens,
-        "rollout_tokens_per_s": round(rollout_tps, 2), "bare_generate_tokens_per_s": round(bare_tps, 2),
-        "rollout_vs_bare_ratio": round(rollout_tps / bare_tps, 3),
-        "perf/throughput": round(step["perf/throughput"], 2), "bare_generate_threads": args.threads,
-    })
+    report = {"device": args.device, "workers": args.workers, "context_tokens": args.context_tokens,
+              "max_response_length": args.response_length, "token_budget": args.token_budget,
+              "bare_generate_tokens_per_s": round(bare_tps, 2), "bare_generate_tokens": bare_tokens,
+              "bare_generate_threads": args.threads}
+    for variant in args.variants:
+        result = run_variant(model_dir, data, workdir, args, variant)
+        result["rollout_vs_bare_ratio"] = round(result["rollout_tokens_per_s"] / bare_tps, 3)
+        report[variant] = result
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

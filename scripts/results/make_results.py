@@ -1,15 +1,19 @@
-"""`make results`: SFT then PPO on a real multi-hop closed corpus, evaluated before and after.
+"""`make results`: SFT then RL on a real multi-hop closed corpus, evaluated before and after.
 
     make results                                   # ../shared/data/hotpotqa_closed (see docs/results.md)
+    make results PROFILE=long                      # more RL steps and questions (about 150 min on 2 cores)
     make results DATA=path/to/set                  # any closed_corpus.py output (corpus/train/test.jsonl)
-    make results ARGS="--ppo-steps 200 --ppo-batch 256 --model Qwen/Qwen2.5-3B-Instruct"   # scale up
+    make results ARGS="--rl-steps 200 --rl-batch 64 --model Qwen/Qwen2.5-3B-Instruct"   # scale up
 
-Outputs (git-ignored) under results/: checkpoints/{base,sft,ppo}/ (HF), eval/<model>-<mode>/test/
-(trajectories.jsonl, summary.json), runs/{sft,ppo}/ (metrics.jsonl), config.json (retrieval
-settings), commands.sh (every command run) and README.md + PNGs. Re-running resumes.
+Outputs (git-ignored) under results/ (results-long/ for PROFILE=long): checkpoints/{base,sft,rl}/ (HF),
+frontier/ (the RL questions), eval/<model>-<mode>/test/ (trajectories.jsonl, summary.json),
+runs/{sft,rl}/ (metrics.jsonl), config.json (retrieval settings), commands.sh (every command run)
+and README.md + PNGs. Re-running resumes.
 """
 from __future__ import annotations
 
+import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from scripts.results.pipeline import REPO, Pipeline, PipelineConfig, invocation, parse_config
@@ -18,10 +22,18 @@ DEFAULTS = PipelineConfig(
     data_dir=REPO.parent / "shared" / "data" / "hotpotqa_closed",
     out_dir=REPO / "results",
 )
+# Each profile: the pipeline's defaults with these changes (flags given with ARGS still win).
+PROFILES = {
+    "default": DEFAULTS,
+    "long": replace(DEFAULTS, out_dir=REPO / "results-long", rl_steps=24, frontier_questions=192),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(DEFAULTS, argv, __doc__.splitlines()[0])
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--profile", choices=sorted(PROFILES), default="default")
+    known, rest = pre.parse_known_args(argv)
+    config = parse_config(PROFILES[known.profile], rest, __doc__.splitlines()[0])
     if not Path(config.data_dir).is_dir():
         raise SystemExit(f"data not found: {config.data_dir} (set DATA=path or --data-dir)")
     Pipeline(config).run(invocation("scripts.results.make_results", argv))

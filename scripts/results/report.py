@@ -2,9 +2,9 @@
 
     python -m scripts.results.report OUT      # re-write OUT/README.md from what a pipeline run left
 
-Reads `OUT/eval/<model>-<mode>/<set>/summary.json` (rag_r1.eval), `OUT/runs/{sft,ppo}/metrics.jsonl`
-(the trainers' jsonl logger) and `OUT/stage_times.jsonl`; writes README.md, curves.png and
-evidence_by_round.png beside them.
+Reads `OUT/eval/<model>-<mode>/<set>/{summary.json,trajectories.jsonl}` (rag_r1.eval),
+`OUT/runs/{sft,rl}/metrics.jsonl` (the trainers' jsonl logger), `OUT/frontier/counts.json` and
+`OUT/stage_times.jsonl`; writes README.md, curves.png and evidence_by_round.png beside them.
 """
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ import platform
 import subprocess
 from pathlib import Path
 
+from rag_r1.eval.metrics import paired_bootstrap
 from rag_r1.eval.report import load_runs, markdown_report, plot_report
 
-# (metric key in the PPO log, panel title); a key missing from the log leaves its panel out.
-PPO_CURVES = [
-    ("critic/score/mean", "reward (EM) per step"),
-    ("reward/f1", "F1 per step"),
+# (metric key in the RL log, panel title); a key missing from the log leaves its panel out.
+RL_CURVES = [
+    ("sampling/score_mean", "reward per step (every sample)"),
+    ("critic/score/mean", "reward of the trained groups"),
+    ("reward/em", "EM per step (every sample)"),
+    ("reward/f1", "F1 per step (every sample)"),
     ("actor/ppo_kl", "KL (policy vs rollout)"),
     ("actor/reward_kl_penalty", "KL penalty in the reward (vs reference)"),
     ("response_length/mean", "response length (tokens)"),
@@ -40,8 +43,8 @@ def curve(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_curves(ppo: list[dict], sft: list[dict], png: Path) -> Path | None:
-    panels = [(key, title, ppo) for key, title in PPO_CURVES if curve(ppo, key)[0]]
+def plot_curves(rl: list[dict], sft: list[dict], png: Path) -> Path | None:
+    panels = [(key, title, rl) for key, title in RL_CURVES if curve(rl, key)[0]]
     if curve(sft, "train/loss")[0]:
         panels.insert(0, ("train/loss", "SFT loss", sft))
     if not panels:
@@ -104,12 +107,12 @@ def evidence_table(by_label: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
-def ppo_table(ppo: list[dict]) -> str:
-    """One row per PPO step: the curves' metrics, evidence recall and the step's seconds."""
-    keys = [k for k, _ in PPO_CURVES] + ["env/evidence_recall", "timing_s/step"]
-    keys = [k for k in keys if any(k in row for row in ppo)]
+def rl_table(rl: list[dict]) -> str:
+    """One row per RL step: the curves' metrics, evidence recall and the step's seconds."""
+    keys = [k for k, _ in RL_CURVES] + ["sampling/kept_groups", "env/evidence_recall", "timing_s/step"]
+    keys = [k for k in keys if any(k in row for row in rl)]
     lines = ["| step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for row in ppo:
+    for row in rl:
         cells = [f"{row[k]:.4g}" if isinstance(row.get(k), (int, float)) else "–" for k in keys]
         lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -129,8 +132,8 @@ def git_commit() -> str:
 
 
 def pipeline_order(runs):
-    """Rows in the order of the recipe (base, sft, ppo; single before multi), unknown labels last."""
-    models, modes = ["base", "sft", "ppo"], ["single", "multi"]
+    """Rows in the order of the recipe (base, sft, rl; single before multi), unknown labels last."""
+    models, modes = ["base", "sft", "rl"], ["single", "multi"]
 
     def key(run):
         model, _, mode = run.label.partition("-")
@@ -140,13 +143,95 @@ def pipeline_order(runs):
     return sorted(runs, key=key)
 
 
+def reward_trend(rl: list[dict], key: str = "sampling/score_mean") -> dict[str, float] | None:
+    """Mean reward of the first and of the last quarter of the RL steps (at least one step each).
+
+    >>> reward_trend([{"step": i, "sampling/score_mean": v} for i, v in enumerate([0, .5, 1, 1, 1, 1, 1.5, 2.5])])
+    {'steps': 8, 'first_quarter': 0.25, 'last_quarter': 2.0}
+    """
+    _, values = curve(rl, key)
+    if len(values) < 2:
+        return None
+    quarter = max(1, len(values) // 4)
+    return {"steps": len(values), "first_quarter": sum(values[:quarter]) / quarter,
+            "last_quarter": sum(values[-quarter:]) / quarter}
+
+
+def read_trajectories(out: Path, label: str) -> dict[str, dict]:
+    """The rows of eval/<label>/test/trajectories.jsonl by question id."""
+    return {row["id"]: row for row in read_jsonl(out / "eval" / label / "test" / "trajectories.jsonl")}
+
+
+def rl_vs_sft(out: Path, modes=("single", "multi")) -> list[dict]:
+    """Per mode evaluated for both models: EM of each on the same questions, the RL - SFT difference
+    with its 95 % paired-bootstrap interval, and the questions only one of them answered."""
+    results = []
+    for mode in modes:
+        sft, rl = read_trajectories(out, f"sft-{mode}"), read_trajectories(out, f"rl-{mode}")
+        ids = [i for i in sft if i in rl]
+        if not ids:
+            continue
+        before, after = [sft[i]["em"] for i in ids], [rl[i]["em"] for i in ids]
+        results.append({"mode": mode, "sft": sum(before) / len(ids), "rl": sum(after) / len(ids),
+                        "gained": sum(a > b for a, b in zip(after, before)),
+                        "lost": sum(a < b for a, b in zip(after, before)), **paired_bootstrap(before, after)})
+    return results
+
+
+def rl_vs_sft_table(results: list[dict]) -> str:
+    lines = ["| mode | questions | SFT EM | SFT+RL EM | difference | 95 % interval | gained / lost |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['mode']} | {r['n']} | {r['sft']:.3f} | {r['rl']:.3f} | {r['diff']:+.3f} | "
+                     f"[{r['lo']:+.3f}, {r['hi']:+.3f}] | {r['gained']} / {r['lost']} |")
+    return "\n".join(lines)
+
+
+def corpus_titles(out: Path) -> dict[str, str]:
+    """Passage titles by id, from the corpus named in OUT/config.json (empty when unknown)."""
+    from rag_r1.search.corpus import split_title
+
+    config = out / "config.json"
+    corpus = Path(json.loads(config.read_text()).get("corpus", "")) if config.exists() else None
+    if corpus is None or not corpus.is_file():
+        return {}
+    return {row["id"]: split_title(row["contents"])[0] for row in read_jsonl(corpus)}
+
+
+def question_type(row: dict, titles: dict[str, str]) -> str:
+    """The row's own `type` (HotpotQA's), else "comparison" when the question names every supporting
+    title (both entities given: one parallel round can find both), else "bridge"."""
+    from rag_r1.sft.evidence import named_in
+
+    if row.get("type"):
+        return row["type"]
+    support = [titles.get(pid) for pid in row.get("supporting_ids") or []]
+    if support and all(t and named_in(t, row["question"]) for t in support):
+        return "comparison"
+    return "bridge"
+
+
+def type_table(out: Path, runs, titles: dict[str, str]) -> str:
+    """Per evaluated model-mode and question type: questions, EM, rounds and queries per round."""
+    lines = ["| model-mode | type | questions | EM | rounds | queries/round |", "|---|---|---|---|---|---|"]
+    for run in runs:
+        rows = list(read_trajectories(out, run.label).values())
+        for kind in sorted({question_type(r, titles) for r in rows}):
+            mine = [r for r in rows if question_type(r, titles) == kind]
+            rounds = sum(r["searches"] for r in mine)
+            queries = sum(len(q) for r in mine for q in r["queries"])
+            lines.append(f"| {run.label} | {kind} | {len(mine)} | {sum(r['em'] for r in mine) / len(mine):.3f} | "
+                         f"{rounds / len(mine):.2f} | {queries / rounds if rounds else 0:.2f} |")
+    return "\n".join(lines)
+
+
 def write_results_readme(out: Path, wall_seconds: float | None = None, command: str | None = None) -> Path:
     out = Path(out)
     runs = pipeline_order(load_runs(out / "eval"))
     plot_report(runs, out / "eval.png")
-    ppo = read_jsonl(out / "runs" / "ppo" / "metrics.jsonl")
+    rl = read_jsonl(out / "runs" / "rl" / "metrics.jsonl")
     sft = read_jsonl(out / "runs" / "sft" / "metrics.jsonl")
-    curves = plot_curves(ppo, sft, out / "curves.png")
+    curves = plot_curves(rl, sft, out / "curves.png")
     by_round = evidence_by_round(runs)
     evidence_png = plot_evidence(by_round, out / "evidence_by_round.png")
 
@@ -164,6 +249,13 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
     if (out / "config.json").exists():
         parts.append("- retrieval and pipeline settings: `config.json`; every command run: `commands.sh`")
     parts += ["", markdown_report(runs), "![evaluation](eval.png)", ""]
+    comparison = rl_vs_sft(out)
+    if comparison:
+        parts += ["## Does RL improve on SFT?", "",
+                  "EM of the SFT model and of the SFT+RL model on the same questions; the interval is a 95 % "
+                  "paired bootstrap over questions (10,000 resamples).", "", rl_vs_sft_table(comparison), ""]
+    if any(read_trajectories(out, r.label) for r in runs):
+        parts += ["## By question type", "", type_table(out, runs, corpus_titles(out)), ""]
     if by_round:
         parts += ["## Evidence recall by retrieval round", "", evidence_table(by_round), ""]
         parts += [f"![evidence by round]({evidence_png.name})", ""]
@@ -171,8 +263,19 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
         parts += ["## Training curves", "", f"![curves]({curves.name})", ""]
         if sft:
             parts += ["SFT loss per step: " + ", ".join(f"{v:.3g}" for v in curve(sft, "train/loss")[1]), ""]
-        if ppo:
-            parts += [ppo_table(ppo), ""]
+        trend = reward_trend(rl)
+        if trend:
+            parts += [f"RL reward (mean over every sampled trajectory): first quarter of the {trend['steps']} steps "
+                      f"{trend['first_quarter']:.3f}, last quarter {trend['last_quarter']:.3f}.", ""]
+        if rl:
+            parts += [rl_table(rl), ""]
+    frontier = out / "frontier" / "counts.json"
+    if frontier.exists():
+        counts = json.loads(frontier.read_text())
+        parts += ["## RL questions at the frontier", "",
+                  f"The SFT model sampled {counts['n']} times on each of {counts['questions']} train questions: right "
+                  f"every time on {counts['always']}, never on {counts['never']}, sometimes on {counts['sometimes']} "
+                  "(the RL questions).", ""]
     if stages:
         parts += ["## Stage times", "", "| stage | seconds |", "|---|---|"]
         parts += [f"| {s['stage']} | {s['seconds']} |" for s in stages]

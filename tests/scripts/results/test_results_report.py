@@ -19,34 +19,67 @@ def summary(em, rounds, qpr, recall_by_round):
                 retrieved_per_question=6.0)
 
 
+def write_trajectories(root: Path, label: str, rows: list[dict]) -> None:
+    path = root / "eval" / label / "test" / "trajectories.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def trajectory(qid: str, em: float, queries: list[list[str]], kind: str) -> dict:
+    return {"id": qid, "question": qid, "em": em, "searches": len(queries), "queries": queries, "type": kind}
+
+
 def test_results_readme_has_tables_evidence_and_curves(tmp_path):
     write_summary(tmp_path, "base-multi", **summary(0.0, 1.0, 1.0, [0.25]))
-    write_summary(tmp_path, "ppo-multi", **summary(0.5, 1.5, 2.0, [0.5, 0.75]))
-    runs = tmp_path / "runs" / "ppo"
+    write_summary(tmp_path, "sft-multi", **summary(0.25, 1.5, 1.5, [0.5, 0.75]))
+    write_summary(tmp_path, "rl-multi", **summary(0.5, 1.5, 2.0, [0.5, 0.75]))
+    write_trajectories(tmp_path, "sft-multi", [trajectory("q1", 1.0, [["a"]], "bridge"),
+                                              trajectory("q2", 0.0, [["b"], ["c"]], "comparison")])
+    write_trajectories(tmp_path, "rl-multi", [trajectory("q1", 1.0, [["a"]], "bridge"),
+                                             trajectory("q2", 1.0, [["b", "c"]], "comparison")])
+    runs = tmp_path / "runs" / "rl"
     runs.mkdir(parents=True)
-    rows = [{"step": 1, "critic/score/mean": 0.25, "env/search_calls_mean": 1.0},
-            {"step": 2, "critic/score/mean": 0.5, "env/search_calls_mean": 1.5}]
+    rows = [{"step": 1, "sampling/score_mean": 0.25, "env/search_calls_mean": 1.0},
+            {"step": 2, "sampling/score_mean": 0.5, "env/search_calls_mean": 1.5}]
     (runs / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "stage_times.jsonl").write_text(json.dumps({"stage": "PPO", "seconds": 12.5}) + "\n")
+    (tmp_path / "stage_times.jsonl").write_text(json.dumps({"stage": "RL (grpo)", "seconds": 12.5}) + "\n")
+    (tmp_path / "frontier").mkdir()
+    (tmp_path / "frontier" / "counts.json").write_text(json.dumps(
+        {"questions": 10, "always": 3, "sometimes": 5, "never": 2, "n": 4}))
 
     sft = tmp_path / "runs" / "sft"
     sft.mkdir(parents=True)
     (sft / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/loss": 1.5}) + "\n"
                                        + json.dumps({"step": 2, "train/loss": 0.25}) + "\n")
 
-    readme = write_results_readme(tmp_path, wall_seconds=600, command="python -m x --ppo-steps 2").read_text()
+    readme = write_results_readme(tmp_path, wall_seconds=600, command="python -m x --rl-steps 2").read_text()
 
-    assert "- command: `python -m x --ppo-steps 2`" in readme
+    assert "- command: `python -m x --rl-steps 2`" in readme
     assert "- wall time of this invocation: 10.0 min" in readme
-    assert readme.index("| base-multi |") < readme.index("| ppo-multi |")
-    assert "| ppo-multi | 0.500 | 0.750 |" in readme  # evidence recall after round 1, 2
+    assert readme.index("| base-multi |") < readme.index("| sft-multi |") < readme.index("| rl-multi |")
+    assert "| rl-multi | 0.500 | 0.750 |" in readme  # evidence recall after round 1, 2
     assert "| base-multi | 0.250 | – |" in readme
-    assert "| step | critic/score/mean | env/search_calls_mean |\n|---|---|---|\n| 1 | 0.25 | 1 |\n| 2 | 0.5 | 1.5 |" \
+    assert "| step | sampling/score_mean | env/search_calls_mean |\n|---|---|---|\n| 1 | 0.25 | 1 |\n| 2 | 0.5 | 1.5 |" \
         in readme
+    assert "first quarter of the 2 steps 0.250, last quarter 0.500" in readme
+    # both questions paired: +0.5, one gained, none lost; every resample keeps a difference in [0, 1]
+    assert "| multi | 2 | 0.500 | 1.000 | +0.500 | [+0.000, +1.000] | 1 / 0 |" in readme
+    assert "| rl-multi | comparison | 1 | 1.000 | 1.00 | 2.00 |" in readme
+    assert "| sft-multi | comparison | 1 | 0.000 | 2.00 | 1.00 |" in readme
+    assert "right every time on 3, never on 2, sometimes on 5" in readme
     assert "SFT loss per step: 1.5, 0.25" in readme
-    assert "| PPO | 12.5 |" in readme
+    assert "| RL (grpo) | 12.5 |" in readme
     for png in ("eval.png", "curves.png", "evidence_by_round.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_question_type_without_a_type_field_is_read_from_the_titles():
+    from scripts.results.report import question_type
+
+    titles = {"p1": "Paris, Texas", "p2": "Kiss and Tell (1945 film)"}
+    row = {"question": "Is Paris Texas older than Kiss and Tell?", "supporting_ids": ["p1", "p2"]}
+    assert question_type(row, titles) == "comparison"
+    assert question_type({**row, "question": "Who starred in Kiss and Tell?"}, titles) == "bridge"
+    assert question_type({**row, "type": "bridge"}, titles) == "bridge"
 
 
 def test_evidence_table_pads_shorter_runs():
@@ -57,9 +90,11 @@ def test_evidence_table_pads_shorter_runs():
 def test_parse_config_flags_and_env(tmp_path, monkeypatch):
     defaults = PipelineConfig(data_dir=tmp_path / "d", out_dir=tmp_path / "o")
     monkeypatch.setenv("DATA", str(tmp_path / "other"))
-    config = parse_config(defaults, ["--ppo-steps", "20", "--eval-modes", "multi", "--eval-limit", "5"], "x")
-    assert (config.data_dir, config.ppo_steps, config.eval_modes, config.eval_limit) == (
-        tmp_path / "other", 20, ("multi",), 5)
+    config = parse_config(defaults, ["--rl-steps", "20", "--eval-modes", "multi", "--eval-limit", "5",
+                                     "--algo", "ppo", "--frontier-questions", "all"], "x")
+    assert (config.data_dir, config.rl_steps, config.eval_modes, config.eval_limit, config.algo) == (
+        tmp_path / "other", 20, ("multi",), 5, "ppo")
+    assert config.frontier_questions is None
     assert config.sft_lr == defaults.sft_lr and config.model is None
     assert parse_config(defaults, ["--eval-limit", "all"], "x").eval_limit is None
 
@@ -70,6 +105,12 @@ def test_missing_data_names_the_file(tmp_path):
     (tmp_path / "corpus.jsonl").write_text("")
     with pytest.raises(SystemExit, match="train.jsonl is missing"):
         Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out"))
+    for name in ("train.jsonl", "test.jsonl"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(SystemExit, match="rl_n: GRPO compares samples"):
+        Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out", rl_n=1))
+    with pytest.raises(SystemExit, match="reward: expected em, f1 or format"):
+        Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out", reward="bleu"))
 
 
 def test_latest_step_dir_orders_numerically(tmp_path):
@@ -109,5 +150,5 @@ def test_sampled_questions_are_a_seeded_draw_in_file_order(tmp_path):
 def test_invocation_names_the_module_args_and_data(monkeypatch):
     monkeypatch.setenv("DATA", "/data/my set")
     monkeypatch.delenv("OUT", raising=False)
-    assert invocation("scripts.results.make_results", ["--ppo-steps", "2", "--model", "a b"]) == \
-        "DATA='/data/my set' python -m scripts.results.make_results --ppo-steps 2 --model 'a b'"
+    assert invocation("scripts.results.make_results", ["--rl-steps", "2", "--model", "a b"]) == \
+        "DATA='/data/my set' python -m scripts.results.make_results --rl-steps 2 --model 'a b'"
