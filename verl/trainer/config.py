@@ -288,7 +288,7 @@ def check_config(config: DictConfig) -> None:
         problems.append(f"algorithm.kl_penalty={algo.kl_penalty!r}: expected kl, abs, mse or low_var_kl")
     if data.truncation not in ("error", "left", "right"):
         problems.append(f"data.truncation={data.truncation!r}: expected error, left or right")
-    for node in ("actor_rollout_ref.actor", "critic"):
+    for node in ("actor_rollout_ref.actor", "critic") if need_critic(config) else ("actor_rollout_ref.actor",):
         mini = OmegaConf.select(config, f"{node}.ppo_mini_batch_size")
         if data.train_batch_size % mini:
             problems.append(f"data.train_batch_size={data.train_batch_size} is not a multiple of "

@@ -36,6 +36,9 @@ def test_missing_keys_and_wrong_values_are_named():
         compose_config(REQUIRED + ["algorithm.adv_estimator=ppo2"])
     with pytest.raises(ValueError, match="not a multiple of critic.ppo_mini_batch_size=5"):
         compose_config(REQUIRED + ["critic.ppo_mini_batch_size=5"])
+    # GRPO builds no critic, so the critic's batch sizes are not its business
+    compose_config(REQUIRED + ["critic.ppo_mini_batch_size=5", "algorithm.adv_estimator=grpo",
+                               "actor_rollout_ref.rollout.n=2"])
     with pytest.raises(ConfigCompositionException, match="clip_ratio"):
         compose_config(REQUIRED + ["actor_rollout_ref.actor.clip_ratio=abc"])
 
