@@ -278,8 +278,10 @@ def check_config(config: DictConfig) -> None:
     algo, arr, data = config.algorithm, config.actor_rollout_ref, config.data
     try:
         core_algos.get_adv_estimator_fn(algo.adv_estimator)
+        with_critic = need_critic(config)
     except ValueError as error:
         problems.append(f"algorithm.adv_estimator: {error}")
+        with_critic = True
     if algo.adv_estimator == "grpo" and arr.rollout.n < 2:
         problems.append("actor_rollout_ref.rollout.n must be >= 2 for algorithm.adv_estimator=grpo")
     if algo.kl_ctrl.type not in ("fixed", "adaptive"):
@@ -288,7 +290,7 @@ def check_config(config: DictConfig) -> None:
         problems.append(f"algorithm.kl_penalty={algo.kl_penalty!r}: expected kl, abs, mse or low_var_kl")
     if data.truncation not in ("error", "left", "right"):
         problems.append(f"data.truncation={data.truncation!r}: expected error, left or right")
-    for node in ("actor_rollout_ref.actor", "critic") if need_critic(config) else ("actor_rollout_ref.actor",):
+    for node in ("actor_rollout_ref.actor", "critic") if with_critic else ("actor_rollout_ref.actor",):
         mini = OmegaConf.select(config, f"{node}.ppo_mini_batch_size")
         if data.train_batch_size % mini:
             problems.append(f"data.train_batch_size={data.train_batch_size} is not a multiple of "
