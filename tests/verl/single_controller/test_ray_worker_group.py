@@ -37,7 +37,7 @@ class EchoWorker(Worker):
         return DataProto.from_dict(
             {"y": x * self.scale, "rank": torch.full_like(x, self.rank), "total": rows.expand(len(data))},
             {"tag": np.array([f"{t}!" for t in data.non_tensor_batch["tag"]], dtype=object)},
-            meta_info={"from_rank": self.rank},
+            meta_info={"metrics": {"rank": self.rank}, "scale": self.scale},
         )
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -71,7 +71,8 @@ def test_dp_compute_proto_pads_splits_gathers_and_unpads(group):
     assert out.batch["rank"].tolist() == [0, 0, 0, 1, 1]
     assert out.batch["total"].tolist() == [6] * 5
     assert list(out.non_tensor_batch["tag"]) == ["0!", "1!", "2!", "3!", "4!"]
-    assert out.meta_info == {"from_rank": 0}
+    # metrics come back one value per rank; other meta_info keys agree across ranks
+    assert out.meta_info == {"metrics": {"rank": [0, 1]}, "scale": 3}
 
 
 def test_rank_zero_runs_everywhere_returns_rank_zero(group):

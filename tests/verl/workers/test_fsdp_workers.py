@@ -82,6 +82,15 @@ def local(tiny_model_dir):
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+def per_rank(output: DataProto) -> dict[str, float]:
+    """An update's metrics: the worker group gathers one value per rank (as veRL's concat does),
+    and the workers average over ranks first, so both ranks report the same number."""
+    metrics = output.meta_info["metrics"]
+    for key, values in metrics.items():
+        assert len(values) == 2 and values[0] == pytest.approx(values[1], rel=1e-6), key
+    return {key: values[0] for key, values in metrics.items()}
+
+
 def local_actor(model, config, optimizer=None):
     return DataParallelPPOActor(config.actor, model, optimizer, mini_batch_size=config.actor.ppo_mini_batch_size)
 
@@ -132,7 +141,7 @@ def test_update_raises_log_prob_of_positive_advantage_tokens_and_rollout_follows
     before = actor_wg.compute_log_prob(data).batch["old_log_probs"]
     data.batch["old_log_probs"] = before
     data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
-    metrics = actor_wg.update_actor(data).meta_info["metrics"]
+    metrics = per_rank(actor_wg.update_actor(data))
     # first mini-batch: new == old policy, so ratio 1 and token-mean loss -A = -1, nothing clipped
     assert metrics["actor/pg_loss"] == pytest.approx(-1.0, abs=1e-4)
     assert metrics["actor/pg_clipfrac"] == 0.0
@@ -215,7 +224,7 @@ def test_two_rank_grad_norm_equals_single_process(groups, local, tiny_model_dir)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     local_metrics = local_actor(model, config, optimizer).update_policy(
         DataProto.from_dict(dict(data.batch), meta_info={"temperature": 1.0}))
-    metrics = actor_wg.update_actor(data).meta_info["metrics"]
+    metrics = per_rank(actor_wg.update_actor(data))
     assert metrics["actor/grad_norm"] == pytest.approx(local_metrics["actor/grad_norm"], rel=1e-4)
     assert metrics["actor/pg_loss"] == pytest.approx(local_metrics["actor/pg_loss"], abs=1e-5)
 
@@ -231,7 +240,7 @@ def test_critic_regression_lowers_vf_loss(groups, local):
     losses = []
     for _ in range(4):
         data.batch["values"] = critic_wg.compute_values(data).batch["values"]
-        metrics = critic_wg.update_critic(data).meta_info["metrics"]
+        metrics = per_rank(critic_wg.update_critic(data))
         losses.append(metrics["critic/vf_loss"])
     assert losses[0] == pytest.approx(0.5, abs=1e-5)  # 0.5 * (0 - 1)^2 on every valid token
     assert losses[-1] < 0.5 * losses[0]
@@ -246,14 +255,14 @@ def test_checkpoint_round_trip_restores_params_and_optimizer(groups, local, tmp_
     data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
     actor_wg.save_checkpoint(str(tmp_path / "ckpt"))
     saved = actor_wg.full_state_dict()
-    first = actor_wg.update_actor(data).meta_info["metrics"]
+    first = per_rank(actor_wg.update_actor(data))
     after_first = actor_wg.full_state_dict()
     actor_wg.load_checkpoint(str(tmp_path / "ckpt"))
     restored = actor_wg.full_state_dict()
     assert all(torch.equal(saved[k], restored[k]) for k in saved)
     # the same step again from the restored state: identical result only if Adam's moments
     # and the lr schedule came back too
-    second = actor_wg.update_actor(data).meta_info["metrics"]
+    second = per_rank(actor_wg.update_actor(data))
     again = actor_wg.full_state_dict()
     assert second == first
     assert all(torch.equal(after_first[k], again[k]) for k in saved)
