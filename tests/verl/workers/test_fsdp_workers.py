@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl.protocol import DataProto
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
@@ -337,3 +337,43 @@ def test_trimmed_micro_batches_match_the_full_padded_batch(local, tiny_model_dir
     whole = OmegaConf.merge(one_row, {"forward_micro_batch_size_per_gpu": ROWS})
     torch.testing.assert_close(DataParallelPPOCritic(one_row, module).compute_values(data),
                                DataParallelPPOCritic(whole, module).compute_values(data), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_one_gpu_rank_computes_in_bf16_and_learns(ray_local, tiny_model_dir):
+    """The GPU path on one NCCL rank: FSDP2 with bf16 compute over fp32 master weights, HF rollout on CUDA."""
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    actor_wg = RayWorkerGroup(RayResourcePool([1], use_gpu=True),
+                              RayClassWithInitArgs(ActorRolloutRefWorker, config=actor_config(tiny_model_dir),
+                                                   role="actor_rollout_ref"))
+    actor_wg.init_model()
+
+    prompts = build_prompt_batch([tok.encode("Who was born first?"), tok.encode("The")] * 2, tok.pad_token_id)
+    prompts.meta_info = {"do_sample": False, "max_new_tokens": RESPONSE}
+    generated = actor_wg.generate_sequences(prompts)
+    assert generated.batch["responses"].shape == (4, RESPONSE)
+    assert torch.equal(generated.batch["prompts"], prompts.batch["input_ids"])
+    mask = generated.batch["response_mask"].bool()
+    assert mask[:, 0].all() and (generated.batch["responses"][~mask] == tok.pad_token_id).all()
+
+    target = tok.encode(" Paris")[0]
+    data = assemble_output(prompts.repeat(2), torch.full((ROWS, RESPONSE), target),
+                           torch.ones(ROWS, RESPONSE, dtype=torch.long))
+    before = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    fp32, _ = local_actor(fresh, actor_config(tiny_model_dir)).compute_log_prob(
+        DataProto.from_dict(dict(data.batch), meta_info={"temperature": 1.0}), micro_batch_size=ROWS)
+    # bf16 keeps 8 significant bits: log-probs near ln(1/400) = -6 sit on a grid of 2**-5, so the
+    # worker's differ from the fp32 CPU ones by at most a few 1e-2, and by more than nothing
+    error = (before - fp32).abs().max().item()
+    assert 0 < error < 5e-2
+
+    data.batch["old_log_probs"] = before
+    data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
+    metrics = actor_wg.update_actor(data).meta_info["metrics"]
+    # one rank, so one value each; the ratio is 1 up to bf16 rounding (the update's forward runs
+    # other micro-batch shapes than compute_log_prob's), so the token-mean loss -A is about -1
+    assert len(metrics["actor/pg_loss"]) == 1 and metrics["actor/pg_loss"][0] == pytest.approx(-1.0, abs=2e-2)
+    assert metrics["actor/grad_norm"][0] > 0
+    after = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    assert (after - before).mean() > 0.02  # one Adam step at lr 1e-3 raised the advantaged token
