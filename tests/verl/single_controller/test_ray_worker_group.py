@@ -114,13 +114,13 @@ def test_released_pool_frees_its_slots(ray_local):
 
 
 @pytest.mark.cuda
-def test_a_gpu_pool_gives_its_rank_the_gpu_and_nccl(ray_local):
+def test_a_gpu_pool_gives_its_rank_the_gpu_and_nccl(ray_gpu):
     gpu_group = RayWorkerGroup(RayResourcePool([1], use_gpu=True), RayClassWithInitArgs(EchoWorker, scale=1))
     assert gpu_group.whoami("g") == [("g", 0, 1, "nccl", "cuda:0")]
 
 
 @pytest.mark.cuda
-def test_two_gpu_ranks_get_a_gpu_each(ray_local):
+def test_two_gpu_ranks_get_a_gpu_each(ray_gpu):
     if torch.cuda.device_count() < 2:
         pytest.skip(f"needs 2 GPUs (two NCCL ranks cannot share one GPU); {torch.cuda.device_count()} visible")
     gpu_group = RayWorkerGroup(RayResourcePool([2], use_gpu=True), RayClassWithInitArgs(EchoWorker, scale=1))

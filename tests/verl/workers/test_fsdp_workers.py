@@ -340,7 +340,7 @@ def test_trimmed_micro_batches_match_the_full_padded_batch(local, tiny_model_dir
 
 
 @pytest.mark.cuda
-def test_one_gpu_rank_computes_in_bf16_and_learns(ray_local, tiny_model_dir):
+def test_one_gpu_rank_computes_in_bf16_and_learns(ray_gpu, tiny_model_dir):
     """The GPU path on one NCCL rank: FSDP2 with bf16 compute over fp32 master weights, HF rollout on CUDA."""
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
