@@ -80,6 +80,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="with --sample")
     parser.add_argument("--top-p", type=float, default=1.0, help="with --sample")
     parser.add_argument("--seed", type=int, default=0, help="torch seed (matters with --sample)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the model runs; auto = cuda when one is visible")
     parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                         help="re-encode the whole context every turn instead of continuing from the KV cache")
 
@@ -97,7 +99,7 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:  # batches are padded; eos is never attended to as padding
         tokenizer.pad_token = tokenizer.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     engine = HFRollout(model, tokenizer, OmegaConf.create({"response_length": args.max_new_tokens,
                                                            "do_sample": args.sample,

@@ -15,3 +15,12 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def ray_gpu(ray_local):
+    """`ray_local` for a GPU pool: fails at once, rather than after the pool's 300 s wait for
+    resources, when Ray lists no GPU although torch sees one."""
+    resources = ray_local.cluster_resources()
+    assert resources.get("GPU", 0) >= 1, f"Ray lists no GPU: {resources}"
+    return ray_local

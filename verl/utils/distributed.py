@@ -24,16 +24,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The worker group writes its pool's device here (trainer.device: "cuda" or "cpu"); unset means cpu.
+DEVICE_ENV = "VERL_DEVICE"
+
+
 def device() -> torch.device:
-    # Ray exposes exactly the GPU(s) assigned to an actor, so the first visible one is ours.
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    """This worker's compute device, as configured, never guessed from the hardware: a CPU-configured
+    worker stays on the CPU (and gloo) on a machine with GPUs. On GPU, Ray exposes exactly the GPU(s)
+    assigned to an actor, so the first visible one is ours."""
+    return torch.device("cuda", 0) if os.environ.get(DEVICE_ENV, "cpu") == "cuda" else torch.device("cpu")
 
 
 def init_process_group_from_env() -> None:
     """Join the group described by RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (nccl on GPU, else gloo)."""
     if dist.is_initialized():
         return
-    if torch.cuda.is_available():
+    if device().type == "cuda":
         torch.cuda.set_device(0)
         backend = "nccl"
     else:

@@ -107,14 +107,14 @@ class _TrainStateMixin:
 
 def _rng_state() -> dict:
     state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device().type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and device().type == "cuda":
         torch.cuda.set_rng_state(state["cuda"])
 
 
@@ -128,7 +128,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         self._is_actor = role in ("actor", "actor_rollout", "actor_rollout_ref")
         self._is_rollout = role in ("rollout", "actor_rollout", "actor_rollout_ref")
         self._is_ref = role in ("ref", "actor_rollout_ref")
-        self.use_gpu = torch.cuda.is_available()
+        self.use_gpu = device().type == "cuda"
         self.trains_adapter_only = lora_enabled(config.model)
         if self._is_actor:
             self.mini_batch_rows = _rows_per_rank(config.actor.ppo_mini_batch_size, config.rollout.n,
@@ -258,7 +258,7 @@ class CriticWorker(_TrainStateMixin, Worker):
         """`config`: the `critic` subtree; `critic.rollout_n` (veRL's key) scales the mini-batch."""
         super().__init__()
         self.config = config
-        self.use_gpu = torch.cuda.is_available()
+        self.use_gpu = device().type == "cuda"
         self.mini_batch_rows = _rows_per_rank(config.ppo_mini_batch_size, config.get("rollout_n", 1),
                                               self.world_size, "critic.ppo_mini_batch_size")
 

@@ -50,3 +50,27 @@ def test_instructions_are_prepended(minilm_path):
     prefixed = Encoder(minilm_path, query_instruction="query: ", passage_instruction="passage: ")
     np.testing.assert_allclose(prefixed.encode_queries(["cats"]), plain.encode_queries(["query: cats"]), atol=1e-6)
     np.testing.assert_allclose(prefixed.encode_passages(["cats"]), plain.encode_passages(["passage: cats"]), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.cuda
+def test_minilm_on_cuda_matches_cpu_and_retrieves_the_same_rows(minilm_path):
+    import faiss
+
+    from rag_r1.search.dense import DenseRetriever
+
+    passages = ['"Penicillin"\nPenicillin was discovered by Alexander Fleming.',
+                '"Apollo 11"\nApollo 11 landed on the Moon in 1969.',
+                '"Paris"\nParis is the capital of France.']
+    queries = ["who discovered penicillin", "moon landing year", "capital of france"]
+    cpu = Encoder(minilm_path).encode_passages(passages)
+    gpu = Encoder(minilm_path, device="cuda")
+    # fp32 on both, TF32 off for fp32 matmuls (PyTorch's default): only the summation order differs
+    np.testing.assert_allclose(gpu.encode_passages(passages), cpu, atol=1e-4)
+    # fp16 keeps 11 significant bits: unit vectors still point the same way
+    half = Encoder(minilm_path, device="cuda", fp16=True).encode_passages(passages)
+    assert half.dtype == np.float32 and (half * cpu).sum(axis=1).min() > 0.999
+    index = faiss.IndexFlatIP(cpu.shape[1])
+    index.add(cpu)
+    _, rows = DenseRetriever(index, gpu).search(queries, topk=1)
+    assert rows[:, 0].tolist() == [0, 1, 2]

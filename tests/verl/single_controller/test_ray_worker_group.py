@@ -14,6 +14,7 @@ from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
 from verl.single_controller.base.decorator import dispatch_args
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.utils.distributed import device
 
 # Ray would import this test module by name in the workers, where tests/ is not on the path.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -26,7 +27,7 @@ class EchoWorker(Worker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def whoami(self, tag: str):
-        return (tag, self.rank, self.world_size, dist.get_backend())
+        return (tag, self.rank, self.world_size, dist.get_backend(), str(device()))
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def transform(self, data: DataProto) -> DataProto:
@@ -37,7 +38,7 @@ class EchoWorker(Worker):
         return DataProto.from_dict(
             {"y": x * self.scale, "rank": torch.full_like(x, self.rank), "total": rows.expand(len(data))},
             {"tag": np.array([f"{t}!" for t in data.non_tensor_batch["tag"]], dtype=object)},
-            meta_info={"from_rank": self.rank},
+            meta_info={"metrics": {"rank": self.rank}, "scale": self.scale},
         )
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -59,7 +60,8 @@ def group(ray_local):
 
 def test_one_to_all_reaches_every_rank(group):
     assert group.world_size == 2
-    assert group.whoami("hi") == [("hi", 0, 2, "gloo"), ("hi", 1, 2, "gloo")]
+    # a CPU pool gives CPU ranks over gloo, also on a machine with a GPU
+    assert group.whoami("hi") == [("hi", 0, 2, "gloo", "cpu"), ("hi", 1, 2, "gloo", "cpu")]
 
 
 def test_dp_compute_proto_pads_splits_gathers_and_unpads(group):
@@ -71,7 +73,8 @@ def test_dp_compute_proto_pads_splits_gathers_and_unpads(group):
     assert out.batch["rank"].tolist() == [0, 0, 0, 1, 1]
     assert out.batch["total"].tolist() == [6] * 5
     assert list(out.non_tensor_batch["tag"]) == ["0!", "1!", "2!", "3!", "4!"]
-    assert out.meta_info == {"from_rank": 0}
+    # metrics come back one value per rank; other meta_info keys agree across ranks
+    assert out.meta_info == {"metrics": {"rank": [0, 1]}, "scale": 3}
 
 
 def test_rank_zero_runs_everywhere_returns_rank_zero(group):
@@ -108,3 +111,17 @@ def test_released_pool_frees_its_slots(ray_local):
     assert len(again.placement_groups(timeout=30)) == 1
     with pytest.raises(RuntimeError, match="cannot place"):  # now all 4 CPUs are taken
         RayResourcePool([1], use_gpu=False).placement_groups(timeout=2)
+
+
+@pytest.mark.cuda
+def test_a_gpu_pool_gives_its_rank_the_gpu_and_nccl(ray_gpu):
+    gpu_group = RayWorkerGroup(RayResourcePool([1], use_gpu=True), RayClassWithInitArgs(EchoWorker, scale=1))
+    assert gpu_group.whoami("g") == [("g", 0, 1, "nccl", "cuda:0")]
+
+
+@pytest.mark.cuda
+def test_two_gpu_ranks_get_a_gpu_each(ray_gpu):
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs (two NCCL ranks cannot share one GPU); {torch.cuda.device_count()} visible")
+    gpu_group = RayWorkerGroup(RayResourcePool([2], use_gpu=True), RayClassWithInitArgs(EchoWorker, scale=1))
+    assert [r[3:] for r in gpu_group.whoami("g")] == [("nccl", "cuda:0"), ("nccl", "cuda:0")]  # each sees only its own

@@ -138,8 +138,14 @@ def test_two_process_fsdp2_over_gloo_matches_one_process(tiny_model_dir, sft_fil
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
                     "-m", "verl.trainer.fsdp_sft_trainer", *common, f"trainer.default_local_dir={tmp_path / 'fsdp'}"],
                    cwd=ROOT, env=env, check=True, capture_output=True, timeout=240)
-    single = fit(config(tiny_model_dir, sft_file, tmp_path / "one", "data.micro_batch_size_per_gpu=1",
-                        "trainer.total_training_steps=2"))
+    # one thread like each rank (OMP_NUM_THREADS=1), so a machine with many cores runs the same CPU kernels
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = fit(config(tiny_model_dir, sft_file, tmp_path / "one", "data.micro_batch_size_per_gpu=1",
+                            "trainer.total_training_steps=2"))
+    finally:
+        torch.set_num_threads(threads)
     fsdp = scalars(tmp_path / "fsdp" / "tensorboard")
     one = scalars(tmp_path / "one" / "tensorboard")
     for tag in ("train/loss", "train/grad_norm", "val/loss"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl.protocol import DataProto
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
@@ -82,6 +82,15 @@ def local(tiny_model_dir):
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+def per_rank(output: DataProto) -> dict[str, float]:
+    """An update's metrics: the worker group gathers one value per rank (as veRL's concat does),
+    and the workers average over ranks first, so both ranks report the same number."""
+    metrics = output.meta_info["metrics"]
+    for key, values in metrics.items():
+        assert len(values) == 2 and values[0] == pytest.approx(values[1], rel=1e-6), key
+    return {key: values[0] for key, values in metrics.items()}
+
+
 def local_actor(model, config, optimizer=None):
     return DataParallelPPOActor(config.actor, model, optimizer, mini_batch_size=config.actor.ppo_mini_batch_size)
 
@@ -132,7 +141,7 @@ def test_update_raises_log_prob_of_positive_advantage_tokens_and_rollout_follows
     before = actor_wg.compute_log_prob(data).batch["old_log_probs"]
     data.batch["old_log_probs"] = before
     data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
-    metrics = actor_wg.update_actor(data).meta_info["metrics"]
+    metrics = per_rank(actor_wg.update_actor(data))
     # first mini-batch: new == old policy, so ratio 1 and token-mean loss -A = -1, nothing clipped
     assert metrics["actor/pg_loss"] == pytest.approx(-1.0, abs=1e-4)
     assert metrics["actor/pg_clipfrac"] == 0.0
@@ -215,7 +224,7 @@ def test_two_rank_grad_norm_equals_single_process(groups, local, tiny_model_dir)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     local_metrics = local_actor(model, config, optimizer).update_policy(
         DataProto.from_dict(dict(data.batch), meta_info={"temperature": 1.0}))
-    metrics = actor_wg.update_actor(data).meta_info["metrics"]
+    metrics = per_rank(actor_wg.update_actor(data))
     assert metrics["actor/grad_norm"] == pytest.approx(local_metrics["actor/grad_norm"], rel=1e-4)
     assert metrics["actor/pg_loss"] == pytest.approx(local_metrics["actor/pg_loss"], abs=1e-5)
 
@@ -231,7 +240,7 @@ def test_critic_regression_lowers_vf_loss(groups, local):
     losses = []
     for _ in range(4):
         data.batch["values"] = critic_wg.compute_values(data).batch["values"]
-        metrics = critic_wg.update_critic(data).meta_info["metrics"]
+        metrics = per_rank(critic_wg.update_critic(data))
         losses.append(metrics["critic/vf_loss"])
     assert losses[0] == pytest.approx(0.5, abs=1e-5)  # 0.5 * (0 - 1)^2 on every valid token
     assert losses[-1] < 0.5 * losses[0]
@@ -246,14 +255,14 @@ def test_checkpoint_round_trip_restores_params_and_optimizer(groups, local, tmp_
     data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
     actor_wg.save_checkpoint(str(tmp_path / "ckpt"))
     saved = actor_wg.full_state_dict()
-    first = actor_wg.update_actor(data).meta_info["metrics"]
+    first = per_rank(actor_wg.update_actor(data))
     after_first = actor_wg.full_state_dict()
     actor_wg.load_checkpoint(str(tmp_path / "ckpt"))
     restored = actor_wg.full_state_dict()
     assert all(torch.equal(saved[k], restored[k]) for k in saved)
     # the same step again from the restored state: identical result only if Adam's moments
     # and the lr schedule came back too
-    second = actor_wg.update_actor(data).meta_info["metrics"]
+    second = per_rank(actor_wg.update_actor(data))
     again = actor_wg.full_state_dict()
     assert second == first
     assert all(torch.equal(after_first[k], again[k]) for k in saved)
@@ -328,3 +337,43 @@ def test_trimmed_micro_batches_match_the_full_padded_batch(local, tiny_model_dir
     whole = OmegaConf.merge(one_row, {"forward_micro_batch_size_per_gpu": ROWS})
     torch.testing.assert_close(DataParallelPPOCritic(one_row, module).compute_values(data),
                                DataParallelPPOCritic(whole, module).compute_values(data), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_one_gpu_rank_computes_in_bf16_and_learns(ray_gpu, tiny_model_dir):
+    """The GPU path on one NCCL rank: FSDP2 with bf16 compute over fp32 master weights, HF rollout on CUDA."""
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    actor_wg = RayWorkerGroup(RayResourcePool([1], use_gpu=True),
+                              RayClassWithInitArgs(ActorRolloutRefWorker, config=actor_config(tiny_model_dir),
+                                                   role="actor_rollout_ref"))
+    actor_wg.init_model()
+
+    prompts = build_prompt_batch([tok.encode("Who was born first?"), tok.encode("The")] * 2, tok.pad_token_id)
+    prompts.meta_info = {"do_sample": False, "max_new_tokens": RESPONSE}
+    generated = actor_wg.generate_sequences(prompts)
+    assert generated.batch["responses"].shape == (4, RESPONSE)
+    assert torch.equal(generated.batch["prompts"], prompts.batch["input_ids"])
+    mask = generated.batch["response_mask"].bool()
+    assert mask[:, 0].all() and (generated.batch["responses"][~mask] == tok.pad_token_id).all()
+
+    target = tok.encode(" Paris")[0]
+    data = assemble_output(prompts.repeat(2), torch.full((ROWS, RESPONSE), target),
+                           torch.ones(ROWS, RESPONSE, dtype=torch.long))
+    before = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    fp32, _ = local_actor(fresh, actor_config(tiny_model_dir)).compute_log_prob(
+        DataProto.from_dict(dict(data.batch), meta_info={"temperature": 1.0}), micro_batch_size=ROWS)
+    # bf16 keeps 8 significant bits: log-probs near ln(1/400) = -6 sit on a grid of 2**-5, so the
+    # worker's differ from the fp32 CPU ones by at most a few 1e-2, and by more than nothing
+    error = (before - fp32).abs().max().item()
+    assert 0 < error < 5e-2
+
+    data.batch["old_log_probs"] = before
+    data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
+    metrics = actor_wg.update_actor(data).meta_info["metrics"]
+    # one rank, so one value each; the ratio is 1 up to bf16 rounding (the update's forward runs
+    # other micro-batch shapes than compute_log_prob's), so the token-mean loss -A is about -1
+    assert len(metrics["actor/pg_loss"]) == 1 and metrics["actor/pg_loss"][0] == pytest.approx(-1.0, abs=2e-2)
+    assert metrics["actor/grad_norm"][0] > 0
+    after = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    assert (after - before).mean() > 0.02  # one Adam step at lr 1e-3 raised the advantaged token

@@ -17,13 +17,20 @@ def model_and_tokenizer(tiny_model_dir):
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def model_on_device(request, tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().to(request.param)
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
 def _prompts(tokenizer):
     texts = ["Who was born first?", "<search> capital of France </search> Paris", "The"]
     return [tokenizer.encode(t) for t in texts]
 
 
-def test_greedy_equals_bare_generate(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_greedy_equals_bare_generate(model_on_device):
+    """On the model's own device (fp32 on both): the rollout's batching, padding and cutting add nothing."""
+    model, tok = model_on_device
     prompts = build_prompt_batch(_prompts(tok), tok.pad_token_id)
     prompts.meta_info = {"do_sample": False, "max_new_tokens": 12}
     rollout = HFRollout(model, tok, OmegaConf.create({"response_length": 12, "micro_batch_size": 2}))
@@ -35,7 +42,7 @@ def test_greedy_equals_bare_generate(model_and_tokenizer):
     assert torch.equal(out.batch["prompts"], prompts.batch["input_ids"])
     for i, tokens in enumerate(_prompts(tok)):
         # one row at a time, no padding at all: the reference continuation
-        ref = model.generate(torch.tensor([tokens]), max_new_tokens=12, do_sample=False,
+        ref = model.generate(torch.tensor([tokens], device=model.device), max_new_tokens=12, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         ref = ref[0, len(tokens):].tolist()
         if tok.eos_token_id in ref:

@@ -57,5 +57,5 @@ def collect_results(mode: Dispatch, results: list, pad_size: int):
         return results[0]
     if not all(isinstance(r, DataProto) for r in results):
         raise TypeError(f"DP_COMPUTE_PROTO methods must return DataProto, got {[type(r).__name__ for r in results]}")
-    # meta_info (e.g. metrics, already averaged over ranks by the worker) comes from rank 0
+    # as in veRL, concat gathers meta_info["metrics"] into one value per rank; other keys must agree
     return unpad_dataproto(DataProto.concat(results), pad_size)

@@ -17,7 +17,7 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from verl.single_controller.base.decorator import DISPATCH_ATTR, collect_results, dispatch_args
-from verl.utils.distributed import free_port, node_ip
+from verl.utils.distributed import DEVICE_ENV, free_port, node_ip
 
 
 class RayResourcePool:
@@ -89,6 +89,7 @@ class RayWorkerGroup:
                     "LOCAL_RANK": str(local_rank),
                     "MASTER_ADDR": master_addr,
                     "MASTER_PORT": str(master_port),
+                    DEVICE_ENV: "cuda" if resource_pool.use_gpu else "cpu",
                 }
                 actor = ray_cls_with_init.remote_cls.options(
                     scheduling_strategy=self._in_bundle(pg, local_rank),

@@ -50,7 +50,7 @@ def total_training_steps(config: DictConfig, train_dataset_rows: int) -> int:
 
 
 def mean_metrics(metrics: dict) -> dict[str, float]:
-    """A worker's metrics (numbers or lists of numbers per micro-batch) reduced to their means."""
+    """A worker group's metrics (one value, or list of values, per rank) reduced to their means."""
     return {key: float(np.mean(value)) for key, value in metrics.items()}
 
 
