@@ -31,11 +31,10 @@ if __package__ in (None, ""):  # run as a plain file: make the repo's `scripts` 
 import faiss
 import numpy as np
 
+from rag_r1.search.dense import set_search_params
 from rag_r1.search.encoder import Encoder
 from scripts.build_corpus.build_corpus_embedding import build_embeddings, resolve_model
-from scripts.build_corpus.build_corpus_index import (
-    index_bytes, recall_against_exact, set_search_params, train_template,
-)
+from scripts.build_corpus.build_corpus_index import index_bytes, recall_against_exact, train_template
 from scripts.build_corpus.embedding_store import load_embedded_prefix, read_meta
 from scripts.build_corpus.split_kilt_to_100 import split_kilt
 
