@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -159,8 +160,16 @@ def _write_matrix(chunk_paths: list[Path], lengths: np.ndarray, num_terms: int, 
         data[slot] = idf[term] * tf / (tf + norm[row])
         rows_out[slot] = row
         next_slot += np.bincount(term, minlength=num_terms)
-    data.flush()
-    rows_out.flush()
+        for array in (data, rows_out):
+            _release_written_pages(array)
+
+
+def _release_written_pages(array: np.memmap) -> None:
+    """Write a memory-mapped array's dirty pages to its file and drop them from this process: the
+    scattered writes touch pages all over the file, which would otherwise stay resident until the
+    end (14 GB for KILT)."""
+    array.flush()
+    array._mmap.madvise(mmap.MADV_DONTNEED)  # numpy keeps the mmap object in this private attribute
 
 
 class BM25Retriever:
