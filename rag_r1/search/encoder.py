@@ -31,6 +31,12 @@ def default_minilm_path() -> Path:
     return path
 
 
+def model_label(model: str | Path) -> str:
+    """A readable name: the directory's name, or its parent's for the pip packages' ".../model"."""
+    path = Path(model)
+    return path.parent.name if path.name == "model" else path.name
+
+
 def default_query_instruction(model: str) -> str:
     """The query prefix a model was trained with ('' when it needs none)."""
     return BGE_QUERY_INSTRUCTION if "bge" in str(model).lower() else ""

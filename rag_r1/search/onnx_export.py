@@ -27,6 +27,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from rag_r1.search.encoder import model_label
+
 log = logging.getLogger(__name__)
 
 EXPORT_META = "export.json"
@@ -50,10 +52,7 @@ def model_key(model: str | Path) -> str:
 
 
 def export_dir_name(model: str | Path) -> str:
-    path = Path(model)
-    # The pip-shipped models live in ".../<package>/model": the package name says more.
-    label = path.parent.name if path.name == "model" else path.name
-    return f"{label}-{model_key(model)}"
+    return f"{model_label(model)}-{model_key(model)}"
 
 
 def cached_onnx_export(model: str | Path, cache_dir: str | Path) -> Path:

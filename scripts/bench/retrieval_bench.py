@@ -107,7 +107,7 @@ def build_bm25_index(corpus: Path) -> Path:
     return path if (path / META_FILE).is_file() else build_bm25(corpus, path)
 
 
-def start_server(args: list[str], log_path: Path, timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
+def start_server(args: list[str], log_path: Path, timeout: float) -> tuple[subprocess.Popen, str]:
     server = ServerProcess(args, log_path)
     try:
         server.start(timeout)
@@ -196,6 +196,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--baseline-encoder-backend", choices=ENCODER_BACKENDS, default="torch",
                    help="query encoder of the one-request-at-a-time baseline (default torch)")
     p.add_argument("--ours-args", default="", help="more start_retrieval.py flags for our server only")
+    p.add_argument("--start-timeout", type=float, default=600.0,
+                   help="seconds a server may take to start (default 600; torch imports slowly on a busy machine)")
     return p.parse_args()
 
 
@@ -231,7 +233,7 @@ def main() -> None:
         try:
             urls, pids = {}, {}
             for name, server_args in servers.items():
-                proc, urls[name] = start_server(server_args, Path(log_dir) / f"{name}.log")
+                proc, urls[name] = start_server(server_args, Path(log_dir) / f"{name}.log", args.start_timeout)
                 procs.append(proc)
                 pids[name] = proc.pid
                 run_slice(urls[name], proc.pid, requests[:8], 4, args.topk, LevelResult(4))  # warm-up

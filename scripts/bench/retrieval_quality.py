@@ -43,7 +43,7 @@ import numpy as np
 from rag_r1.search.bm25 import BM25Retriever, build_bm25
 from rag_r1.search.corpus import iter_passages, split_title
 from rag_r1.search.dense import set_search_params
-from rag_r1.search.encoder import ENCODER_BACKENDS, default_minilm_path, load_encoder
+from rag_r1.search.encoder import ENCODER_BACKENDS, default_minilm_path, load_encoder, model_label
 from rag_r1.search.rerank import RerankedIndex, parse_index_spec
 from rag_r1.sft.evidence import read_evidence_questions, title_queries
 from scripts.build_corpus.build_corpus_embedding import build_embeddings
@@ -130,18 +130,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def encoder_label(encoder: str) -> str:
-    """A readable name: the directory's name, or its parent's for the pip packages' ".../model"."""
-    path = Path(encoder)
-    return path.parent.name if path.name == "model" else path.name
-
-
 def cached_embeddings(corpus: Path, encoder: str, max_length: int, cache_dir: Path
                       ) -> tuple[np.ndarray, Path, float | None]:
     """(corpus vectors [N, dim] float32, their directory, seconds spent embedding or None when cached);
     embedded once per (corpus bytes, encoder, max length)."""
     key = hashlib.sha256(f"{file_sha256(corpus)}|{encoder}|{max_length}".encode()).hexdigest()[:16]
-    out_dir = cache_dir / f"emb-{encoder_label(encoder)}-{key}"
+    out_dir = cache_dir / f"emb-{model_label(encoder)}-{key}"
     embed_s = None
     if not shard_path(out_dir, 0).is_file():  # the key pins every setting, so a finished shard is valid
         start = time.perf_counter()
@@ -303,7 +297,7 @@ def main(argv: list[str] | None = None) -> str:
         f"Command: `{command}`",
         "",
         f"{len(questions)} questions ({without} without supporting_ids skipped), {len(passages)} passages, "
-        f"{len(subs)} distinct gold-title queries; encoder `{encoder_label(encoder_name)}` (max length "
+        f"{len(subs)} distinct gold-title queries; encoder `{model_label(encoder_name)}` (max length "
         f"{args.max_length}); IVF nprobe {args.nprobe}, HNSW efSearch {args.ef_search}. "
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} with "
         f"{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all ({embedded}). Build time "

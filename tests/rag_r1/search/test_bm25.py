@@ -78,7 +78,15 @@ def test_killed_build_resumes_from_its_finished_chunks(small_corpus, tmp_path, m
                                                                       real_write_chunk(path, *a, **k)))
     resumed = BM25Retriever(build_bm25(small_corpus, tmp_path / "index", chunk_size=3, show_progress=False))
     # 8 passages in chunks of 3: chunk 0 survived the kill, only chunks 1 and 2 were tokenized again
-    assert written == ["chunk_000000.npz", "chunk_000001.npz", "chunk_000002.npz"]
+    assert written == ["chunk_000000", "chunk_000001", "chunk_000002"]
     fresh = BM25Retriever(build_bm25(small_corpus, tmp_path / "fresh", chunk_size=8, show_progress=False))
     for query in QUERIES:
         np.testing.assert_allclose(all_scores(resumed.model, query), all_scores(fresh.model, query), rtol=1e-6)
+
+
+def test_columns_written_in_several_blocks_equal_one_block(small_corpus, tmp_path, monkeypatch):
+    one = BM25Retriever(build_bm25(small_corpus, tmp_path / "one", chunk_size=3, show_progress=False))
+    monkeypatch.setattr(bm25, "BLOCK_ENTRIES", 5)  # a few terms per block
+    blocks = BM25Retriever(build_bm25(small_corpus, tmp_path / "blocks", chunk_size=3, show_progress=False))
+    for name in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(np.asarray(blocks.model.scores[name]), np.asarray(one.model.scores[name]))
