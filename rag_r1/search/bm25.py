@@ -70,7 +70,8 @@ def build_bm25(corpus_path: str | Path, out_dir: str | Path, chunk_size: int = 1
     if not chunk_dirs:
         raise ValueError(f"corpus {corpus_path} holds no passages")
     lengths = np.concatenate([np.load(chunk / "lengths.npy") for chunk in chunk_dirs])
-    _write_matrix([_open_chunk(chunk) for chunk in chunk_dirs], lengths, len(vocab), out_dir, show_progress)
+    _write_matrix([_open_chunk(chunk) for chunk in chunk_dirs], lengths, len(vocab), out_dir,
+                  block_entries=chunk_size * ENTRIES_PER_PASSAGE, show_progress=show_progress)
     # bm25s maps a query of unknown words to the empty token, one past the last column.
     vocab[""] = len(vocab)
     (out_dir / BM25S_FILES["vocab"]).write_text(json.dumps(vocab, ensure_ascii=False))
@@ -142,13 +143,14 @@ def _open_chunk(chunk_dir: Path) -> dict[str, np.ndarray]:
     return {name: np.load(chunk_dir / f"{name}.npy", mmap_mode="r") for name in ("term", "row", "tf")}
 
 
-# Entries gathered per block of columns (about 100 MB of working arrays); a single term with more
-# passages than this makes a bigger block.
-BLOCK_ENTRIES = 1 << 22
+# A block of columns gathers about this many entries per passage of a chunk, so that a block
+# weighs about what a chunk does (100-word passages hold ~57 distinct terms); a single term in
+# more passages than that makes a bigger block.
+ENTRIES_PER_PASSAGE = 64
 
 
 def _write_matrix(chunks: list[dict[str, np.ndarray]], lengths: np.ndarray, num_terms: int, out_dir: Path,
-                  show_progress: bool) -> None:
+                  block_entries: int, show_progress: bool) -> None:
     """bm25s's CSC score matrix: column t holds, by ascending row, idf(t) * tf / (tf + k1 * norm)."""
     df = np.zeros(num_terms, dtype=np.int64)
     for chunk in chunks:
@@ -160,8 +162,8 @@ def _write_matrix(chunks: list[dict[str, np.ndarray]], lengths: np.ndarray, num_
     np.save(out_dir / BM25S_FILES["indptr"], indptr)
     data = np.lib.format.open_memmap(out_dir / BM25S_FILES["data"], "w+", np.float32, (int(indptr[-1]),))
     rows_out = np.lib.format.open_memmap(out_dir / BM25S_FILES["indices"], "w+", np.int32, (int(indptr[-1]),))
-    # Column blocks of about BLOCK_ENTRIES entries, written front to back.
-    cuts = np.unique(np.searchsorted(indptr, np.arange(0, indptr[-1], BLOCK_ENTRIES), side="right") - 1)
+    # Column blocks of about `block_entries` entries, written front to back.
+    cuts = np.unique(np.searchsorted(indptr, np.arange(0, indptr[-1], block_entries), side="right") - 1)
     bounds = [*cuts.tolist(), num_terms]
     for first, last in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="BM25 scores", unit="block",
                             disable=not show_progress):

@@ -86,7 +86,7 @@ def test_killed_build_resumes_from_its_finished_chunks(small_corpus, tmp_path, m
 
 def test_columns_written_in_several_blocks_equal_one_block(small_corpus, tmp_path, monkeypatch):
     one = BM25Retriever(build_bm25(small_corpus, tmp_path / "one", chunk_size=3, show_progress=False))
-    monkeypatch.setattr(bm25, "BLOCK_ENTRIES", 5)  # a few terms per block
+    monkeypatch.setattr(bm25, "ENTRIES_PER_PASSAGE", 2)  # blocks of 6 entries: a few terms each
     blocks = BM25Retriever(build_bm25(small_corpus, tmp_path / "blocks", chunk_size=3, show_progress=False))
     for name in ("data", "indices", "indptr"):
         np.testing.assert_array_equal(np.asarray(blocks.model.scores[name]), np.asarray(one.model.scores[name]))
