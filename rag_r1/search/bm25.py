@@ -155,6 +155,7 @@ def _write_matrix(chunks: list[dict[str, np.ndarray]], lengths: np.ndarray, num_
     df = np.zeros(num_terms, dtype=np.int64)
     for chunk in chunks:
         df += np.bincount(chunk["term"], minlength=num_terms)
+        _drop_pages(chunk["term"])
     n = len(lengths)
     idf = np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
     norm = (K1 * (1 - B + B * lengths / lengths.mean())).astype(np.float32)
@@ -178,11 +179,14 @@ def _write_matrix(chunks: list[dict[str, np.ndarray]], lengths: np.ndarray, num_
         span = slice(int(indptr[first]), int(indptr[last]))
         data[span] = idf[term] * tf / (tf + norm[row])
         rows_out[span] = row
-        for array in (data, rows_out):
-            _release_written_pages(array)
-def _release_written_pages(array: np.memmap) -> None:
-    """Write a memory-mapped array's dirty pages to its file and drop them from this process, which
-    would otherwise keep every page it wrote resident until the end (14 GB for KILT)."""
+        for array in (data, rows_out, *(chunk[name] for chunk in chunks for name in chunk)):
+            _drop_pages(array)
+
+
+def _drop_pages(array: np.memmap) -> None:
+    """Write a memory-mapped array's changes to its file and unmap its pages from this process,
+    which would otherwise keep every page it touched resident to the end (tens of GB for KILT:
+    its chunk files and score matrix); the file and the page cache keep the data."""
     array.flush()
     array._mmap.madvise(mmap.MADV_DONTNEED)  # numpy keeps the mmap object in this private attribute
 
