@@ -20,6 +20,10 @@ How each family is sharded and merged:
   all vectors in corpus order, in fixed blocks that do not depend on the shard count (with one
   FAISS thread the graph is then the same whatever the sharding; several threads insert in a
   nondeterministic order).
+
+Shard indexes are written to `OUT.shards/` so a killed run keeps its finished shards; the folder
+is removed after a successful merge unless `--keep-shard-indexes`.
+
 Compressed index + exact re-rank (little RAM, Flat's ranking for the candidates it finds):
 
     python -m scripts.build_corpus.build_corpus_index --embeddings .cache/emb/bge \
@@ -31,12 +35,10 @@ Compressed index + exact re-rank (little RAM, Flat's ranking for the candidates 
 `--rerank-vectors` also writes every embedding, in corpus order, as one float16 .npy; the server
 memory-maps it and re-scores the compressed index's candidates exactly (rag_r1.search.rerank).
 
-Shard indexes are written to `OUT.shards/` so a killed run keeps its finished shards; the folder
-is removed after a successful merge unless `--keep-shard-indexes`.
-
 For approximate indexes the script prints recall@k against exact (flat) search: queries are
 `--recall-queries` corpus vectors drawn at random, recall@1 is the share whose top hit equals the
-exact top hit, recall@k the mean overlap of the top-k lists divided by k.
+exact top hit, recall@k the mean overlap of the top-k lists divided by k; with `--rerank-vectors`
+a second line gives the same re-ranking `--rerank-depth` candidates.
 """
 from __future__ import annotations
 
