@@ -14,11 +14,13 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 import uvicorn
 
 from rag_r1.search.config import ServerConfig, load_config
 from rag_r1.search.corpus import Corpus, load_corpus
+from rag_r1.search.encoder import ENCODER_BACKENDS
 from rag_r1.search.engine import SearchEngine
 from rag_r1.search.retriever import Retriever
 from rag_r1.search.server import create_app
@@ -34,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--corpus", help="passages, .jsonl or .tsv")
     p.add_argument("--index", help="dense: FAISS index file; bm25: index directory")
     p.add_argument("--encoder", help="sentence-transformers name or local dir (dense)")
+    p.add_argument("--encoder-backend", dest="encoder_backend", choices=list(ENCODER_BACKENDS),
+                   help="query encoder runtime: torch (default), onnx, onnx-int8 (fastest on CPU)")
+    p.add_argument("--encoder-cache", dest="encoder_cache",
+                   help="folder of the ONNX exports (default: encoder_onnx/ beside the index)")
     p.add_argument("--query-instruction", dest="query_instruction")
     p.add_argument("--topk", type=int, help="hits per query when a request gives no topk")
     p.add_argument("--max-topk", dest="max_topk", type=int)
@@ -48,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="search every request on its own (benchmark baseline)")
     p.add_argument("--no-dedupe", dest="dedupe", action="store_const", const=False,
                    help="compute repeated queries every time (benchmark baseline)")
+    p.add_argument("--nprobe", type=int, help="IVF lists searched per query (default: stored in the index)")
+    p.add_argument("--rerank-vectors", dest="rerank_vectors",
+                   help="fp16 .npy of the full vectors (build_corpus_index --rerank-vectors): re-rank a "
+                        "compressed index's candidates exactly against them, memory-mapped")
+    p.add_argument("--rerank-depth", dest="rerank_depth", type=int,
+                   help="candidates per query re-ranked (default 100)")
     p.add_argument("--no-mmap", dest="mmap", action="store_const", const=False,
                    help="read the whole index into RAM instead of memory-mapping it")
     return p.parse_args(argv)
@@ -69,25 +81,32 @@ def build_retriever(config: ServerConfig, corpus: Corpus) -> Retriever:
         retriever = BM25Retriever(config.index, mmap=config.mmap)
         check_size(retriever.size, corpus, config)
         return retriever
-    from rag_r1.search.dense import DenseRetriever, load_index, shard_to_gpus
-    from rag_r1.search.encoder import Encoder, default_minilm_path
+    from rag_r1.search.dense import DenseRetriever, load_index, set_search_params, shard_to_gpus
+    from rag_r1.search.encoder import default_minilm_path, load_encoder
+    from rag_r1.search.rerank import RerankedIndex, open_vectors
 
     if config.cpu_threads is not None:
         import faiss
-        import torch
 
-        torch.set_num_threads(config.cpu_threads)
         faiss.omp_set_num_threads(config.cpu_threads)
+        if config.encoder_backend == "torch":  # the ONNX backends never import torch
+            import torch
+
+            torch.set_num_threads(config.cpu_threads)
     index = load_index(config.index, mmap=config.mmap)
     check_size(index.ntotal, corpus, config)
+    set_search_params(index, nprobe=config.nprobe, ef_search=config.hnsw_ef_search)
     if config.device == "cuda":
         index = shard_to_gpus(index, fp16=config.gpu_fp16)
-    encoder = Encoder(
-        config.encoder or default_minilm_path(), device=config.device,
-        query_instruction=config.query_instruction, max_length=config.max_length,
-        fp16=config.gpu_fp16 and config.device == "cuda",
+    if config.rerank_vectors is not None:
+        index = RerankedIndex(index, open_vectors(config.rerank_vectors), config.rerank_depth)
+    encoder = load_encoder(
+        config.encoder or default_minilm_path(), backend=config.encoder_backend,
+        cache_dir=config.encoder_cache or Path(config.index).resolve().parent / "encoder_onnx",
+        device=config.device, query_instruction=config.query_instruction, max_length=config.max_length,
+        fp16=config.gpu_fp16 and config.device == "cuda", threads=config.cpu_threads,
     )
-    return DenseRetriever(index, encoder, hnsw_ef_search=config.hnsw_ef_search)
+    return DenseRetriever(index, encoder)
 
 
 class AnnouncingServer(uvicorn.Server):
@@ -129,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(config, engine, corpus)
     server = AnnouncingServer(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="warning", access_log=False))
+    backend = f"encoder_backend={config.encoder_backend} " if config.retriever == "dense" else ""
     server.ready_line = (
         f"RETRIEVAL READY http://{config.host}:{config.port} retriever={config.retriever} "
-        f"passages={len(corpus)} micro_batching={config.micro_batching} dedupe={config.dedupe} "
+        f"passages={len(corpus)} {backend}micro_batching={config.micro_batching} dedupe={config.dedupe} "
         f"cache={config.cache_size} startup={load_s:.1f}s"
     )
     server.run()

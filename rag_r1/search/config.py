@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from rag_r1.search.encoder import ENCODER_BACKENDS
+
 RETRIEVERS = ("dense", "bm25")
 DEVICES = ("cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -18,6 +20,8 @@ class ServerConfig:
     corpus: str | None = None             # passages, .jsonl or .tsv; row i <-> index row i
     index: str | None = None              # dense: FAISS index file; bm25: directory from rag_r1.search.bm25
     encoder: str | None = None            # dense: model name or dir; None = pip-shipped MiniLM
+    encoder_backend: str = "torch"        # torch | onnx | onnx-int8 (ONNX Runtime on CPU, exported once)
+    encoder_cache: str | None = None      # where ONNX exports are kept; None = encoder_onnx/ beside the index
     query_instruction: str | None = None  # None = the encoder's default (BGE's instruction for bge models)
     max_length: int = 256                 # encoder tokens per query
     topk: int = 3                         # hits per query when a request gives none
@@ -28,6 +32,9 @@ class ServerConfig:
     gpu_fp16: bool = True                 # index vectors and encoder weights in fp16 on GPU
     mmap: bool = True                     # memory-map the index when its type allows
     hnsw_ef_search: int | None = None     # HNSW search breadth (recall vs speed); None = index default
+    nprobe: int | None = None             # IVF lists searched per query; None = the value stored in the index
+    rerank_vectors: str | None = None     # fp16 .npy of the full vectors: re-rank the index's candidates exactly
+    rerank_depth: int = 100               # candidates per query the compressed index hands to the re-rank
     micro_batching: bool = True           # gather queries of concurrent requests into one search
     batch_wait_ms: float = 3.0            # how long a batch waits for more requests after the first
     max_batch_queries: int = 512          # a batch closes once it holds this many queries
@@ -50,8 +57,13 @@ class ServerConfig:
             raise ValueError(f"index: required for the {self.retriever} retriever")
         if self.device not in DEVICES:
             raise ValueError(f"device: must be one of {DEVICES}, got {self.device!r}")
+        if self.encoder_backend not in ENCODER_BACKENDS:
+            raise ValueError(f"encoder_backend: must be one of {ENCODER_BACKENDS}, got {self.encoder_backend!r}")
+        if self.encoder_backend != "torch" and self.device != "cpu":
+            raise ValueError(f"encoder_backend: {self.encoder_backend} runs on CPU only; use torch with "
+                             f"device {self.device}")
         for key in ("topk", "max_topk", "max_queries", "max_query_chars", "max_body_bytes",
-                    "max_batch_queries", "max_length"):
+                    "max_batch_queries", "max_length", "rerank_depth"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.topk > self.max_topk:
@@ -60,8 +72,11 @@ class ServerConfig:
             raise ValueError(f"port: must be in 1..65535, got {self.port}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms: must be >= 0, got {self.batch_wait_ms}")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ValueError(f"cpu_threads: must be >= 1, got {self.cpu_threads}")
+        for key in ("cpu_threads", "nprobe", "hnsw_ef_search"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.rerank_vectors is not None and self.retriever != "dense":
+            raise ValueError("rerank_vectors: re-ranking applies to the dense retriever only")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level: must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.cache_size < 0:

@@ -11,14 +11,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rag_r1.search.encoder import Encoder
+from rag_r1.search.encoder import TextEncoder
 from rag_r1.search.retriever import pad_hits
 
 log = logging.getLogger(__name__)
 
-# Flat codes (Flat, HNSW storage, SQ) are mapped by MMAP_IFC, inverted lists by MMAP; a type that
-# supports neither is read into RAM as usual, so asking for both is always safe.
-MMAP_FLAGS = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC
+# MMAP_IFC maps Flat, PQ and SQ codes, HNSW's stored vectors and IVF inverted lists alike (loads in
+# milliseconds whatever the size). Adding IO_FLAG_MMAP breaks IVF loads ("mmap only supported for
+# File objects": the two flags pick different readers), so it is left out.
+MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC
 
 
 def load_index(path: str | Path, mmap: bool = True) -> faiss.Index:
@@ -34,6 +35,16 @@ def load_index(path: str | Path, mmap: bool = True) -> faiss.Index:
         time.perf_counter() - start,
     )
     return index
+
+
+def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Search-time knobs that are stored in the index file (ignored by types without them)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and nprobe is not None:
+        ivf.nprobe = nprobe
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None and ef_search is not None:
+        hnsw.efSearch = ef_search
 
 
 def shard_to_gpus(index: faiss.Index, fp16: bool = True) -> faiss.Index:
@@ -58,7 +69,7 @@ class DenseRetriever:
 
     name = "dense"
 
-    def __init__(self, index: faiss.Index, encoder: Encoder, hnsw_ef_search: int | None = None):
+    def __init__(self, index: faiss.Index, encoder: TextEncoder):
         if index.d != encoder.dim:
             raise ValueError(
                 f"index dimension {index.d} != encoder {encoder.model_name} dimension {encoder.dim}: "
@@ -66,8 +77,6 @@ class DenseRetriever:
             )
         self.index = index
         self.encoder = encoder
-        if hnsw_ef_search is not None and hasattr(index, "hnsw"):
-            index.hnsw.efSearch = hnsw_ef_search
 
     @property
     def size(self) -> int:

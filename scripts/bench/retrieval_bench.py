@@ -1,15 +1,18 @@
-"""Retrieval server throughput and latency, with and without micro-batching + dedupe.
+"""Retrieval server throughput and latency: our serving path against one request at a time.
 
-    python -m scripts.bench.retrieval_bench --corpus ../shared/data/wiki18_1k/corpus.jsonl \
-        --questions ../shared/data/hotpotqa_closed/test.jsonl [--index FILE] [--requests 160]
+    python -m scripts.bench.retrieval_bench --corpus ../shared/data/hotpotqa_closed/corpus.jsonl \
+        --questions ../shared/data/hotpotqa_closed/train.jsonl --index flat.faiss --levels 16
 
-Starts the same server twice on loopback (start_retrieval.py in subprocesses; cache off in both):
-once as configured for training (micro-batching and dedupe on), once with both off. At each
-concurrency level, that many client threads send a fixed, seeded list of requests of 1-3 queries
-drawn from the question pool (a pool smaller than the request count, so some queries repeat, as
-when GRPO samples several rollouts per prompt); the two servers take turns on slices of that list
-so that load from other programs hits both alike. Prints queries/s, p50/p99 request latency, how
-many queries the retriever computed in how many calls, and the ratio of the two throughputs.
+Starts two servers on loopback (start_retrieval.py in subprocesses; cache off in both):
+- "ours": micro-batching and dedupe on, the query encoder of `--encoder-backend` (default
+  onnx-int8), plus any `--ours-args`;
+- "baseline": one request at a time (`--no-micro-batching --no-dedupe`) with the encoder of
+  `--baseline-encoder-backend` (default torch): how Search-R1's server works.
+At each concurrency level, that many client threads send a fixed, seeded list of requests of 1-3
+queries drawn from the question pool (a pool smaller than the request count, so some queries
+repeat, as when GRPO samples several rollouts per prompt); the two servers take turns on slices of
+that list so that load from other programs hits both alike. Prints queries/s, p50/p99 request
+latency, how many queries the retriever computed in how many calls, and the ratios.
 Without --index, a flat FAISS index of the corpus (encoder: --encoder, default MiniLM) or, with
 --retriever bm25, a BM25 index is built and cached under .cache/retrieval_bench/.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import subprocess
 import tempfile
 import time
@@ -30,6 +34,7 @@ import numpy as np
 import psutil
 
 from rag_r1.search.client import RetrievalClient
+from rag_r1.search.encoder import ENCODER_BACKENDS
 from rag_r1.search.launcher import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +107,7 @@ def build_bm25_index(corpus: Path) -> Path:
     return path if (path / META_FILE).is_file() else build_bm25(corpus, path)
 
 
-def start_server(args: list[str], log_path: Path, timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
+def start_server(args: list[str], log_path: Path, timeout: float) -> tuple[subprocess.Popen, str]:
     server = ServerProcess(args, log_path)
     try:
         server.start(timeout)
@@ -185,7 +190,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=4, help="slices per level the two servers alternate on")
-    p.add_argument("--cpu-threads", type=int, help="the servers' torch/FAISS threads (same for both)")
+    p.add_argument("--cpu-threads", type=int, help="the servers' encoder/FAISS threads (same for both)")
+    p.add_argument("--encoder-backend", choices=ENCODER_BACKENDS, default="onnx-int8",
+                   help="query encoder of our server (default onnx-int8)")
+    p.add_argument("--baseline-encoder-backend", choices=ENCODER_BACKENDS, default="torch",
+                   help="query encoder of the one-request-at-a-time baseline (default torch)")
+    p.add_argument("--ours-args", default="", help="more start_retrieval.py flags for our server only")
+    p.add_argument("--start-timeout", type=float, default=600.0,
+                   help="seconds a server may take to start (default 600; torch imports slowly on a busy machine)")
     return p.parse_args()
 
 
@@ -210,13 +222,18 @@ def main() -> None:
         base += ["--cpu-threads", str(args.cpu_threads)]
     print(f"{args.retriever} | corpus {args.corpus} | index {index} | {args.requests} requests of 1-3 "
           f"queries per level, pool {args.pool} questions, topk {args.topk}", flush=True)
-    servers = {"batched": base, "unbatched": base + ["--no-micro-batching", "--no-dedupe"]}
+    dense = args.retriever == "dense"
+    servers = {
+        "ours": base + (["--encoder-backend", args.encoder_backend] if dense else []) + shlex.split(args.ours_args),
+        "baseline": base + (["--encoder-backend", args.baseline_encoder_backend] if dense else [])
+        + ["--no-micro-batching", "--no-dedupe"],
+    }
     procs = []
     with tempfile.TemporaryDirectory() as log_dir:
         try:
             urls, pids = {}, {}
             for name, server_args in servers.items():
-                proc, urls[name] = start_server(server_args, Path(log_dir) / f"{name}.log")
+                proc, urls[name] = start_server(server_args, Path(log_dir) / f"{name}.log", args.start_timeout)
                 procs.append(proc)
                 pids[name] = proc.pid
                 run_slice(urls[name], proc.pid, requests[:8], 4, args.topk, LevelResult(4))  # warm-up
@@ -225,22 +242,23 @@ def main() -> None:
                 results = run_level(urls, pids, requests, level, args.topk, args.rounds)
                 for name, result in results.items():
                     print_level(name, result)
-                fast.append(results["batched"])
-                slow.append(results["unbatched"])
+                fast.append(results["ours"])
+                slow.append(results["baseline"])
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=30)
     # CPU time per query is what a dedicated machine's throughput follows; wall-clock q/s on a
     # shared machine also carries everyone else's load.
-    print("\nconcurrency  batched q/s  unbatched q/s  ratio  p50 ms (b/u)      p99 ms (b/u)"
-          "       CPU ms/query (b/u)  CPU ratio")
+    print(f"\nours: {' '.join(servers['ours'][len(base):])}\nbaseline: {' '.join(servers['baseline'][len(base):])}")
+    print("concurrency     ours q/s   baseline q/s  ratio  p50 ms (o/b)      p99 ms (o/b)  p99 ratio"
+          "  CPU ms/query (o/b)  CPU ratio")
     for f, s in zip(fast, slow, strict=True):
         p50 = f"{f.latency_ms(50):6.1f}/{s.latency_ms(50):<8.1f}"
         p99 = f"{f.latency_ms(99):6.1f}/{s.latency_ms(99):.1f}"
         cpu = f"{f.cpu_ms_per_query:6.1f}/{s.cpu_ms_per_query:<6.1f}"
-        print(f"{f.concurrency:>11}  {f.qps:11.1f}  {s.qps:13.1f}  {f.qps / s.qps:5.2f}x  {p50}  {p99:<16}"
-              f"  {cpu:<18}  {s.cpu_ms_per_query / f.cpu_ms_per_query:5.2f}x")
+        print(f"{f.concurrency:>11}  {f.qps:11.1f}  {s.qps:13.1f}  {f.qps / s.qps:5.2f}x  {p50}  {p99:<12}"
+              f"  {f.latency_ms(99) / s.latency_ms(99):8.2f}x  {cpu:<18}  {s.cpu_ms_per_query / f.cpu_ms_per_query:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ Per question, recall@k is the share of its `supporting_ids` among the hits and "
 every one of them is there; the table gives the means over questions, the mean number of distinct
 passages read, and per retriever the build time, the index size and queries per second.
 
+An index type is a FAISS factory string, or `FACTORY+rerankN`: that compressed index re-ranking its
+N best candidates exactly against the fp16 corpus vectors (rag_r1.search.rerank; "index MiB" is then
+the compressed part, held in RAM, while the vectors stay on disk). `--encoder-backends torch
+onnx-int8` searches the same corpus vectors with the queries of each backend, side by side.
+
 The top-k lists for every k are prefixes of one search at the largest k. Corpus embeddings are
 cached under `--cache-dir` keyed by the corpus bytes, the encoder and its max length, so reruns skip
 the slow part. The table is written between two marker lines of `--out`; text around them is kept.
@@ -37,10 +42,12 @@ import numpy as np
 
 from rag_r1.search.bm25 import BM25Retriever, build_bm25
 from rag_r1.search.corpus import iter_passages, split_title
-from rag_r1.search.encoder import Encoder, default_minilm_path
+from rag_r1.search.dense import set_search_params
+from rag_r1.search.encoder import ENCODER_BACKENDS, default_minilm_path, load_encoder, model_label
+from rag_r1.search.rerank import RerankedIndex, parse_index_spec
 from rag_r1.sft.evidence import read_evidence_questions, title_queries
 from scripts.build_corpus.build_corpus_embedding import build_embeddings
-from scripts.build_corpus.build_corpus_index import index_bytes, set_search_params, train_template
+from scripts.build_corpus.build_corpus_index import index_bytes, train_template
 from scripts.build_corpus.embedding_store import load_all, shard_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,18 +130,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def encoder_label(encoder: str) -> str:
-    """A readable name: the directory's name, or its parent's for the pip packages' ".../model"."""
-    path = Path(encoder)
-    return path.parent.name if path.name == "model" else path.name
-
-
 def cached_embeddings(corpus: Path, encoder: str, max_length: int, cache_dir: Path
                       ) -> tuple[np.ndarray, Path, float | None]:
     """(corpus vectors [N, dim] float32, their directory, seconds spent embedding or None when cached);
     embedded once per (corpus bytes, encoder, max length)."""
     key = hashlib.sha256(f"{file_sha256(corpus)}|{encoder}|{max_length}".encode()).hexdigest()[:16]
-    out_dir = cache_dir / f"emb-{encoder_label(encoder)}-{key}"
+    out_dir = cache_dir / f"emb-{model_label(encoder)}-{key}"
     embed_s = None
     if not shard_path(out_dir, 0).is_file():  # the key pins every setting, so a finished shard is valid
         start = time.perf_counter()
@@ -156,20 +157,49 @@ def run_bm25(corpus: Path, ids: list[str], whole: list[str], subs: list[str], km
     return Run("BM25", build_s, size, qps, qps), whole_ranked, dict(zip(subs, sub_ranked))
 
 
-def run_dense(factory: str, vectors: np.ndarray, ids: list[str], whole_vecs: np.ndarray, encode_s: float,
-              sub_vecs: np.ndarray, subs: list[str], kmax: int, nprobe: int, ef_search: int):
+@dataclass
+class EncodedQueries:
+    """One encoder backend's vectors of the whole questions (timed) and of the gold-title queries."""
+
+    backend: str
+    whole: np.ndarray
+    encode_s: float
+    subs: np.ndarray
+
+
+def encode_queries(encoder_name: str, backend: str, max_length: int, cache_dir: Path, whole: list[str],
+                   subs: list[str]) -> EncodedQueries:
+    encoder = load_encoder(encoder_name, backend, cache_dir=cache_dir / "encoder_onnx", max_length=max_length)
+    start = time.perf_counter()
+    whole_vecs = encoder.encode_queries(whole)
+    encode_s = time.perf_counter() - start
+    return EncodedQueries(backend, whole_vecs, encode_s, encoder.encode_queries(subs))
+
+
+def build_dense(spec: str, vectors: np.ndarray, nprobe: int, ef_search: int):
+    """(index, RAM bytes, build seconds) for a factory string, or FACTORY+rerankN (rag_r1.search.rerank):
+    the compressed index re-ranking N candidates against the fp16 vectors, which stay on disk."""
+    factory, depth = parse_index_spec(spec)
     start = time.perf_counter()
     index = train_template(factory, vectors.shape[1], vectors)
     index.add(vectors)
     set_search_params(index, nprobe=nprobe, ef_search=ef_search)
-    build_s = time.perf_counter() - start
+    size = index_bytes(index)
+    if depth is not None:
+        index = RerankedIndex(index, vectors.astype(np.float16), depth)
+    return index, size, time.perf_counter() - start
+
+
+def run_dense(spec: str, index, size: int, build_s: float, ids: list[str], queries: EncodedQueries,
+              subs: list[str], kmax: int):
     start = time.perf_counter()
-    whole_ranked = to_ids(index.search(whole_vecs, kmax)[1], ids)
+    whole_ranked = to_ids(index.search(queries.whole, kmax)[1], ids)
     search_s = time.perf_counter() - start
-    sub_ranked = to_ids(index.search(sub_vecs, kmax)[1], ids) if subs else []
+    sub_ranked = to_ids(index.search(queries.subs, kmax)[1], ids) if subs else []
+    name = f"dense {spec}" + ("" if queries.backend == "torch" else f" ({queries.backend})")
     # End to end is the path a server takes: encoding the questions plus the index search.
-    run = Run(f"dense {factory}", build_s, index_bytes(index), len(whole_vecs) / (encode_s + search_s),
-              len(whole_vecs) / search_s)
+    n = len(queries.whole)
+    run = Run(name, build_s, size, n / (queries.encode_s + search_s), n / search_s)
     return run, whole_ranked, dict(zip(subs, sub_ranked))
 
 
@@ -211,9 +241,13 @@ def main(argv: list[str] | None = None) -> str:
                         help="question JSONL file(s) with supporting_ids (rows without them are skipped)")
     parser.add_argument("--encoder", default=None, help="sentence-transformers dir or name (default: pip MiniLM)")
     parser.add_argument("--index-types", nargs="*", default=DEFAULT_INDEX_TYPES,
-                        help="FAISS factory strings, space separated (they contain commas); none: BM25 only; "
+                        help="FAISS factory strings or FACTORY+rerankN, space separated (they contain "
+                             "commas); none: BM25 only; "
                              f"default: {' '.join(DEFAULT_INDEX_TYPES)}")
     parser.add_argument("--no-bm25", action="store_true", help="skip BM25")
+    parser.add_argument("--encoder-backends", nargs="+", choices=ENCODER_BACKENDS, default=["torch"],
+                        help="query encoder backends, each searched over the same (torch) corpus vectors; "
+                             "rows of other backends than torch are named '(backend)' (default: torch)")
     parser.add_argument("--k", type=parse_ks, default=[1, 3, 5], help="comma-separated k values (default 1,3,5)")
     parser.add_argument("--nprobe", type=int, default=8, help="IVF lists searched per query (default 8)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (default 128)")
@@ -249,23 +283,21 @@ def main(argv: list[str] | None = None) -> str:
         vectors, emb_dir, embed_s = cached_embeddings(args.corpus, encoder_name, args.max_length, args.cache_dir)
         embedded = (f"corpus embedded in {embed_s:.0f} s" if embed_s is not None
                     else "corpus embeddings read from the cache")
-        encoder = Encoder(encoder_name, max_length=args.max_length)
-        start = time.perf_counter()
-        whole_vecs = encoder.encode_queries(whole)
-        encode_s = time.perf_counter() - start
-        sub_vecs = encoder.encode_queries(subs)
-        for factory in args.index_types:
-            run, whole_ranked, by_query = run_dense(factory, vectors, ids, whole_vecs, encode_s, sub_vecs, subs,
-                                                    kmax, args.nprobe, args.ef_search)
-            run.rankings = per_question(questions, whole_ranked, by_query)
-            runs.append(run)
+        encoded = [encode_queries(encoder_name, backend, args.max_length, args.cache_dir, whole, subs)
+                   for backend in args.encoder_backends]
+        for spec in args.index_types:
+            index, size, build_s = build_dense(spec, vectors, args.nprobe, args.ef_search)
+            for queries in encoded:
+                run, whole_ranked, by_query = run_dense(spec, index, size, build_s, ids, queries, subs, kmax)
+                run.rankings = per_question(questions, whole_ranked, by_query)
+                runs.append(run)
 
     command = "python scripts/bench/retrieval_quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     header = [
         f"Command: `{command}`",
         "",
         f"{len(questions)} questions ({without} without supporting_ids skipped), {len(passages)} passages, "
-        f"{len(subs)} distinct gold-title queries; encoder `{encoder_label(encoder_name)}` (max length "
+        f"{len(subs)} distinct gold-title queries; encoder `{model_label(encoder_name)}` (max length "
         f"{args.max_length}); IVF nprobe {args.nprobe}, HNSW efSearch {args.ef_search}. "
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} with "
         f"{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all ({embedded}). Build time "

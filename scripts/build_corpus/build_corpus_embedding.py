@@ -32,7 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from rag_r1.search.corpus import count_passages, iter_passages
-from rag_r1.search.encoder import Encoder, default_minilm_path, default_query_instruction
+from rag_r1.search.encoder import (
+    ENCODER_BACKENDS, TextEncoder, default_minilm_path, default_query_instruction, load_encoder,
+)
 from scripts.build_corpus.embedding_store import (
     chunk_dir, chunk_path, read_meta, shard_bounds, shard_path, write_meta,
 )
@@ -123,22 +125,27 @@ def build_embeddings(corpus: Path, out_dir: Path, model: str = DEFAULT_MODEL, nu
                      shard_ids: list[int] | None = None, device: str = "auto", batch_size: int = 64,
                      max_length: int = 256, passage_instruction: str = "",
                      query_instruction: str | None = None, chunk_size: int = 4096, fp16: bool = False,
-                     show_progress: bool = True, encoder: Encoder | None = None) -> list[Path]:
+                     show_progress: bool = True, encoder: TextEncoder | None = None,
+                     encoder_backend: str = "torch") -> list[Path]:
     """Embed the requested shards (all when `shard_ids` is None); return their files.
 
     `encoder`, when given, is used instead of loading `model` again (its settings win over the
-    encoder arguments; `model` is still what meta.json records)."""
+    encoder arguments; `model` is still what meta.json records). The ONNX backends keep their
+    export in `out_dir/encoder_onnx/`."""
     corpus, out_dir = Path(corpus), Path(out_dir)
     if encoder is None:
-        encoder = Encoder(resolve_model(model), device=resolve_device(device),
-                          query_instruction=query_instruction, passage_instruction=passage_instruction,
-                          max_length=max_length, batch_size=batch_size, fp16=fp16)
+        encoder = load_encoder(resolve_model(model), backend=encoder_backend, cache_dir=out_dir / "encoder_onnx",
+                               device=resolve_device(device) if encoder_backend == "torch" else "cpu",
+                               query_instruction=query_instruction, passage_instruction=passage_instruction,
+                               max_length=max_length, batch_size=batch_size, fp16=fp16,
+                               threads=os.cpu_count())  # an embedding run has the machine to itself
     meta = prepare_meta(out_dir, {
         "corpus": str(corpus.resolve()),
         "num_passages": count_passages(corpus),
         "num_shards": num_shards,
         "chunk_size": chunk_size,
         "model": model,
+        "encoder_backend": encoder_backend,
         "passage_instruction": encoder.passage_instruction,
         # Recorded so the server encodes queries the way this model expects.
         "query_instruction": encoder.query_instruction,
@@ -170,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-size", type=int, default=4096,
                         help="passages between saved partial results (default 4096)")
     parser.add_argument("--fp16", action="store_true", help="half-precision encoder weights (GPU only)")
+    parser.add_argument("--encoder-backend", choices=ENCODER_BACKENDS, default="torch",
+                        help="torch (default; GPU when present), or onnx on CPU: the same vectors within "
+                             "1e-6, several times faster there; onnx-int8 is faster still but less exact")
     args = parser.parse_args(argv)
     if args.num_shards < 1 or args.chunk_size < 1:
         parser.error("--num-shards and --chunk-size must be at least 1")
@@ -180,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         args.query_instruction = default_query_instruction(args.model)
     paths = build_embeddings(args.corpus, args.out, args.model, args.num_shards, args.shard_id,
                              args.device, args.batch_size, args.max_length, args.passage_instruction,
-                             args.query_instruction, args.chunk_size, args.fp16)
+                             args.query_instruction, args.chunk_size, args.fp16,
+                             encoder_backend=args.encoder_backend)
     for path in paths:
         print(path)
 

@@ -20,12 +20,25 @@ How each family is sharded and merged:
   all vectors in corpus order, in fixed blocks that do not depend on the shard count (with one
   FAISS thread the graph is then the same whatever the sharding; several threads insert in a
   nondeterministic order).
+
 Shard indexes are written to `OUT.shards/` so a killed run keeps its finished shards; the folder
 is removed after a successful merge unless `--keep-shard-indexes`.
 
+Compressed index + exact re-rank (little RAM, Flat's ranking for the candidates it finds):
+
+    python -m scripts.build_corpus.build_corpus_index --embeddings .cache/emb/bge \
+        --out .cache/index/bge_ivfpq.index --factory IVF65536,PQ64 --nprobe 64 \
+        --rerank-vectors .cache/index/bge_fp16.npy
+    python start_retrieval.py --index .cache/index/bge_ivfpq.index \
+        --rerank-vectors .cache/index/bge_fp16.npy [--rerank-depth 100] ...
+
+`--rerank-vectors` also writes every embedding, in corpus order, as one float16 .npy; the server
+memory-maps it and re-scores the compressed index's candidates exactly (rag_r1.search.rerank).
+
 For approximate indexes the script prints recall@k against exact (flat) search: queries are
 `--recall-queries` corpus vectors drawn at random, recall@1 is the share whose top hit equals the
-exact top hit, recall@k the mean overlap of the top-k lists divided by k.
+exact top hit, recall@k the mean overlap of the top-k lists divided by k; with `--rerank-vectors`
+a second line gives the same re-ranking `--rerank-depth` candidates.
 """
 from __future__ import annotations
 
@@ -44,7 +57,11 @@ import numpy as np
 from tqdm import tqdm
 
 from rag_r1.search.corpus import count_passages
-from scripts.build_corpus.embedding_store import iter_row_blocks, iter_shard_blocks, read_meta, sample_rows
+from rag_r1.search.dense import set_search_params
+from rag_r1.search.rerank import RerankedIndex, open_vectors
+from scripts.build_corpus.embedding_store import (
+    iter_row_blocks, iter_shard_blocks, read_meta, sample_rows, write_vectors_file,
+)
 
 
 def new_index(factory: str, dim: int) -> faiss.Index:
@@ -58,16 +75,6 @@ def is_mergeable(index: faiss.Index) -> bool:
     """True for index types whose shards FAISS can merge (flat codes and IVF), not HNSW."""
     return faiss.try_extract_index_ivf(index) is not None or \
         isinstance(faiss.downcast_index(index), faiss.IndexFlatCodes)
-
-
-def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None) -> None:
-    """Search-time knobs that are stored in the index file (ignored by types without them)."""
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and nprobe is not None:
-        ivf.nprobe = nprobe
-    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
-    if hnsw is not None and ef_search is not None:
-        hnsw.efSearch = ef_search
 
 
 def index_bytes(index: faiss.Index) -> int:
@@ -220,6 +227,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="corpus vectors used as queries for recall vs exact search (default 1000)")
     parser.add_argument("--recall-k", type=int, default=10, help="k of recall@k (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training and query samples")
+    parser.add_argument("--rerank-vectors", type=Path,
+                        help="also write the embeddings as one fp16 .npy here, for a server that re-ranks "
+                             "this (compressed) index's candidates exactly: start_retrieval.py --rerank-vectors")
+    parser.add_argument("--rerank-depth", type=int, default=100,
+                        help="candidates re-ranked per query when reporting recall with --rerank-vectors")
     parser.add_argument("--keep-shard-indexes", action="store_true",
                         help="keep the per-shard index files (OUT.shards/) after the merge")
     args = parser.parse_args(argv)
@@ -235,22 +247,29 @@ def main(argv: list[str] | None = None) -> None:
     else:
         index = build_index(args.embeddings, args.out, args.factory, args.train_size, args.nprobe,
                             args.ef_search, args.seed, args.keep_shard_indexes)
+    if args.rerank_vectors is not None and not args.embeddings:
+        parser.error("--rerank-vectors needs --embeddings (the vectors come from there)")
     if args.corpus is not None and count_passages(args.corpus) != index.ntotal:
         raise SystemExit(f"{args.corpus} has {count_passages(args.corpus)} passages but the index "
                          f"{args.out} holds {index.ntotal} vectors")
     size = index_bytes(index)
     print(f"{args.out}: {index.ntotal} vectors, {size / 2**20:.1f} MiB "
           f"({size / max(index.ntotal, 1):.0f} bytes/vector), built in {time.perf_counter() - started:.1f}s")
+    searched = {"": index}
+    if args.rerank_vectors is not None:
+        print(f"full vectors for re-ranking: {write_vectors_file(args.embeddings, args.rerank_vectors)}")
+        searched[f" re-ranking {args.rerank_depth} candidates"] = RerankedIndex(
+            index, open_vectors(args.rerank_vectors), args.rerank_depth)
 
     exact_types = (faiss.IndexFlatIP, faiss.IndexFlat)
     if args.embeddings and not isinstance(faiss.downcast_index(index), exact_types):
         queries = sample_rows(args.embeddings, args.recall_queries, args.seed + 1)
         k = min(args.recall_k, index.ntotal)
-        _, approx_ids = index.search(queries, k)
-        recall = recall_against_exact(approx_ids, exact_search(args.embeddings, queries, k), k)
-        print("recall vs exact flat on", len(queries), "corpus-vector queries:",
-              ", ".join(f"{name} {value:.3f}" for name, value in recall.items()))
-
+        exact_ids = exact_search(args.embeddings, queries, k)
+        for label, searcher in searched.items():
+            recall = recall_against_exact(searcher.search(queries, k)[1], exact_ids, k)
+            print(f"recall vs exact flat on {len(queries)} corpus-vector queries{label}:",
+                  ", ".join(f"{name} {value:.3f}" for name, value in recall.items()))
 
 if __name__ == "__main__":
     main()

@@ -86,6 +86,29 @@ def iter_shard_blocks(embedding_dir: Path, shard_id: int, block_rows: int = 6553
         yield np.ascontiguousarray(vectors[start:start + block_rows], dtype=np.float32)
 
 
+def write_vectors_file(embedding_dir: Path, path: Path, block_rows: int = 65536) -> Path:
+    """Every shard, in corpus order, into one float16 .npy at `path`: the full vectors a re-ranking
+    server memory-maps (rag_r1.search.rerank). Streamed block by block (bounded memory) into a
+    temporary file that is renamed when complete."""
+    meta = read_meta(embedding_dir)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(meta["num_passages"], meta["dim"]))
+    row = 0
+    for shard_id in range(meta["num_shards"]):
+        shard = open_shard(embedding_dir, shard_id)
+        for start in range(0, len(shard), block_rows):
+            block = shard[start:start + block_rows]
+            out[row:row + len(block)] = block
+            row += len(block)
+    if row != meta["num_passages"]:
+        raise ValueError(f"{embedding_dir}: shards hold {row} rows but meta.json says {meta['num_passages']}")
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return path
+
+
 def sample_rows(embedding_dir: Path, size: int, seed: int = 0) -> np.ndarray:
     """`size` distinct corpus rows drawn uniformly from all shards, float32, in row order."""
     meta = read_meta(embedding_dir)

@@ -40,6 +40,16 @@ def flat_index(small_corpus, minilm_path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def onnx_cache(minilm_path, tmp_path_factory) -> Path:
+    """A folder holding MiniLM's ONNX export (made once for the session)."""
+    from rag_r1.search.onnx_export import cached_onnx_export
+
+    cache = tmp_path_factory.mktemp("onnx_cache")
+    cached_onnx_export(minilm_path, cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
 def bm25_dir(small_corpus, tmp_path_factory) -> Path:
     from rag_r1.search.bm25 import build_bm25
 

@@ -40,6 +40,18 @@ def test_mmap_load_searches_like_an_in_memory_load(tmp_path, factory):
     np.testing.assert_array_equal(mapped.search(VECTORS, 2)[1], in_ram.search(VECTORS, 2)[1])
 
 
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "IVF4,PQ4x4", "PQ4x4"])
+def test_mmap_load_of_ivf_and_pq_searches_like_an_in_memory_load(tmp_path, factory):
+    # IVF indexes failed to load when IO_FLAG_MMAP was asked for together with IO_FLAG_MMAP_IFC.
+    vectors = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32)
+    index = faiss.index_factory(8, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    faiss.write_index(index, str(tmp_path / "i.faiss"))
+    mapped, in_ram = load_index(tmp_path / "i.faiss", mmap=True), load_index(tmp_path / "i.faiss", mmap=False)
+    np.testing.assert_array_equal(mapped.search(vectors[:20], 5)[1], in_ram.search(vectors[:20], 5)[1])
+
+
 def test_missing_index_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="FAISS index file not found: .*none.faiss"):
         load_index(tmp_path / "none.faiss")

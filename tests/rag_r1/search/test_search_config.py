@@ -32,6 +32,8 @@ def test_defaults_then_yaml_then_overrides(tmp_path):
     ({"log_level": "LOUD"}, "log_level: must be one of"),
     ({"hnsw_ef_search": "wide"}, "hnsw_ef_search: expected int | None"),
     ({"top_k": 3}, "unknown retrieval setting(s) ['top_k']"),
+    ({"encoder_backend": "tensorrt"}, "encoder_backend: must be one of ('torch', 'onnx', 'onnx-int8')"),
+    ({"encoder_backend": "onnx-int8", "device": "cuda"}, "encoder_backend: onnx-int8 runs on CPU only"),
 ])
 def test_bad_settings_name_the_key(bad, message):
     with pytest.raises(ValueError) as err:

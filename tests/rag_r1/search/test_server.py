@@ -55,6 +55,55 @@ def test_dense_contract_without_scores_is_plain_documents(dense_server):
     assert hits[0] == {"id": "p7", "contents": CONTENTS["p7"]}
 
 
+@pytest.fixture(scope="module")
+def onnx_int8_server(small_corpus, flat_index, onnx_cache, tmp_path_factory):
+    server = ServerProcess(["--retriever", "dense", "--corpus", small_corpus, "--index", flat_index,
+                            "--encoder-backend", "onnx-int8", "--encoder-cache", onnx_cache],
+                           tmp_path_factory.mktemp("logs") / "onnx.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_onnx_int8_server_reuses_the_export_and_ranks_the_right_passage_first(onnx_int8_server):
+    log = onnx_int8_server.log()
+    assert "ONNX encoder export found" in log and "exporting encoder" not in log
+    assert "encoder_backend=onnx-int8" in log
+    body = post(onnx_int8_server, {"queries": [query for query, _ in KNOWN_ANSWERS], "topk": 1}).json()
+    assert [hits[0]["id"] for hits in body["result"]] == [pid for _, pid in KNOWN_ANSWERS]
+
+
+@pytest.fixture(scope="module")
+def reranking_server(small_corpus, flat_index, onnx_cache, tmp_path_factory):
+    """A 2-bit PQ index (8 bytes a vector, scores far off) re-ranking every passage exactly."""
+    import faiss
+
+    work = tmp_path_factory.mktemp("rerank")
+    vectors = faiss.read_index(str(flat_index)).reconstruct_n(0, len(PASSAGES))
+    np.save(work / "full.npy", vectors.astype(np.float16))
+    pq = faiss.index_factory(vectors.shape[1], "PQ32x2", faiss.METRIC_INNER_PRODUCT)
+    pq.train(vectors)
+    pq.add(vectors)
+    faiss.write_index(pq, str(work / "pq.faiss"))
+    server = ServerProcess(["--retriever", "dense", "--corpus", small_corpus, "--index", work / "pq.faiss",
+                            "--encoder-backend", "onnx", "--encoder-cache", onnx_cache,
+                            "--rerank-vectors", work / "full.npy", "--rerank-depth", len(PASSAGES)],
+                           work / "server.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_reranking_server_answers_like_the_flat_one(reranking_server, dense_server):
+    queries = [query for query, _ in KNOWN_ANSWERS]
+    payload = {"queries": queries, "topk": 4, "return_scores": True}
+    reranked, flat = post(reranking_server, payload).json()["result"], post(dense_server, payload).json()["result"]
+    for got, want in zip(reranked, flat, strict=True):
+        assert [hit["document"]["id"] for hit in got] == [hit["document"]["id"] for hit in want]
+        # full vectors are stored in fp16: scores agree to ~1e-3
+        np.testing.assert_allclose([hit["score"] for hit in got], [hit["score"] for hit in want], atol=2e-3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("query,expected_id", KNOWN_ANSWERS)
 def test_dense_ranks_the_right_passage_first(dense_server, query, expected_id):
