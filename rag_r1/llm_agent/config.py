@@ -24,7 +24,6 @@ class AgentConfig:
     query_delimiter: str = ","  # multi mode: separator of the queries inside <search>
     max_obs_length: int = 1000  # tokens of one <information> block, tags included
     topk: int = 3  # passages retrieved per query
-    mask_info_in_critic: bool = False  # also drop retrieved tokens from the critic's loss and GAE
     # Experiments only: adds weight x (share of the row's supporting_ids it retrieved) to the reward,
     # for rows whose extra_info carries supporting_ids. 0 = the paper's pure answer reward.
     evidence_reward_weight: float = 0.0

@@ -93,7 +93,9 @@ class ActorConfig:
     kl_loss_coef: float = 0.001
     kl_loss_type: str = "low_var_kl"  # kl | abs | mse | low_var_kl
     grad_clip: float = 1.0  # max gradient norm
-    state_masking: bool = False  # no policy loss on retrieved (info_mask) tokens
+    # No policy loss, and no log-prob, on tokens the policy did not write (info_mask 1: retrieved
+    # blocks); critic.state_masking is the same for the value loss and GAE.
+    state_masking: bool = True
     optim: OptimConfig = field(default_factory=OptimConfig)
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
 
@@ -177,6 +179,7 @@ class CriticConfig:
     shuffle: bool = False
     rollout_n: int = "${actor_rollout_ref.rollout.n}"  # type: ignore[assignment]  # rows per prompt
     cliprange_value: float = 0.5  # value clipping around the old values
+    state_masking: bool = False  # no value loss and no GAE step on retrieved tokens (see actor.state_masking)
     loss_agg_mode: str = "token-mean"
     grad_clip: float = 1.0
 

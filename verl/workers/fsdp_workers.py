@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
+from verl.single_controller.base.worker import peak_rss_bytes
 from verl.utils import fsdp_utils
 from verl.utils.distributed import device
 from verl.utils.lora import (adapter_state_dict, adapters_disabled, apply_lora, lora_enabled, lora_scaling,
@@ -150,11 +151,13 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             self.actor = DataParallelPPOActor(self.config.actor, self.module, self.optimizer, self.mini_batch_rows)
         if self._is_rollout:
             self.rollout, self.sharding_manager = self._build_rollout()
+        # the reference scores the same tokens as the actor (state masking decides which)
+        state_masking = self.config.actor.state_masking
         if self._is_ref and self._is_actor and self.trains_adapter_only:  # the actor with adapters off
-            self.ref = DataParallelPPOActor(self.config.ref, self.module)
+            self.ref = DataParallelPPOActor(self.config.ref, self.module, state_masking=state_masking)
         elif self._is_ref:
             ref_module = fsdp_utils.apply_fsdp2(load_causal_lm(model_cfg), self.config.ref.fsdp_config, self.use_gpu)
-            self.ref = DataParallelPPOActor(self.config.ref, ref_module)
+            self.ref = DataParallelPPOActor(self.config.ref, ref_module, state_masking=state_masking)
 
     def _build_rollout(self):
         name = self.config.rollout.name
@@ -228,6 +231,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         metrics = self.actor.update_policy(self._with_temperature(data))
         self._weights_changed()
         metrics["actor/lr"] = self.lr_scheduler.get_last_lr()[0]
+        metrics["perf/actor_peak_rss_gb"] = peak_rss_bytes() / 2**30
         self.lr_scheduler.step()
         return DataProto(meta_info={"metrics": metrics})
 
@@ -281,6 +285,7 @@ class CriticWorker(_TrainStateMixin, Worker):
     def update_critic(self, data: DataProto) -> DataProto:
         metrics = self.critic.update_critic(data.to(device()))
         metrics["critic/lr"] = self.lr_scheduler.get_last_lr()[0]
+        metrics["perf/critic_peak_rss_gb"] = peak_rss_bytes() / 2**30
         self.lr_scheduler.step()
         return DataProto(meta_info={"metrics": metrics})
 

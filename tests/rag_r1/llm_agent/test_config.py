@@ -15,8 +15,8 @@ def cfg(agent=None, retriever=None, data=None):
 
 def test_defaults_are_the_papers():
     a = agent_config(cfg())
-    assert (a.mode, a.max_turns, a.max_queries, a.query_delimiter, a.max_obs_length, a.topk,
-            a.mask_info_in_critic) == ("multi", 4, 3, ",", 1000, 3, False)
+    assert (a.mode, a.max_turns, a.max_queries, a.query_delimiter, a.max_obs_length, a.topk) == (
+        "multi", 4, 3, ",", 1000, 3)
     assert (a.max_prompt_length, a.max_start_length, a.max_response_length) == (8192, 2048, 500)
 
 

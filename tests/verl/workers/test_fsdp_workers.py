@@ -177,7 +177,9 @@ def test_state_masking_excludes_info_tokens_from_the_gradient(local, tiny_model_
     assert data.batch["info_mask"].sum() > 0
     assert actor.update_policy(data)["actor/grad_norm"] == pytest.approx(base, rel=1e-5)
     config.actor.state_masking = False
-    assert local_actor(model, config, actor.optimizer).update_policy(data)["actor/grad_norm"] > 10 * base
+    unmasked = local_actor(model, config, actor.optimizer)
+    data.batch["old_log_probs"], _ = unmasked.compute_log_prob(data, ROWS)  # now scored on info tokens too
+    assert unmasked.update_policy(data)["actor/grad_norm"] > 10 * base
 
 
 def test_micro_batches_equal_one_batch(local, tiny_model_dir):
@@ -278,15 +280,16 @@ def test_critic_can_exclude_info_tokens(local, tiny_model_dir):
 
     _, tok = local
     module = load_value_model(OmegaConf.create({"path": str(tiny_model_dir)}))
-    critic = DataParallelPPOCritic(critic_config(tiny_model_dir), module, torch.optim.SGD(module.parameters(), lr=0.0))
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+    masking = OmegaConf.merge(critic_config(tiny_model_dir), {"state_masking": True})
+    critic = DataParallelPPOCritic(masking, module, optimizer)
     data = make_batch(len(tok), tok.pad_token_id, seed=7)
     data.batch["values"] = critic.compute_values(data)  # all 0: zero-initialised head
     # returns 1 on generated tokens, 100 on retrieved ones
     data.batch["returns"] = torch.where(data.batch["info_mask"].bool(), 100.0, 1.0) * data.batch["response_mask"]
-    data.meta_info = {"mask_info_in_critic": True}
     assert critic.update_critic(data)["critic/vf_loss"] == pytest.approx(0.5)  # 0.5 * (0 - 1)^2
-    data.meta_info = {}
-    assert critic.update_critic(data)["critic/vf_loss"] > 100
+    plain = DataParallelPPOCritic(critic_config(tiny_model_dir), module, optimizer)
+    assert plain.update_critic(data)["critic/vf_loss"] > 100
 
 
 def test_kl_loss_and_entropy_bonus_enter_the_loss(local, tiny_model_dir):
@@ -320,7 +323,9 @@ def test_trimmed_micro_batches_match_the_full_padded_batch(local, tiny_model_dir
 
     model, tok = local
     data = make_batch(len(tok), tok.pad_token_id, seed=3)
-    b, mask = data.batch, data.batch["response_mask"].bool()
+    # state masking: retrieved tokens are not scored (0), every other response token is
+    b, mask = data.batch, policy_loss_mask(data, state_masking=True).bool()
+    assert (data.batch["response_mask"].bool() & ~mask).any()
     with torch.no_grad():
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                        position_ids=b["position_ids"]).logits[:, -RESPONSE - 1:-1]
@@ -328,6 +333,7 @@ def test_trimmed_micro_batches_match_the_full_padded_batch(local, tiny_model_dir
     log_probs, entropy = local_actor(model, actor_config(tiny_model_dir)).compute_log_prob(
         DataProto.from_dict(dict(b), meta_info={"temperature": 1.0}), micro_batch_size=1)
     torch.testing.assert_close(log_probs[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    assert torch.all(log_probs[~mask] == 0) and torch.all(entropy[~mask] == 0)
     probs = torch.softmax(logits, -1)
     torch.testing.assert_close(entropy[mask], -(probs * torch.log(probs)).sum(-1)[mask], atol=1e-4, rtol=1e-4)
 

@@ -5,6 +5,8 @@ import os
 import resource
 import sys
 
+import torch
+
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils.distributed import init_process_group_from_env
 
@@ -19,6 +21,9 @@ class Worker:
     def __init__(self):
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        # Ray starts workers with one intra-op thread; a node's cores are shared by its ranks instead
+        # (worker groups on one node take turns, so each may use them all between its turns).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
         if "MASTER_ADDR" in os.environ:
             init_process_group_from_env()
 
@@ -29,5 +34,10 @@ class Worker:
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def peak_rss_bytes(self) -> int:
         """The most resident memory this worker process has held so far (benchmarks read it)."""
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB

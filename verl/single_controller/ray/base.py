@@ -87,6 +87,7 @@ class RayWorkerGroup:
                     "RANK": str(len(self.workers)),
                     "WORLD_SIZE": str(self.world_size),
                     "LOCAL_RANK": str(local_rank),
+                    "LOCAL_WORLD_SIZE": str(n_local),
                     "MASTER_ADDR": master_addr,
                     "MASTER_PORT": str(master_port),
                     DEVICE_ENV: "cuda" if resource_pool.use_gpu else "cpu",

@@ -39,6 +39,7 @@ __all__ = [
     "apply_kl_penalty",
     "agg_loss",
     "agg_loss_normalizer",
+    "state_mask",
     "compute_policy_loss",
     "compute_value_loss",
     "compute_entropy_loss",
@@ -295,6 +296,19 @@ def _agg_mode(loss_agg_mode: str) -> tuple[Callable, Callable]:
     if loss_agg_mode not in LOSS_AGG_MODES:
         raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}; known: {sorted(LOSS_AGG_MODES)}")
     return LOSS_AGG_MODES[loss_agg_mode]
+
+
+def state_mask(response_mask: torch.Tensor, info_mask: torch.Tensor | None, state_masking: bool) -> torch.Tensor:
+    """The response tokens a loss (and GAE) counts: response_mask, without the tokens the policy did
+    not write (retrieved blocks, info_mask 1) when state_masking (Search-R1's term). The policy's
+    and the critic's losses each pass their own flag. All (bs, response_length).
+
+    >>> state_mask(torch.tensor([[1, 1, 1, 0]]), torch.tensor([[0, 1, 0, 0]]), True).tolist()
+    [[1, 0, 1, 0]]
+    """
+    if not state_masking or info_mask is None:
+        return response_mask
+    return response_mask * (1 - info_mask)
 
 
 def agg_loss_normalizer(loss_mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:

@@ -27,7 +27,6 @@ from verl.utils.dataset import RLHFDataset, StatefulLoader
 from verl.utils.torch_functional import masked_mean
 from verl.utils.tracking import Tracking
 from verl.workers.rollout.base import concat_rollouts
-from verl.workers.critic.dp_critic import value_loss_mask
 
 
 @contextmanager
@@ -218,7 +217,6 @@ class RayPPOTrainer:
         """Trajectories from the configured RolloutLoop, and the loop's own metrics."""
         batch = self.rollout_loop.run(prompts)
         metrics = batch.meta_info.pop("metrics", {})
-        batch.meta_info["mask_info_in_critic"] = bool(self.config.agent.get("mask_info_in_critic", False))
         return batch, metrics
 
     def compute_scores(self, batch: DataProto) -> dict[str, list[float]]:
@@ -228,10 +226,13 @@ class RayPPOTrainer:
         return extras
 
     def compute_old_log_probs(self, batch: DataProto) -> dict:
+        """old_log_probs into the batch; returns the rollout policy's entropy over the scored tokens
+        (`actor/entropy` is the updated policy's, logged by the update)."""
         output = self.actor_rollout_wg.compute_log_prob(batch)
         add_columns(batch, output, ["old_log_probs"])
-        entropy = masked_mean(output.batch["entropys"], batch.batch["response_mask"])
-        return {"actor/entropy": float(entropy)}
+        scored = core_algos.state_mask(batch.batch["response_mask"], batch.batch.get("info_mask", None),
+                                       self.config.actor_rollout_ref.actor.state_masking)
+        return {"actor/entropy_at_rollout": float(masked_mean(output.batch["entropys"], scored))}
 
     def apply_kl_in_reward(self, batch: DataProto) -> dict:
         """token_level_rewards = scores - beta * KL(old || ref) per token, when use_kl_in_reward."""
@@ -250,10 +251,10 @@ class RayPPOTrainer:
         """advantages and returns by the estimator registered as algorithm.adv_estimator."""
         algo = self.config.algorithm
         estimator = core_algos.get_adv_estimator_fn(algo.adv_estimator)
-        # GAE walks the same tokens the critic learns on: with mask_info_in_critic, retrieved tokens
+        # GAE walks the same tokens the critic learns on: with critic.state_masking, retrieved tokens
         # are skipped (no TD step), as if cut out of the sequence.
-        mask = value_loss_mask(batch) if core_algos.adv_estimator_needs_critic(algo.adv_estimator) \
-            else batch.batch["response_mask"]
+        masking = self.config.critic.state_masking and core_algos.adv_estimator_needs_critic(algo.adv_estimator)
+        mask = core_algos.state_mask(batch.batch["response_mask"], batch.batch.get("info_mask", None), masking)
         advantages, returns = estimator(
             token_level_rewards=batch.batch["token_level_rewards"], values=batch.batch.get("values"),
             response_mask=mask, index=batch.non_tensor_batch["uid"],

@@ -10,48 +10,54 @@ import torch
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
-from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss, kl_penalty
+from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss, kl_penalty, state_mask
 from verl.utils.seqlen_balancing import map_micro_batches
-from verl.utils.torch_functional import (entropy_from_logits, logprobs_from_logits, pad_sequence_to_length,
-                                         trim_padding_columns)
+from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits, trim_padding_columns
 from verl.workers.update_loop import run_updates
 
 
-def response_logits(module: torch.nn.Module, batch: dict, temperature: float) -> torch.Tensor:
-    """[B, R', V] fp32 logits that predicted the first R' response tokens, divided by the sampling
-    temperature; R' <= R drops the trailing columns that are padding in every row."""
-    inputs, kept = trim_padding_columns(batch, batch["responses"].shape[1])
-    # logits_to_keep: the [*, V] LM head runs on the response positions only, never on the prompt.
-    logits = module(**inputs, use_cache=False, logits_to_keep=kept + 1).logits[:, :-1].float()
+def response_logits(module: torch.nn.Module, batch: dict, scored_BR: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[N, V] fp32 logits that predicted the N response tokens where `scored_BR` is true (row-major),
+    divided by the sampling temperature. The [*, V] LM head runs on those positions only: not on the
+    prompt, and not on retrieved blocks, which are most of an agent's response and carry no loss."""
+    width = batch["responses"].shape[1]
+    inputs, kept = trim_padding_columns(batch, width)
+    columns = inputs["input_ids"].shape[1]
+    predicts_BT = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool, device=scored_BR.device)
+    predicts_BT[:, columns - kept - 1:columns - 1] = scored_BR[:, :kept]  # token t is predicted at t - 1
+    logits = module(**inputs, use_cache=False, logits_to_keep=predicts_BT).logits.float()
     return logits / temperature if temperature != 1.0 else logits
 
 
 def policy_loss_mask(data: DataProto, state_masking: bool) -> torch.Tensor:
-    """response_mask, without the retrieved (info_mask) tokens when state_masking."""
-    mask = data.batch["response_mask"]
-    if state_masking and "info_mask" in data.batch:
-        mask = mask * (1 - data.batch["info_mask"])
-    return mask
+    """The response tokens the policy loss counts (core_algos.state_mask of the batch)."""
+    return state_mask(data.batch["response_mask"], data.batch.get("info_mask", None), state_masking)
 
 
 class DataParallelPPOActor:
-    def __init__(self, config: DictConfig, module: torch.nn.Module, optimizer=None, mini_batch_size: int = 0):
-        """`config`: the `actor` (or `ref`) subtree; `mini_batch_size`: rows per rank per optimizer step."""
+    def __init__(self, config: DictConfig, module: torch.nn.Module, optimizer=None, mini_batch_size: int = 0,
+                 state_masking: bool | None = None):
+        """`config`: the `actor` (or `ref`) subtree; `mini_batch_size`: rows per rank per optimizer step;
+        `state_masking`: the actor's setting (default: config.state_masking), which also decides where
+        log-probs are computed (a reference model must score the same tokens as the actor)."""
         self.config = config
         self.module = module
         self.optimizer = optimizer
         self.mini_batch_size = mini_batch_size
+        self.state_masking = bool(config.get("state_masking", True) if state_masking is None else state_masking)
 
-    def _log_probs(self, batch: dict, temperature: float, with_entropy: bool, entropy_grad: bool = False):
-        # Padding positions read 0 whatever the micro-batch size (a micro-batch may trim them away).
-        mask = batch["response_mask"]
-        logits = response_logits(self.module, batch, temperature)
-        log_probs = logprobs_from_logits(logits, batch["responses"][:, :logits.shape[1]])
-        log_probs = pad_sequence_to_length(log_probs, mask.shape[1], 0.0) * mask
+    def _log_probs(self, micro: DataProto, temperature: float, with_entropy: bool, entropy_grad: bool = False):
+        """(log-probs, entropies or None), [B, R]: computed where the policy loss counts tokens, 0 elsewhere
+        (padding, and retrieved blocks under state masking) whatever the micro-batch."""
+        batch = micro.batch
+        scored = policy_loss_mask(micro, self.state_masking).bool()
+        logits = response_logits(self.module, batch, scored, temperature)
+        log_probs = torch.zeros(scored.shape, dtype=logits.dtype, device=logits.device)
+        log_probs = log_probs.masked_scatter(scored, logprobs_from_logits(logits, batch["responses"][scored]))
         if not with_entropy:
             return log_probs, None
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = pad_sequence_to_length(entropy_from_logits(logits), mask.shape[1], 0.0) * mask
+            entropy = torch.zeros_like(log_probs).masked_scatter(scored, entropy_from_logits(logits))
         return log_probs, entropy
 
     @torch.no_grad()
@@ -63,7 +69,7 @@ class DataParallelPPOActor:
         self.module.eval()
 
         def forward(micro: DataProto) -> torch.Tensor:
-            log_probs, entropy = self._log_probs(micro.batch, temperature, with_entropy)
+            log_probs, entropy = self._log_probs(micro, temperature, with_entropy)
             return torch.stack([log_probs, entropy]) if with_entropy else log_probs.unsqueeze(0)
 
         # rows on dim 1: map_micro_batches concatenates and reorders along dim 0
@@ -85,9 +91,9 @@ class DataParallelPPOActor:
 
         def micro_loss(micro: DataProto, normalizer: torch.Tensor):
             batch = micro.batch
-            mask = policy_loss_mask(micro, cfg.get("state_masking", False))
+            mask = policy_loss_mask(micro, self.state_masking)
             # the entropy is always reported; it carries gradient only when it is in the loss
-            log_prob, entropy = self._log_probs(batch, temperature, True, entropy_grad=entropy_coeff != 0)
+            log_prob, entropy = self._log_probs(micro, temperature, True, entropy_grad=entropy_coeff != 0)
             # On-policy (the trainer skipped the recomputation): the sampling policy IS the current one.
             old_log_prob = log_prob.detach() if on_policy else batch["old_log_probs"]
             pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower = compute_policy_loss(
@@ -115,7 +121,7 @@ class DataParallelPPOActor:
             micro_batch_size=cfg.ppo_micro_batch_size_per_gpu,
             max_token_len=cfg.ppo_max_token_len_per_gpu if cfg.get("use_dynamic_bsz", False) else None,
             epochs=cfg.get("ppo_epochs", 1), shuffle=cfg.get("shuffle", False),
-            loss_mask=lambda mini: policy_loss_mask(mini, cfg.get("state_masking", False)),
+            loss_mask=lambda mini: policy_loss_mask(mini, self.state_masking),
             loss_agg_mode=mode, grad_clip=cfg.get("grad_clip", 1.0),
             micro_loss=micro_loss, prefix="actor",
         )

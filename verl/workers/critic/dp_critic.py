@@ -5,19 +5,10 @@ import torch
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
-from verl.trainer.ppo.core_algos import compute_value_loss
+from verl.trainer.ppo.core_algos import compute_value_loss, state_mask
 from verl.utils.seqlen_balancing import map_micro_batches
 from verl.utils.torch_functional import pad_sequence_to_length, trim_padding_columns
 from verl.workers.update_loop import run_updates
-
-
-def value_loss_mask(data: DataProto) -> torch.Tensor:
-    """response_mask, without retrieved tokens when the batch says `mask_info_in_critic`
-    (the agent loop sets it in meta_info from `agent.mask_info_in_critic`)."""
-    mask = data.batch["response_mask"]
-    if data.meta_info.get("mask_info_in_critic", False) and "info_mask" in data.batch:
-        mask = mask * (1 - data.batch["info_mask"])
-    return mask
 
 
 class DataParallelPPOCritic:
@@ -27,6 +18,11 @@ class DataParallelPPOCritic:
         self.module = module
         self.optimizer = optimizer
         self.mini_batch_size = mini_batch_size
+
+    def loss_mask(self, data: DataProto) -> torch.Tensor:
+        """The tokens the value loss counts: without retrieved ones under critic.state_masking."""
+        return state_mask(data.batch["response_mask"], data.batch.get("info_mask", None),
+                          self.config.get("state_masking", False))
 
     def _values(self, batch: dict) -> torch.Tensor:
         # V(s_t) for response token t is read where the model has seen the prefix before t,
@@ -51,7 +47,7 @@ class DataParallelPPOCritic:
         def micro_loss(micro: DataProto, normalizer: torch.Tensor):
             vpreds = self._values(micro.batch)
             vf_loss, vf_clipfrac = compute_value_loss(
-                vpreds, micro.batch["returns"], micro.batch["values"], value_loss_mask(micro),
+                vpreds, micro.batch["returns"], micro.batch["values"], self.loss_mask(micro),
                 cliprange_value=cfg.cliprange_value, loss_agg_mode=mode, normalizer=normalizer,
             )
             return vf_loss, {"critic/vf_loss": vf_loss.detach()}, {"critic/vf_clipfrac": vf_clipfrac}
@@ -62,6 +58,6 @@ class DataParallelPPOCritic:
             micro_batch_size=cfg.ppo_micro_batch_size_per_gpu,
             max_token_len=cfg.ppo_max_token_len_per_gpu if cfg.get("use_dynamic_bsz", False) else None,
             epochs=cfg.get("ppo_epochs", 1), shuffle=cfg.get("shuffle", False),
-            loss_mask=value_loss_mask, loss_agg_mode=mode, grad_clip=cfg.get("grad_clip", 1.0),
+            loss_mask=self.loss_mask, loss_agg_mode=mode, grad_clip=cfg.get("grad_clip", 1.0),
             micro_loss=micro_loss, prefix="critic",
         )

@@ -9,7 +9,7 @@ from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 
-def batch_with_retrieved_tokens(mask_info_in_critic: bool) -> DataProto:
+def batch_with_retrieved_tokens() -> DataProto:
     # response: [gen, gen, info, info, gen]; reward 1 on the last token; values 0.1 .. 0.5
     data = DataProto.from_dict(
         tensors={"token_level_rewards": torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0]]),
@@ -17,19 +17,19 @@ def batch_with_retrieved_tokens(mask_info_in_critic: bool) -> DataProto:
                  "response_mask": torch.ones(1, 5, dtype=torch.long),
                  "info_mask": torch.tensor([[0, 0, 1, 1, 0]])},
         non_tensors={"uid": np.array(["p0"], dtype=object)})
-    data.meta_info["mask_info_in_critic"] = mask_info_in_critic
     return data
 
 
-def advantages_of(data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
+def advantages_of(data: DataProto, critic_state_masking: bool) -> tuple[torch.Tensor, torch.Tensor]:
     config = OmegaConf.create({"algorithm": {"adv_estimator": "gae", "gamma": 1.0, "lam": 1.0,
-                                             "norm_adv_by_std_in_grpo": True}})
+                                             "norm_adv_by_std_in_grpo": True},
+                               "critic": {"state_masking": critic_state_masking}})
     RayPPOTrainer.compute_advantages(SimpleNamespace(config=config), data)
     return data.batch["advantages"], data.batch["returns"]
 
 
 def test_gae_skips_retrieved_tokens_when_the_critic_masks_them():
-    _, returns = advantages_of(batch_with_retrieved_tokens(True))
+    _, returns = advantages_of(batch_with_retrieved_tokens(), True)
     # gamma = lam = 1: every generated token's return is the final reward, 1; retrieved tokens get 0
     assert torch.allclose(returns, torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0]]), atol=1e-6)
     # equal to GAE over the row with the retrieved tokens cut out
@@ -39,5 +39,5 @@ def test_gae_skips_retrieved_tokens_when_the_critic_masks_them():
 
 
 def test_without_the_option_gae_walks_every_response_token():
-    _, returns = advantages_of(batch_with_retrieved_tokens(False))
+    _, returns = advantages_of(batch_with_retrieved_tokens(), False)
     assert torch.allclose(returns, torch.ones(1, 5), atol=1e-6)
