@@ -83,3 +83,34 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, n
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def make_tiny_encoder(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a random sentence-transformers encoder (2-layer BERT, hidden 32, mean pooling) with a
+    WordPiece tokenizer learned from the tests' text to `out_dir`; return the path. For tests where
+    the pip-shipped MiniLM is not installed (the lent GPU machine)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = Path(out_dir)
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+                                        show_progress=False)
+    tok.train_from_iterator(_TRAINING_TEXT * 20, trainer=trainer)
+    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128))
+    body = out / "bert"
+    bert.save_pretrained(body)
+    tokenizer.save_pretrained(body)
+    transformer = models.Transformer(str(body), max_seq_length=128)
+    SentenceTransformer(modules=[transformer, models.Pooling(32, pooling_mode="mean"), models.Normalize()]).save(str(out))
+    return out

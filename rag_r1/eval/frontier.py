@@ -7,8 +7,9 @@ answers right sometimes but not always.
 A question the model always gets right, or never does, gives a group-relative advantage of zero to
 every sample (GRPO) and almost no signal to PPO; at the frontier every group carries some. Writes
 `DIR/samples.jsonl` (per question: the EM of each sample; appended batch by batch, so a rerun
-continues), `DIR/train.jsonl` (the frontier questions, in the input's format) and `DIR/counts.json`
-(how many questions were always, sometimes and never answered right).
+continues), `DIR/train.jsonl` (the frontier questions, in the input's format; with --keep-never also
+the never-solved ones) and `DIR/counts.json` (how many questions were always, sometimes and never
+answered right, and how many were kept).
 """
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def frontier_counts(hits: dict[str, list[float]]) -> dict[str, int]:
     return {"questions": len(hits), "always": always, "sometimes": len(hits) - always - never, "never": never}
 
 
-def is_frontier(hits: list[float]) -> bool:
-    return any(hits) and not all(hits)
+def is_frontier(hits: list[float], keep_never: bool = False) -> bool:
+    """Right sometimes; or never, too, when `keep_never` (guide trajectories give such a group the
+    success its own samples lack)."""
+    return not all(hits) and (keep_never or any(hits))
 
 
 def sample_hits(questions: list[dict], solve, n: int, writer: TrajectoryWriter, batch_size: int) -> None:
@@ -59,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m rag_r1.eval.frontier", description=__doc__.split("\n")[0])
     add_agent_arguments(parser)
     parser.add_argument("--n", type=int, default=4, help="samples per question")
+    parser.add_argument("--keep-never", action="store_true",
+                        help="also keep the questions no sample answered (for RL with guide trajectories)")
     parser.set_defaults(sample=True, batch_size=16)
     args = parser.parse_args(argv)
     if args.n < 2:
@@ -78,9 +83,9 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         hits = {q["id"]: writer.rows[q["id"]]["em"] for q in questions}
     finally:
         writer.close()
-    counts = {**frontier_counts(hits), "n": args.n}
-    (args.out / "train.jsonl").write_text("".join(source[q] + "\n" for q in hits if is_frontier(hits[q])),
-                                          encoding="utf-8")
+    kept = [q for q in hits if is_frontier(hits[q], args.keep_never)]
+    counts = {**frontier_counts(hits), "n": args.n, "kept": len(kept)}
+    (args.out / "train.jsonl").write_text("".join(source[q] + "\n" for q in kept), encoding="utf-8")
     (args.out / "counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(counts))
     return counts

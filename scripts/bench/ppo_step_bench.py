@@ -3,7 +3,7 @@ worker's peak memory; and compare the trainer's rollout tokens/s with bare `mode
 
     python -m scripts.bench.ppo_step_bench [--variants ppo grpo grpo-lora] [--trajectories 8]
         [--context-tokens 1500] [--response-length 32] [--token-budget 4096] [--workers 1]
-        [--device cpu|cuda] [--out FILE]
+        [--device cpu|cuda] [--model DIR] [--out FILE]
 
 Variants (the same number of trajectories each, the same prompts):
 - ppo: the paper's PPO: GAE with a critic, KL to a reference policy in the reward (a ref model);
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the bare generate; Ray gives each worker OMP_NUM_THREADS=1")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="an HF checkpoint (default: SmolLM2-135M-Instruct converted from the pip-shipped GGUF)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.trajectories % 2:
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     from verl.trainer.main_ppo import load_tokenizer
     from verl.utils.dataset import RLHFDataset, StatefulLoader
 
-    model_dir = str(convert())
+    model_dir = str(args.model or convert())
     workdir = Path(tempfile.mkdtemp(prefix="ppo_step_bench_"))
     data = write_prompts(workdir / "prompts.parquet", args.trajectories, args.context_tokens,
                          AutoTokenizer.from_pretrained(model_dir))

@@ -9,7 +9,9 @@
 #     run(command="bash scripts/gpu/check.sh", carry=[".whl/N"], timeout_s=600)   # installs, tests
 # The last call's $OUT brings back pytest.log, junit.xml, versions.txt and pip-check.txt.
 # Settings (environment): CHECK_TIMEOUT (whole pytest run, s; default 540), TEST_TIMEOUT (one
-# test, s; default 300), PYTEST_ARGS (added to pytest's arguments, e.g. "-x" or "-m 'not slow'").
+# test, s; default 300), PYTEST_ARGS (added to pytest's arguments, e.g. "-x" or "-m 'not slow'"),
+# WITH_BENCH=1 (first run scripts/gpu/bench.sh, the HF rollout vs bare generate on CUDA; carry
+# .whl/smollm2-shape with the last parcel then).
 set -uo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/../.."
@@ -54,6 +56,9 @@ EOF
 } > "$OUT/versions.txt" 2>&1
 cat "$OUT/versions.txt"
 python3 -m pip check > "$OUT/pip-check.txt" 2>&1  # the machine's own conflicts too; read, not fatal
+if [ -n "${WITH_BENCH:-}" ]; then  # the rollout vs bare generate numbers first: they are short
+  timeout 240 bash scripts/gpu/bench.sh > "$OUT/bench.log" 2>&1; tail -30 "$OUT/bench.log"
+fi
 
 # What `make test` runs (`python -m pytest -q tests`), with the interpreter that holds torch+CUDA:
 # every test, the GPU-path ones (marked cuda) included; a stuck test fails after TEST_TIMEOUT.

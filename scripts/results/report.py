@@ -274,8 +274,9 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
         counts = json.loads(frontier.read_text())
         parts += ["## RL questions at the frontier", "",
                   f"The SFT model sampled {counts['n']} times on each of {counts['questions']} train questions: right "
-                  f"every time on {counts['always']}, never on {counts['never']}, sometimes on {counts['sometimes']} "
-                  "(the RL questions).", ""]
+                  f"every time on {counts['always']}, never on {counts['never']}, sometimes on {counts['sometimes']}; "
+                  f"{counts['kept']} were kept for RL (the sometimes ones"
+                  f"{', and the never ones for the guides' if counts['kept'] > counts['sometimes'] else ''}).", ""]
     if stages:
         parts += ["## Stage times", "", "| stage | seconds |", "|---|---|"]
         parts += [f"| {s['stage']} | {s['seconds']} |" for s in stages]

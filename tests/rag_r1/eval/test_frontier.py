@@ -58,11 +58,14 @@ def test_cli_keeps_the_frontier_questions_in_their_own_format(tiny_model_dir, tm
     counts = frontier.main(["--model", str(tiny_model_dir), "--questions", str(source), "--retrieval-url", "http://x",
                             "--mode", "multi", "--out", str(out), "--n", "3", "--max-new-tokens", "4"])
     # i % 3: 0 never, 1 sometimes (1 of 3), 2 sometimes (2 of 3)
-    assert counts == {"questions": 6, "always": 0, "sometimes": 4, "never": 2, "n": 3}
+    assert counts == {"questions": 6, "always": 0, "sometimes": 4, "never": 2, "n": 3, "kept": 4}
     assert json.loads((out / "counts.json").read_text()) == counts
     kept = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert [q["id"] for q in kept] == ["q1", "q2", "q4", "q5"]
     assert kept[0] == {**questions(6)[1], "supporting_ids": ["p1", "p2"]}  # the input row, unchanged
+    # with guide trajectories, the never-solved questions are worth training on too
+    assert frontier.is_frontier([0.0, 0.0], keep_never=True) and not frontier.is_frontier([0.0, 0.0])
+    assert not frontier.is_frontier([1.0, 1.0], keep_never=True)
 
 
 def test_n_below_two_is_refused(capsys):

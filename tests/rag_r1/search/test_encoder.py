@@ -52,9 +52,8 @@ def test_instructions_are_prepended(minilm_path):
     np.testing.assert_allclose(prefixed.encode_passages(["cats"]), plain.encode_passages(["passage: cats"]), atol=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.cuda
-def test_minilm_on_cuda_matches_cpu_and_retrieves_the_same_rows(minilm_path):
+def test_an_encoder_on_cuda_matches_cpu_and_retrieves_the_same_rows(tiny_encoder_dir):
     import faiss
 
     from rag_r1.search.dense import DenseRetriever
@@ -62,15 +61,15 @@ def test_minilm_on_cuda_matches_cpu_and_retrieves_the_same_rows(minilm_path):
     passages = ['"Penicillin"\nPenicillin was discovered by Alexander Fleming.',
                 '"Apollo 11"\nApollo 11 landed on the Moon in 1969.',
                 '"Paris"\nParis is the capital of France.']
-    queries = ["who discovered penicillin", "moon landing year", "capital of france"]
-    cpu = Encoder(minilm_path).encode_passages(passages)
-    gpu = Encoder(minilm_path, device="cuda")
+    cpu = Encoder(tiny_encoder_dir).encode_passages(passages)
+    gpu = Encoder(tiny_encoder_dir, device="cuda")
     # fp32 on both, TF32 off for fp32 matmuls (PyTorch's default): only the summation order differs
     np.testing.assert_allclose(gpu.encode_passages(passages), cpu, atol=1e-4)
     # fp16 keeps 11 significant bits: unit vectors still point the same way
-    half = Encoder(minilm_path, device="cuda", fp16=True).encode_passages(passages)
+    half = Encoder(tiny_encoder_dir, device="cuda", fp16=True).encode_passages(passages)
     assert half.dtype == np.float32 and (half * cpu).sum(axis=1).min() > 0.999
     index = faiss.IndexFlatIP(cpu.shape[1])
     index.add(cpu)
-    _, rows = DenseRetriever(index, gpu).search(queries, topk=1)
+    # each passage's own text, encoded on the GPU, finds its row first (a random encoder still does)
+    _, rows = DenseRetriever(index, gpu).search(passages, topk=1)
     assert rows[:, 0].tolist() == [0, 1, 2]

@@ -44,7 +44,7 @@ def test_results_readme_has_tables_evidence_and_curves(tmp_path):
     (tmp_path / "stage_times.jsonl").write_text(json.dumps({"stage": "RL (grpo)", "seconds": 12.5}) + "\n")
     (tmp_path / "frontier").mkdir()
     (tmp_path / "frontier" / "counts.json").write_text(json.dumps(
-        {"questions": 10, "always": 3, "sometimes": 5, "never": 2, "n": 4}))
+        {"questions": 10, "always": 3, "sometimes": 5, "never": 2, "n": 4, "kept": 5}))
 
     sft = tmp_path / "runs" / "sft"
     sft.mkdir(parents=True)
@@ -65,7 +65,7 @@ def test_results_readme_has_tables_evidence_and_curves(tmp_path):
     assert "| multi | 2 | 0.500 | 1.000 | +0.500 | [+0.000, +1.000] | 1 / 0 |" in readme
     assert "| rl-multi | comparison | 1 | 1.000 | 1.00 | 2.00 |" in readme
     assert "| sft-multi | comparison | 1 | 0.000 | 2.00 | 1.00 |" in readme
-    assert "right every time on 3, never on 2, sometimes on 5" in readme
+    assert "right every time on 3, never on 2, sometimes on 5; 5 were kept for RL (the sometimes ones)." in readme
     assert "SFT loss per step: 1.5, 0.25" in readme
     assert "| RL (grpo) | 12.5 |" in readme
     for png in ("eval.png", "curves.png", "evidence_by_round.png"):
@@ -90,10 +90,10 @@ def test_evidence_table_pads_shorter_runs():
 def test_parse_config_flags_and_env(tmp_path, monkeypatch):
     defaults = PipelineConfig(data_dir=tmp_path / "d", out_dir=tmp_path / "o")
     monkeypatch.setenv("DATA", str(tmp_path / "other"))
-    config = parse_config(defaults, ["--rl-steps", "20", "--eval-modes", "multi", "--eval-limit", "5",
+    config = parse_config(defaults, ["--rl-steps", "20", "--eval-runs", "rl-multi", "--eval-limit", "5",
                                      "--algo", "ppo", "--frontier-questions", "all"], "x")
-    assert (config.data_dir, config.rl_steps, config.eval_modes, config.eval_limit, config.algo) == (
-        tmp_path / "other", 20, ("multi",), 5, "ppo")
+    assert (config.data_dir, config.rl_steps, config.eval_runs, config.eval_limit, config.algo) == (
+        tmp_path / "other", 20, ("rl-multi",), 5, "ppo")
     assert config.frontier_questions is None
     assert config.sft_lr == defaults.sft_lr and config.model is None
     assert parse_config(defaults, ["--eval-limit", "all"], "x").eval_limit is None
@@ -109,6 +109,8 @@ def test_missing_data_names_the_file(tmp_path):
         (tmp_path / name).write_text("")
     with pytest.raises(SystemExit, match="rl_n: GRPO compares samples"):
         Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out", rl_n=1))
+    with pytest.raises(SystemExit, match="eval_runs: unknown \\['ppo-multi'\\]"):
+        Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out", eval_runs=("ppo-multi",)))
     with pytest.raises(SystemExit, match="reward: expected em, f1 or format"):
         Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out", reward="bleu"))
 

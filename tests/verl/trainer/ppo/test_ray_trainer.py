@@ -108,3 +108,19 @@ def test_dynamic_sampling_names_an_unknown_metric(tmp_path, tiny_model_dir):
     trainer = build(config, tiny_model_dir)
     with pytest.raises(ValueError, match="metric='acc'.*known: score, seq_final_reward, chars"):
         trainer.sample_scored_batch(trainer.prompt_batches())
+
+
+def test_the_reference_policy_runs_only_when_a_kl_term_reads_it(tmp_path, tiny_model_dir):
+    steps = ["trainer.total_training_steps=1", "trainer.val_before_train=false"]
+    plain = build(tiny_config(tmp_path / "a", tiny_model_dir, "grpo", steps + [
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8"]), tiny_model_dir)
+    (step,) = plain.fit()
+    assert not plain.use_reference_policy and "timing_s/ref" not in step
+    # exactly on-policy (one mini-batch, one epoch): no old-log-prob pass either
+    assert "timing_s/old_log_prob" not in step and "actor/pg_loss" in step
+    with_kl = build(tiny_config(tmp_path / "b", tiny_model_dir, "grpo", steps + [
+        "actor_rollout_ref.actor.use_kl_loss=true"]), tiny_model_dir)
+    (step,) = with_kl.fit()
+    assert with_kl.use_reference_policy and "timing_s/ref" in step
+    # two mini-batches of 4 prompts per step of 8: the second is off-policy, old log-probs are needed
+    assert "timing_s/old_log_prob" in step
