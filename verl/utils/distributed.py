@@ -53,10 +53,20 @@ def init_process_group_from_env() -> None:
 
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     """Average scalar metrics over ranks (identity without a process group)."""
+    return _all_reduce(values, dist.ReduceOp.SUM, mean=True)
+
+
+def all_reduce_max(values: dict[str, float]) -> dict[str, float]:
+    """The largest value of each scalar over ranks (a memory peak is the worst rank's)."""
+    return _all_reduce(values, dist.ReduceOp.MAX, mean=False)
+
+
+def _all_reduce(values: dict[str, float], op, mean: bool) -> dict[str, float]:
     if not values or not dist.is_initialized() or dist.get_world_size() == 1:
         return dict(values)
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device())
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
+    dist.all_reduce(t, op=op)
+    if mean:
+        t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))

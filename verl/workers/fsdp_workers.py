@@ -24,7 +24,7 @@ from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
 from verl.single_controller.base.worker import peak_rss_bytes
 from verl.utils import fsdp_utils
-from verl.utils.distributed import device
+from verl.utils.distributed import all_reduce_max, device
 from verl.utils.lora import (adapter_state_dict, adapters_disabled, apply_lora, lora_enabled, lora_scaling,
                              merged_state_dict, save_peft_adapter)
 from verl.utils.model import hf_config, load_causal_lm, load_value_model
@@ -231,7 +231,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         metrics = self.actor.update_policy(self._with_temperature(data))
         self._weights_changed()
         metrics["actor/lr"] = self.lr_scheduler.get_last_lr()[0]
-        metrics["perf/actor_peak_rss_gb"] = peak_rss_bytes() / 2**30
+        metrics.update(all_reduce_max({"perf/actor_peak_rss_gb": peak_rss_bytes() / 2**30}))
         self.lr_scheduler.step()
         return DataProto(meta_info={"metrics": metrics})
 
@@ -285,7 +285,7 @@ class CriticWorker(_TrainStateMixin, Worker):
     def update_critic(self, data: DataProto) -> DataProto:
         metrics = self.critic.update_critic(data.to(device()))
         metrics["critic/lr"] = self.lr_scheduler.get_last_lr()[0]
-        metrics["perf/critic_peak_rss_gb"] = peak_rss_bytes() / 2**30
+        metrics.update(all_reduce_max({"perf/critic_peak_rss_gb": peak_rss_bytes() / 2**30}))
         self.lr_scheduler.step()
         return DataProto(meta_info={"metrics": metrics})
 

@@ -45,7 +45,9 @@ def test_mean_reward_rises(tmp_path, tiny_model_dir, adv_estimator):
 
 
 def comparable(metrics):
-    return {k: v for k, v in metrics.items() if not k.startswith(("timing", "perf/time", "perf/throughput"))}
+    # Time and memory are measurements of the machine, not of the math being compared.
+    return {k: v for k, v in metrics.items()
+            if not k.startswith(("timing", "perf/time", "perf/throughput")) and not k.endswith("_peak_rss_gb")}
 
 
 def test_resumed_step_equals_uninterrupted(tmp_path, tiny_model_dir):
