@@ -89,10 +89,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
 def build_solver(args: argparse.Namespace) -> AgentSolver:
     """Model, tokenizer, HF engine, retrieval client and agent as the eval CLI's `args` say."""
     import torch
-    from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rag_r1.search.client import RetrievalClient
+    from verl.trainer.config import rollout_config
     from verl.workers.rollout.hf_rollout import HFRollout
 
     torch.manual_seed(args.seed)
@@ -101,9 +101,8 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
         tokenizer.pad_token = tokenizer.eos_token
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
-    engine = HFRollout(model, tokenizer, OmegaConf.create({"response_length": args.max_new_tokens,
-                                                           "do_sample": args.sample,
-                                                           "enable_prefix_caching": args.prefix_cache}))
+    engine = HFRollout(model, tokenizer, rollout_config(response_length=args.max_new_tokens, do_sample=args.sample,
+                                                             enable_prefix_caching=args.prefix_cache))
     config = AgentConfig(max_prompt_length=args.max_prompt_length, max_start_length=args.max_start_length,
                          max_response_length=args.max_new_tokens, mode=args.mode, max_turns=args.max_turns,
                          topk=args.topk, max_obs_length=args.max_obs_length)

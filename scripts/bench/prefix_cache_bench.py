@@ -33,15 +33,13 @@ def default_model() -> Path:
 
 
 def run_path(model, tokenizer, prompts, url: str, args: argparse.Namespace, caching: bool) -> dict:
-    from omegaconf import OmegaConf
-
     from rag_r1.llm_agent.config import AgentConfig
     from rag_r1.llm_agent.generation import GenerationManager
     from rag_r1.search.client import RetrievalClient
+    from verl.trainer.config import rollout_config
     from verl.workers.rollout.hf_rollout import HFRollout
 
-    engine = HFRollout(model, tokenizer, OmegaConf.create({"response_length": args.max_new_tokens,
-                                                           "enable_prefix_caching": caching}))
+    engine = HFRollout(model, tokenizer, rollout_config(response_length=args.max_new_tokens, enable_prefix_caching=caching))
     config = AgentConfig(max_prompt_length=8192, max_start_length=2048, max_response_length=args.max_new_tokens,
                          mode=args.mode, max_turns=args.max_turns, max_obs_length=args.max_obs_length, topk=3)
     rows = []

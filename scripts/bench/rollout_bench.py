@@ -84,8 +84,6 @@ def scripts_for(items: list[dict], mode: str) -> dict[str, list[str]]:
 
 
 def run_mode(mode: str, items, tokenizer, url: str, args: argparse.Namespace, model_dir: Path | None) -> dict:
-    from omegaconf import OmegaConf
-
     from rag_r1.llm_agent.config import AgentConfig
     from rag_r1.llm_agent.generation import GenerationManager
     from rag_r1.llm_agent.prompts import user_content
@@ -98,11 +96,12 @@ def run_mode(mode: str, items, tokenizer, url: str, args: argparse.Namespace, mo
     else:
         from transformers import AutoModelForCausalLM
 
+        from verl.trainer.config import rollout_config
         from verl.workers.rollout.hf_rollout import HFRollout
 
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         turn_cap, max_turns = args.max_new_tokens, args.max_turns
-        generate = HFRollout(model, tokenizer, OmegaConf.create({"response_length": turn_cap})).generate_sequences
+        generate = HFRollout(model, tokenizer, rollout_config(response_length=turn_cap)).generate_sequences
     config = AgentConfig(max_prompt_length=4096, max_start_length=2048, max_response_length=turn_cap,
                          mode=mode, max_turns=max_turns, topk=3)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": user_content(i["question"], mode)}],

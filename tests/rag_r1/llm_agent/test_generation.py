@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN, GenerationManager, trajectory_metrics
 from rag_r1.llm_agent.prompts import invalid_action_note
 from rag_r1.llm_agent.scripted import ScriptedPolicy
+from verl.trainer.config import rollout_config, schema_node
 
 LONG_TEXT = "The quick brown fox jumps over the lazy dog. " * 20
 
@@ -112,8 +112,8 @@ def test_real_engine_rollout_shapes(tiny_model_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    rollout = HFRollout(model, tokenizer, OmegaConf.create({"response_length": 6}))
-    cfg = OmegaConf.create({
+    rollout = HFRollout(model, tokenizer, rollout_config(response_length=6))
+    cfg = schema_node("", {
         "data": {"max_prompt_length": 256, "max_start_length": 128, "max_response_length": 6},
         "agent": {"max_turns": 1},
         "actor_rollout_ref": {"rollout": {"do_sample": False, "val_kwargs": {"do_sample": False}}},

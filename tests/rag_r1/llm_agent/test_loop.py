@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from rag_r1.llm_agent.loop import SearchAgentLoop
 from rag_r1.llm_agent.prompts import invalid_action_note, user_content
 from rag_r1.llm_agent.scripted import ScriptedPolicy
 from rag_r1.reward import compute_score
+from verl.trainer.config import schema_node
 from verl.trainer.ppo.reward import RewardManager
 from verl.workers.rollout.base import build_prompt_batch
 
@@ -33,7 +33,7 @@ QUESTIONS = {"Who found penicillin": A, "Which is the tallest African peak": B, 
 
 
 def make_config(url: str, mode: str = "multi", max_turns: int = 2):
-    return OmegaConf.create({
+    return schema_node("", {
         "data": {"max_prompt_length": 1024, "max_start_length": 512, "max_response_length": 256},
         "agent": {"mode": mode, "max_turns": max_turns, "topk": 1},
         "retriever": {"url": url},
