@@ -35,7 +35,7 @@ class PipelineConfig:
     # SFT on evidence trajectories of both modes, so the model follows whichever instruction it gets.
     sft_questions: int = 64  # train questions per mode (a seeded sample) turned into SFT conversations
     sft_epochs: int = 1
-    sft_steps: int | None = None  # caps the steps (None = sft_epochs over the data)
+    sft_steps: int | None = None  # steps of the SFT run, whatever sft_epochs (None = sft_epochs over the data)
     sft_batch: int = 8
     sft_lr: float = 1e-4
     sft_max_length: int = 2048

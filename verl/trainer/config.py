@@ -218,16 +218,18 @@ class AlgorithmConfig:
 @dataclass
 class TrainerConfig:
     total_epochs: int = 1
-    total_training_steps: Optional[int] = None  # caps the steps; None = total_epochs over the data
+    # The three as in the SFT trainer (verl.trainer.steps). Steps of the run; None = total_epochs
+    # passes over the data; set, it wins over total_epochs (the data repeats, or the run stops mid-epoch).
+    total_training_steps: Optional[int] = None
     project_name: str = "rag_r1"
     experiment_name: str = "ppo"
     logger: list[str] = field(default_factory=lambda: ["console"])  # console | wandb | tensorboard
     nnodes: int = 1
     n_gpus_per_node: int = 1  # workers per node (CPU processes when there is no GPU)
-    save_freq: int = -1  # steps between checkpoints; -1 = never
+    save_freq: int = -1  # > 0: every N steps and after the last; 0: after the last only; -1: never
     max_actor_ckpt_to_keep: Optional[int] = None  # newest actor checkpoints kept on disk; None = all
     max_critic_ckpt_to_keep: Optional[int] = None  # newest critic checkpoints kept on disk; None = all
-    test_freq: int = -1  # steps between validations; -1 = never (and at the end when > 0)
+    test_freq: int = -1  # validation, same meaning (val_before_train adds one before the first step)
     critic_warmup: int = 0  # steps that update only the critic
     val_before_train: bool = True
     default_local_dir: str = "checkpoints/${trainer.project_name}/${trainer.experiment_name}"
