@@ -9,6 +9,8 @@ all show the policy the same words. The chat prompt is
 """
 from __future__ import annotations
 
+from rag_r1.llm_agent.config import AgentConfig
+
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 
 _SHARED_START = (
@@ -22,7 +24,8 @@ _SHARED_END = (
 )
 
 
-def instruction(mode: str, max_queries: int = 3, delimiter: str = ",") -> str:
+def instruction(mode: str, max_queries: int = AgentConfig.max_queries, delimiter: str = AgentConfig.query_delimiter
+                ) -> str:
     """The instruction placed before the question, for `mode` "single" or "multi"."""
     if mode == "single":
         search = (
@@ -53,7 +56,8 @@ def format_question(question: str) -> str:
     return question if question.endswith("?") else question + "?"
 
 
-def user_content(question: str, mode: str, max_queries: int = 3, delimiter: str = ",") -> str:
+def user_content(question: str, mode: str, max_queries: int = AgentConfig.max_queries,
+                 delimiter: str = AgentConfig.query_delimiter) -> str:
     """The user message: instruction followed by the (normalised) question."""
     return instruction(mode, max_queries, delimiter) + format_question(question)
 

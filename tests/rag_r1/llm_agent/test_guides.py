@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rag_r1.llm_agent.guides import load_guides
 from rag_r1.llm_agent.loop import SearchAgentLoop
-from rag_r1.llm_agent.modes import build_mode
+from rag_r1.llm_agent.modes import mode_of
 from rag_r1.llm_agent.prompts import user_content
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.reward import compute_score
@@ -39,7 +39,7 @@ def prompt_ids(tokenizer, question):
 
 def test_a_guide_is_the_conversation_with_its_observation_masked(tiny_model_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    mode = build_mode(AgentConfig(64, 64, 8))
+    mode = mode_of(AgentConfig(64, 64, 8))
     guides = load_guides(write_guides(tmp_path / "g.jsonl", ["Where is Paris?"]), tok, mode.queries_of)
     guide = guides[tuple(prompt_ids(tok, "Where is Paris?"))]
     assert tok.decode(guide.response) == "".join(TURNS) + tok.eos_token

@@ -46,8 +46,9 @@ def test_instructions_differ_only_in_the_search_part():
 
 
 def test_real_rl_split_reads_back_through_the_trainer_dataset(shared_data, tmp_path, tiny_model_dir):
-    from omegaconf import OmegaConf
     from transformers import AutoTokenizer
+
+    from verl.trainer.config import schema_node
 
     source = shared_data / "ragr1_rl" / "hotpotqa_train_filter_mq"
     counts = hotpotqa_search.main(["--input_dir", str(source), "--out", str(tmp_path), "--limit", "20"], mode="multi")
@@ -55,7 +56,7 @@ def test_real_rl_split_reads_back_through_the_trainer_dataset(shared_data, tmp_p
     first = json.loads((source / "train_data.json").read_text())[0]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     dataset = RLHFDataset(str(tmp_path / "train.parquet"), tokenizer,
-                          OmegaConf.create({"max_prompt_length": 4096, "filter_overlong_prompts": True}))
+                          schema_node("data", {"max_prompt_length": 4096}))
     assert len(dataset) == 20
     item = dataset[0]
     assert item["reward_model"]["ground_truth"] == {"target": [first["golden_answers"]]}
