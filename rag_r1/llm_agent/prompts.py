@@ -50,6 +50,15 @@ SINGLE_QUERY_INSTRUCTION = instruction("single")
 MULTI_QUERY_INSTRUCTION = instruction("multi")
 
 
+def search_part(text: str) -> str | None:
+    """The mode's part of the instruction that `text` (a prompt) holds: what sits between the opening
+    and the closing every instruction shares; None when `text` holds no instruction of ours."""
+    start, end = text.find(_SHARED_START), text.find(_SHARED_END)
+    if start < 0 or end < start:
+        return None
+    return text[start + len(_SHARED_START):end]
+
+
 def format_question(question: str) -> str:
     """The question stripped, with a final "?" added when it has none."""
     question = question.strip()

@@ -265,7 +265,7 @@ def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
     schema = OmegaConf.structured(PPOConfig)
-    for free_form in FREE_FORM_NODES:  # `agent.max_turns=4` works without Hydra's `+`
+    for free_form in FREE_FORM_NODES:  # `agent.max_turns=N` works without Hydra's `+`
         OmegaConf.set_struct(schema[free_form], False)
     ConfigStore.instance().store(name=SCHEMA_NAME, node=schema)
 

@@ -80,3 +80,14 @@ def test_eval_sets_keep_ids_and_supporting_ids(shared_data, tmp_path):
 def test_eval_sets_name_missing_files(tmp_path):
     with pytest.raises(SystemExit, match="no nq.jsonl"):
         qa_eval_sets.main(["--input_dir", str(tmp_path), "--sets", "nq", "--out", str(tmp_path / "o")])
+
+
+def test_the_instruction_states_the_agents_query_settings(tmp_path):
+    from rag_r1.llm_agent.prompts import instruction
+
+    (tmp_path / "nq.jsonl").write_text(json.dumps({"id": "1", "question": "Who?", "golden_answers": ["A"]}) + "\n")
+    qa_eval_sets.main(["--input_dir", str(tmp_path), "--sets", "nq", "--out", str(tmp_path / "o"), "--mode", "multi",
+                       "--max_queries", "2", "--query_delimiter", ";"])
+    prompt = pd.read_parquet(tmp_path / "o" / "nq.parquet").iloc[0]["prompt"][0]["content"]
+    assert prompt == instruction("multi", 2, ";") + "Who?"
+    assert "up to two short queries, separated by semicolons" in prompt
