@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from rag_r1.llm_agent.loop import agent_config
+from repeated_defaults import repeated_defaults
 from verl.trainer.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +58,19 @@ def test_cpu_profile_uses_smollm2_and_hf(tmp_path):
     assert config.actor_rollout_ref.rollout.name == "hf" and config.trainer.device == "cpu"
     assert config.data.train_batch_size == 4 and config.trainer.total_training_steps == 2
     assert config.data.train_files.endswith("data/hotpotqa_closed_mq/train.parquet")
+
+
+def ppo_value(config, key: str):
+    """A key's value as the run sees it: agent.* through the agent's own schema (AgentConfig)."""
+    if key.startswith("agent."):
+        return getattr(agent_config(config), key.removeprefix("agent."))
+    return OmegaConf.select(config, key)
+
+
+@pytest.mark.parametrize("script", ["train_ppo.sh", "train_ppo_mq.sh"])
+def test_the_launchers_repeat_no_default_but_the_named_ones(script):
+    repeated = repeated_defaults(launcher_overrides(script), compose_config, ppo_value)
+    # The algorithm and the mode are named on purpose (the mode must match the data's prompts); one
+    # OFFLOAD switch moves every model's weights, the reference's offload being on by default.
+    named = {"algorithm.adv_estimator=gae", "actor_rollout_ref.ref.fsdp_config.param_offload=true"}
+    assert set(repeated) - named == ({"agent.mode=multi"} if script == "train_ppo_mq.sh" else set())

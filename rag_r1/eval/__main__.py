@@ -1,15 +1,16 @@
 """Evaluate a checkpoint on a question set with the search agent; resumable.
 
     python -m rag_r1.eval --model PATH --questions FILE --retrieval-url URL --mode single|multi \\
-        [--limit N] --out DIR [--batch-size 8] [--max-turns 5] [--max-new-tokens 1024] [--topk 3] \\
-        [--max-prompt-length 8192] [--max-start-length 2048] [--sample --temperature 1.0 --top-p 1.0] [--seed 0]
+        [--limit N] --out DIR [--batch-size N] [--max-turns N] [--max-new-tokens N] [--topk K] \\
+        [--max-prompt-length N] [--max-start-length N] [--sample --temperature T --top-p P] [--seed S]
 
 Writes `DIR/trajectories.jsonl` (one row per question), `DIR/summary.json` (EM, F1, rounds,
 queries per round, tokens, seconds per question, and evidence recall when the questions carry
 `supporting_ids`) and `DIR/config.json` (these settings). Running again into the same DIR
 continues where it stopped; DIR refuses settings other than the ones it was started with.
-Defaults follow the paper's evaluation: at most 5 retrieval rounds, 1024 new tokens, top-3
-passages, greedy decoding.
+Defaults (`--help`) follow the paper's evaluation: its retrieval rounds (EVAL_MAX_TURNS in
+rag_r1/eval/agent.py), 1024 new tokens, the agent's topk and observation cap (AgentConfig), greedy
+decoding.
 """
 from __future__ import annotations
 

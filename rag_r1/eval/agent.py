@@ -10,10 +10,13 @@ import argparse
 from itertools import groupby
 from pathlib import Path
 
-from rag_r1.llm_agent.config import AgentConfig
+from rag_r1.llm_agent.config import MODES, AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager, Trajectory
-from rag_r1.llm_agent.prompts import user_content
 from rag_r1.reward.qa_em import extract_solution
+
+# The paper evaluates with up to 5 retrieval rounds, one more than it trains with
+# (AgentConfig.max_turns); every other agent setting defaults to AgentConfig's.
+EVAL_MAX_TURNS = 5
 
 
 def policy_text(row: Trajectory, tokenizer) -> str:
@@ -45,8 +48,7 @@ class AgentSolver:
         self.sampling = sampling  # meta_info for every generate call: do_sample, temperature, top_p
 
     def prompt_ids(self, question: str) -> list[int]:
-        config = self.manager.config
-        content = user_content(question, config.mode, config.max_queries, config.query_delimiter)
+        content = self.manager.mode.user_content(question)
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
                                                   add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -63,15 +65,16 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", required=True, type=Path, help="FlashRAG JSONL or veRL parquet")
     parser.add_argument("--retrieval-url", required=True, nargs="+",
                         help="retrieval server URL(s), e.g. http://127.0.0.1:8000/retrieve; several = replicas")
-    parser.add_argument("--mode", required=True, choices=["single", "multi"], help="one query or several per search")
+    parser.add_argument("--mode", required=True, choices=MODES, help="one query or several per search")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
     parser.add_argument("--batch-size", type=int, default=8, help="trajectories the agent advances together")
-    parser.add_argument("--max-turns", type=int, default=5, help="retrieval rounds at most (paper: 5)")
+    parser.add_argument("--max-turns", type=int, default=EVAL_MAX_TURNS,
+                        help="retrieval rounds at most (default %(default)s, the paper's evaluation)")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="generated tokens per turn at most")
-    parser.add_argument("--topk", type=int, default=3, help="passages per query")
-    parser.add_argument("--max-obs-length", type=int, default=1000,
-                        help="tokens of one <information> block at most (as agent.max_obs_length in training)")
+    parser.add_argument("--topk", type=int, default=AgentConfig.topk, help="passages per query (default %(default)s)")
+    parser.add_argument("--max-obs-length", type=int, default=AgentConfig.max_obs_length,
+                        help="tokens of one <information> block at most, as agent.max_obs_length (default %(default)s)")
     parser.add_argument("--max-prompt-length", type=int, default=8192,
                         help="tokens of the rolling context fed to each turn at most")
     parser.add_argument("--max-start-length", type=int, default=2048,
@@ -89,10 +92,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
 def build_solver(args: argparse.Namespace) -> AgentSolver:
     """Model, tokenizer, HF engine, retrieval client and agent as the eval CLI's `args` say."""
     import torch
-    from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rag_r1.search.client import RetrievalClient
+    from verl.trainer.config import rollout_config
     from verl.workers.rollout.hf_rollout import HFRollout
 
     torch.manual_seed(args.seed)
@@ -101,9 +104,8 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
         tokenizer.pad_token = tokenizer.eos_token
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
-    engine = HFRollout(model, tokenizer, OmegaConf.create({"response_length": args.max_new_tokens,
-                                                           "do_sample": args.sample,
-                                                           "enable_prefix_caching": args.prefix_cache}))
+    engine = HFRollout(model, tokenizer, rollout_config(response_length=args.max_new_tokens, do_sample=args.sample,
+                                                             enable_prefix_caching=args.prefix_cache))
     config = AgentConfig(max_prompt_length=args.max_prompt_length, max_start_length=args.max_start_length,
                          max_response_length=args.max_new_tokens, mode=args.mode, max_turns=args.max_turns,
                          topk=args.topk, max_obs_length=args.max_obs_length)

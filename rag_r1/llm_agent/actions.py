@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from rag_r1.llm_agent.config import AgentConfig
+
 # Only a CLOSED think block is removed before parsing. Generation stops at the first </search> or
 # </answer>, so an action written inside a still-open <think> is what the policy asked for; tags
 # inside a closed block are the policy musing about tags, after which it went on writing.
@@ -32,7 +34,8 @@ def parse_action(text: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def split_queries(content: str, delimiter: str = ",", max_queries: int = 3) -> list[str]:
+def split_queries(content: str, delimiter: str = AgentConfig.query_delimiter,
+                  max_queries: int = AgentConfig.max_queries) -> list[str]:
     """Queries of a multi-query `<search>`: split on `delimiter`, stripped, empties dropped, the
     first `max_queries` kept."""
     queries = [q.strip() for q in content.split(delimiter)]

@@ -21,12 +21,22 @@ from typing import Protocol
 
 from rag_r1.llm_agent.actions import parse_action
 from rag_r1.llm_agent.config import AgentConfig
-from rag_r1.llm_agent.modes import build_mode
+from rag_r1.llm_agent.modes import mode_of
 from verl.protocol import DataProto
 from verl.workers.rollout.base import build_prompt_batch, response_token_lists
 
 STOP = ["</search>", "</answer>"]
 INFO_OPEN, INFO_CLOSE = "\n<information>\n", "\n</information>\n"
+
+
+def observation_budget(tokenizer, max_obs_length: int) -> int:
+    """Tokens of results one `<information>` block of `max_obs_length` tokens holds: the rest is its
+    two tags. The rollout cuts results to it, and so do the SFT builders."""
+    tags = sum(len(tokenizer.encode(tag, add_special_tokens=False)) for tag in (INFO_OPEN, INFO_CLOSE))
+    if max_obs_length - tags < 1:
+        raise ValueError(f"agent.max_obs_length={max_obs_length} leaves no room inside the "
+                         f"<information> tags ({tags} tokens)")
+    return max_obs_length - tags
 
 
 class Retriever(Protocol):
@@ -74,13 +84,10 @@ class GenerationManager:
         self.tokenizer = tokenizer
         self.retriever = retriever
         self.config = config
-        self.mode = build_mode(config)
+        self.mode = mode_of(config)
         self._open_ids = self._encode(INFO_OPEN)
         self._close_ids = self._encode(INFO_CLOSE)
-        self._obs_budget = config.max_obs_length - len(self._open_ids) - len(self._close_ids)
-        if self._obs_budget < 1:
-            raise ValueError(f"agent.max_obs_length={config.max_obs_length} leaves no room inside the "
-                             f"<information> tags ({len(self._open_ids) + len(self._close_ids)} tokens)")
+        self._obs_budget = observation_budget(tokenizer, config.max_obs_length)
         self._note_ids = self._encode(self.mode.invalid_note)
 
     def _encode(self, text: str) -> list[int]:

@@ -1,7 +1,9 @@
 """SearchAgentLoop: verl's RolloutLoop for the search agent (`actor_rollout_ref.rollout.loop=
 rag_r1.llm_agent.loop:SearchAgentLoop`).
 
-It validates `agent.*` / `retriever.*` at construction, runs GenerationManager on the batch and
+It validates `agent.*` / `retriever.*` at construction, checks that the first batch's prompts (of
+training, and of validation) carry the instruction `agent.*` asks for (the data scripts write the
+prompts, the config sets the agent: nothing else ties them), runs GenerationManager on the batch and
 returns the trajectory batch of docs/architecture.md: the original left-padded `prompts`, the
 right-padded `responses` (generated and retrieved tokens), `info_mask` over the retrieved ones,
 the prompts' non-tensor keys plus per-trajectory counts, and `env/*` metrics.
@@ -15,6 +17,8 @@ import torch
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager, Retriever, Trajectory, trajectory_metrics
 from rag_r1.llm_agent.guides import load_guides, mix_guides
+from rag_r1.llm_agent.modes import AgentMode
+from rag_r1.llm_agent.prompts import search_part
 from rag_r1.reward.evidence import evidence_metrics
 from rag_r1.search.client import RetrievalClient
 from verl.protocol import DataProto
@@ -66,10 +70,16 @@ class SearchAgentLoop(RolloutLoop):
         self.guides = {}
         if self.agent.guide_file:
             self.guides = load_guides(self.agent.guide_file, tokenizer, self.manager.mode.queries_of)
+        self.checked: set[bool] = set()  # `validate` values whose first batch was checked
 
     def run(self, prompts: DataProto, validate: bool = False) -> DataProto:
         ids, mask = prompts.batch["input_ids"], prompts.batch["attention_mask"].bool()
-        rows, stats = self.manager.run([r[m].tolist() for r, m in zip(ids, mask)], self.sampling_meta(validate))
+        token_lists = [r[m].tolist() for r, m in zip(ids, mask)]
+        if validate not in self.checked:
+            check_instruction(self.tokenizer.batch_decode(token_lists), self.manager.mode,
+                              "validation" if validate else "training")
+            self.checked.add(validate)
+        rows, stats = self.manager.run(token_lists, self.sampling_meta(validate))
         # the metrics describe the policy's own samples, before any guide takes a place
         metrics = trajectory_metrics(rows, stats)
         metrics.update(evidence_step_metrics(prompts.non_tensor_batch.get("extra_info"), rows))
@@ -84,6 +94,21 @@ class SearchAgentLoop(RolloutLoop):
         trajectory.union(DataProto.from_dict(non_tensors=columns))
         trajectory.meta_info = {"metrics": metrics}
         return trajectory
+
+
+def check_instruction(prompts: list[str], mode: AgentMode, split: str = "training") -> None:
+    """Raise ValueError, naming both sides, when a prompt lacks the instruction of the agent's mode
+    (a data set built for the other mode, or with other max_queries / query_delimiter)."""
+    wrong = [text for text in prompts if mode.instruction not in text]
+    if not wrong:
+        return
+    found = search_part(wrong[0])
+    has = "no instruction of rag_r1.llm_agent.prompts" if found is None else repr(found)
+    raise ValueError(
+        f"{len(wrong)} of the first {len(prompts)} {split} prompts lack the instruction that agent.mode={mode.name}, "
+        f"agent.max_queries={mode.max_queries}, agent.query_delimiter={mode.delimiter!r} ask for: the agent "
+        f"expects {search_part(mode.instruction)!r}, the data's prompt has {has}. Build the data with the agent's "
+        "settings (scripts/data_process: --mode, --max_queries, --query_delimiter) or set agent.* to the data's.")
 
 
 def with_evidence_reward(extra_info, rows: list[Trajectory], weight: float) -> list:

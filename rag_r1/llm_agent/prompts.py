@@ -9,6 +9,8 @@ all show the policy the same words. The chat prompt is
 """
 from __future__ import annotations
 
+from rag_r1.llm_agent.config import AgentConfig
+
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 
 _SHARED_START = (
@@ -22,7 +24,8 @@ _SHARED_END = (
 )
 
 
-def instruction(mode: str, max_queries: int = 3, delimiter: str = ",") -> str:
+def instruction(mode: str, max_queries: int = AgentConfig.max_queries, delimiter: str = AgentConfig.query_delimiter
+                ) -> str:
     """The instruction placed before the question, for `mode` "single" or "multi"."""
     if mode == "single":
         search = (
@@ -47,13 +50,23 @@ SINGLE_QUERY_INSTRUCTION = instruction("single")
 MULTI_QUERY_INSTRUCTION = instruction("multi")
 
 
+def search_part(text: str) -> str | None:
+    """The mode's part of the instruction that `text` (a prompt) holds: what sits between the opening
+    and the closing every instruction shares; None when `text` holds no instruction of ours."""
+    start, end = text.find(_SHARED_START), text.find(_SHARED_END)
+    if start < 0 or end < start:
+        return None
+    return text[start + len(_SHARED_START):end]
+
+
 def format_question(question: str) -> str:
     """The question stripped, with a final "?" added when it has none."""
     question = question.strip()
     return question if question.endswith("?") else question + "?"
 
 
-def user_content(question: str, mode: str, max_queries: int = 3, delimiter: str = ",") -> str:
+def user_content(question: str, mode: str, max_queries: int = AgentConfig.max_queries,
+                 delimiter: str = AgentConfig.query_delimiter) -> str:
     """The user message: instruction followed by the (normalised) question."""
     return instruction(mode, max_queries, delimiter) + format_question(question)
 

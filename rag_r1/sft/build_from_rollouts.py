@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
+from rag_r1.llm_agent.config import MODES, AgentConfig
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN
 from rag_r1.llm_agent.prompts import invalid_action_note, user_content
 
@@ -36,7 +37,7 @@ from rag_r1.llm_agent.prompts import invalid_action_note, user_content
 OBSERVATION_RE = re.compile(re.escape(INFO_OPEN) + ".*?" + re.escape(INFO_CLOSE), re.DOTALL)
 INFO_TAGS = ("<information>", "</information>")
 # Text the agent (not the model) writes outside information blocks.
-AGENT_NOTES = tuple(invalid_action_note(mode) for mode in ("single", "multi"))
+AGENT_NOTES = tuple(invalid_action_note(mode) for mode in MODES)
 
 
 def split_response(response: str) -> list[dict[str, str]]:
@@ -63,7 +64,7 @@ def is_success(row: dict[str, Any], em_key: str = "em") -> bool:
     return float(row[em_key]) >= 1.0
 
 
-def user_prompt(row: dict[str, Any], prompt_key: str = "prompt", mode: str = "multi") -> tuple[str, str | None]:
+def user_prompt(row: dict[str, Any], prompt_key: str = "prompt", mode: str = AgentConfig.mode) -> tuple[str, str | None]:
     """(human value, system prompt or None) of a row: its prompt text or chat messages, else the
     agent's user message for `question` in `mode`."""
     prompt = row.get(prompt_key)
@@ -81,7 +82,7 @@ def user_prompt(row: dict[str, Any], prompt_key: str = "prompt", mode: str = "mu
 
 
 def to_conversation(row: dict[str, Any], prompt_key: str = "prompt", response_key: str = "text",
-                    mode: str = "multi") -> dict[str, Any]:
+                    mode: str = AgentConfig.mode) -> dict[str, Any]:
     """One rollout row as a sharegpt conversation in the agent layout."""
     if response_key not in row:
         raise KeyError(f"rollout row has no '{response_key}' (keys: {sorted(row)}); pass --response-key")
@@ -144,7 +145,7 @@ def cut_conversations(conversation: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def build(rows: Iterable[dict[str, Any]], em_key: str = "em", prompt_key: str = "prompt",
-          response_key: str = "text", mode: str = "multi", cut: bool = False,
+          response_key: str = "text", mode: str = AgentConfig.mode, cut: bool = False,
           ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """(sharegpt samples, counts of rows read / kept / rejected by EM / malformed)."""
     samples, stats = [], {"rows": 0, "kept": 0, "rejected_em": 0, "malformed": 0}
@@ -182,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--em-key", default="em")
     parser.add_argument("--prompt-key", default="prompt")
     parser.add_argument("--response-key", default="text")
-    parser.add_argument("--mode", choices=("single", "multi"), default="multi",
-                        help="agent mode of the rollouts: picks the instruction for rows without a prompt")
+    parser.add_argument("--mode", choices=MODES, default=AgentConfig.mode,
+                        help="agent mode of the rollouts: picks the instruction for rows without a prompt "
+                             "(default %(default)s, as agent.mode)")
     args = parser.parse_args(argv)
 
     def rows():

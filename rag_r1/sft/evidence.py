@@ -1,16 +1,17 @@
 """SFT conversations from a question's evidence: search the supporting paragraphs by title, read what
 the retrieval server really returns, answer with the gold answer.
 
-The text follows docs/architecture.md ("The agent's text"): the human turn is
-`prompts.user_content(question, mode)`, each search is one gpt turn ending in `</search>`, each
-observation is `"\\n<information>\\n" + <the agent's formatter for the mode> + "\\n</information>\\n"`,
-and the last gpt turn holds the answer. Retrieved text only ever sits in observation turns.
+The text follows docs/architecture.md ("The agent's text"): the human turn is the mode's
+`user_content(question)`, each search is one gpt turn ending in `</search>`, each observation is
+`"\\n<information>\\n" + <the mode's formatter> + "\\n</information>\\n"`, and the last gpt turn
+holds the answer. Retrieved text only ever sits in observation turns. Everything that differs
+between single and multi mode comes from the `AgentMode` (rag_r1.llm_agent.modes) passed in.
 
 Round 1 searches what the question itself gives: single mode the first supporting title it names
 (or, naming none, the question as asked); multi mode every title it names together, plus the
 question as asked when it names fewer than two (a bridge question's second hop is often among
 that query's passages). Each later round searches supporting titles not brought back yet: one
-per round in single mode, up to `max_queries` in multi mode; a question is answered as soon as its
+per round in single mode, up to the agent's `max_queries` in multi mode; a question is answered as soon as its
 evidence is in. With a tokenizer, results are cut to the agent's `max_obs_length` tokens as the
 rollout cuts them.
 
@@ -19,7 +20,6 @@ rollout cuts them.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +28,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rag_r1.eval.runner import load_questions
+from rag_r1.llm_agent.config import AgentConfig
+from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN, Retriever, observation_budget
+from rag_r1.llm_agent.modes import AgentMode, format_doc
 
-from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN, Retriever
-from rag_r1.llm_agent.modes import format_doc, format_multi, format_single
-from rag_r1.llm_agent.prompts import user_content
-
-MODES = ("single", "multi")
 Cut = Callable[[str], str]  # formatted results -> what fits in one <information> block
 _QUALIFIER = re.compile(r"\s*\([^)]*\)\s*$")  # "Kiss and Tell (1945 film)" -> "Kiss and Tell"
 FINAL_THOUGHT = "The passages I found give the answer."
@@ -95,18 +93,12 @@ def _words(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def title_queries(question: EvidenceQuestion, titles: dict[str, str], mode: str, delimiter: str = ",") -> list[str]:
-    """One query per supporting passage: its title, distinct, the ones the question names first. In
-    multi mode a delimiter inside a title becomes a space, so the agent's split of the written
-    `<search>` gives these queries back."""
-    keys = (as_query(titles[pid], mode, delimiter) for pid in question.supporting_ids)
+def title_queries(question: EvidenceQuestion, titles: dict[str, str], mode: AgentMode) -> list[str]:
+    """One query per supporting passage: its title as a query of the mode (`mode.as_query`, which the
+    agent's split of the written `<search>` gives back whole), distinct, the ones the question names
+    first."""
+    keys = (mode.as_query(titles[pid]) for pid in question.supporting_ids)
     return mentioned_first(list(dict.fromkeys(k for k in keys if k)), question.question)
-
-
-def as_query(text: str, mode: str, delimiter: str = ",") -> str:
-    """A title or the question as one query of the mode: stripped, and in multi mode with the
-    delimiter made a space, so the agent's split of the written `<search>` gives it back whole."""
-    return " ".join(text.replace(delimiter, " ").split()) if mode == "multi" else text.strip()
 
 
 def retrieved_ids(rounds: list[list[str]], hits_of: dict[str, list[dict]]) -> set[str]:
@@ -114,79 +106,58 @@ def retrieved_ids(rounds: list[list[str]], hits_of: dict[str, list[dict]]) -> se
     return {hit["id"] for queries in rounds for query in queries for hit in hits_of[query]}
 
 
-def first_round(question: EvidenceQuestion, queries: list[str], mode: str, max_queries: int = 3,
-                delimiter: str = ",") -> list[str]:
+def first_round(question: EvidenceQuestion, queries: list[str], mode: AgentMode) -> list[str]:
     """Round 1 searches only what the question itself gives, so the model is never taught to guess an
-    entity it has not read yet. Single: the first title the question names, else the question.
-    Multi: every title it names (a comparison names both); with fewer than two named (a bridge
-    question, whose second hop is only learned by reading), the question itself goes in the same
-    round, where it often finds that second hop at once."""
+    entity it has not read yet: every title the question names (a comparison names both), up to the
+    mode's queries per search; with fewer than two named (a bridge question, whose second hop is only
+    learned by reading), the question itself goes in the same round, where it often finds that second
+    hop at once. Single mode: the first title the question names, else the question."""
     named = [q for q in queries if named_in(q, question.question)]
-    whole = as_query(question.question, mode, delimiter)
-    if mode == "single":
-        return named[:1] or [whole]
-    return named[:max_queries] if len(named) >= 2 else (named + [whole])[:max_queries]
+    if len(named) < 2:
+        named.append(mode.as_query(question.question))
+    return named[:mode.queries_per_search]
 
 
-def next_round(queries: list[str], searched: list[str], missing: list[str], mode: str, max_queries: int = 3
-               ) -> list[str]:
+def next_round(queries: list[str], searched: list[str], missing: list[str], mode: AgentMode) -> list[str]:
     """The titles to search next: those whose passage no round has brought back yet (`missing`, in
-    `queries` order) and that were not searched already; one (single) or up to `max_queries` (multi).
-    Empty when nothing is left to search."""
+    `queries` order) and that were not searched already, up to the mode's queries per search. Empty
+    when nothing is left to search."""
     todo = [q for q in queries if q in missing and q not in searched]
-    return todo[:1] if mode == "single" else todo[:max_queries]
+    return todo[:mode.queries_per_search]
 
 
-def search_turn(round_no: int, rounds: list[list[str]], mode: str, delimiter: str = ",", whole: str = "") -> str:
-    """The gpt turn of one search round: a short plan, then the `<search>` block. A plan names only
+def search_turn(round_no: int, rounds: list[list[str]], mode: AgentMode, whole: str = "") -> str:
+    """The gpt turn of one search round: the mode's plan, then the `<search>` block. A plan names only
     this round's queries: later ones may be entities the model learns from this round's passages.
-    The query equal to `whole` (the question itself) is named as such. The two modes word their
-    plans differently from the first word on, so a model trained on both follows the instruction it
-    is given instead of one plan for both (a shared opening taught a 135M model one query per round
-    in multi mode too)."""
+    The query equal to `whole` (the question itself) is named as such."""
     queries = rounds[round_no]
     names = join_and(["the whole question" if q == whole else q for q in queries])
-    if mode == "multi":
-        together = " in parallel" if len(queries) > 1 else ""
-        thought = f"{'Next I' if round_no > 0 else 'I'} will search {names}{together}."
-    elif round_no > 0:
-        thought = f"Next I need to look up {names}."
-    elif len(rounds) > 1:
-        thought = f"To answer this I will first look up {names}."
-    else:
-        thought = f"To answer this I need to look up {names}."
-    content = f"{delimiter} ".join(queries) if mode == "multi" else queries[0]
-    return f"<think> {thought} </think>\n<search> {content} </search>"
+    thought = mode.plan(names, round_no, len(rounds), len(queries))
+    return f"<think> {thought} </think>\n<search> {mode.join_queries(queries)} </search>"
 
 
-def observation(queries: list[str], hits: list[list[dict]], mode: str, cut: Cut | None = None) -> tuple[str, set[str]]:
+def observation(queries: list[str], hits: list[list[dict]], mode: AgentMode, cut: Cut | None = None
+                ) -> tuple[str, set[str]]:
     """The `<information>` block exactly as the agent appends it after that search, and the ids of
     the passages whose whole `Doc i(...)` line is in it (a cut can drop the last ones)."""
-    formatted = format_multi(queries, hits) if mode == "multi" else format_single(queries, hits)
+    formatted = mode.format_observation(queries, hits)
     kept = cut(formatted) if cut else formatted
     seen = set()
     for query_hits in hits:
         for rank, hit in enumerate(query_hits, start=1):
-            line = format_doc(rank, hit)
-            # Multi mode writes the lines inside JSON strings; JSON escapes character by character.
-            if (json.dumps(line, ensure_ascii=False)[1:-1] if mode == "multi" else line) in kept:
+            if mode.doc_as_observed(format_doc(rank, hit)) in kept:
                 seen.add(hit["id"])
     return INFO_OPEN + kept + INFO_CLOSE, seen
 
 
 def token_cut(tokenizer, max_obs_length: int) -> Cut:
-    """The rollout's cut (GenerationManager): results keep the first `max_obs_length` tokens minus
-    the two tags' tokens. The kept tokens are decoded back to text, which a byte-level tokenizer
-    re-encodes to the same tokens unless the cut splits a character."""
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    budget = max_obs_length - len(encode(INFO_OPEN)) - len(encode(INFO_CLOSE))
-    if budget < 1:
-        raise ValueError(f"max_obs_length={max_obs_length} leaves no room inside the <information> tags")
+    """The rollout's cut (GenerationManager): results keep their first `observation_budget` tokens.
+    The kept tokens are decoded back to text, which a byte-level tokenizer re-encodes to the same
+    tokens unless the cut splits a character."""
+    budget = observation_budget(tokenizer, max_obs_length)
 
     def cut(text: str) -> str:
-        ids = encode(text)
+        ids = tokenizer.encode(text, add_special_tokens=False)
         return text if len(ids) <= budget else tokenizer.decode(ids[:budget])
     return cut
 
@@ -208,16 +179,15 @@ def answer_turn(answer: str) -> str:
 
 
 def conversation(question: EvidenceQuestion, rounds: list[list[str]], hits_of: dict[str, list[dict]],
-                 mode: str, max_queries: int = 3, delimiter: str = ",", cut: Cut | None = None,
-                 ) -> tuple[dict, set[str]]:
+                 mode: AgentMode, cut: Cut | None = None) -> tuple[dict, set[str]]:
     """The sharegpt conversation (human prompt, then per round a search and its observation, then the
     answer) and the ids of the passages its observations show in full."""
-    turns = [{"from": "human", "value": user_content(question.question, mode, max_queries, delimiter)}]
-    whole = as_query(question.question, mode, delimiter)
+    turns = [{"from": "human", "value": mode.user_content(question.question)}]
+    whole = mode.as_query(question.question)
     seen: set[str] = set()
     for round_no, queries in enumerate(rounds):
         block, shown = observation(queries, [hits_of[q] for q in queries], mode, cut)
-        turns.append({"from": "gpt", "value": search_turn(round_no, rounds, mode, delimiter, whole)})
+        turns.append({"from": "gpt", "value": search_turn(round_no, rounds, mode, whole)})
         turns.append({"from": "observation", "value": block})
         seen |= shown
     turns.append({"from": "gpt", "value": answer_turn(question.answer)})
@@ -234,15 +204,14 @@ def retrieve_all(retriever: Retriever, queries: list[str], topk: int, batch_size
     return hits_of
 
 
-def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: str,
-             topk: int = 3, max_queries: int = 3, delimiter: str = ",", batch_size: int = 256,
-             ) -> tuple[list[list[list[str]]], dict[str, list[dict]]]:
+def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: AgentMode,
+             topk: int = AgentConfig.topk, batch_size: int = 256) -> tuple[list[list[list[str]]], dict[str, list[dict]]]:
     """(the search rounds of each question, the hits of every query). Round 1 comes from the question
     (`first_round`); each later round searches supporting titles the rounds so far did not bring back
     (`next_round`), so a question whose first round already found all its evidence is answered after
     it. The queries of every question's next round go to the server together, in batches."""
-    queries = [title_queries(q, titles, mode, delimiter) for q in questions]
-    plans = [[first_round(q, qs, mode, max_queries, delimiter)] for q, qs in zip(questions, queries)]
+    queries = [title_queries(q, titles, mode) for q in questions]
+    plans = [[first_round(q, qs, mode)] for q, qs in zip(questions, queries)]
     hits_of: dict[str, list[dict]] = {}
     open_rows = list(range(len(questions)))
     while open_rows:
@@ -251,10 +220,9 @@ def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retrieve
         still_open = []
         for i in open_rows:
             found = retrieved_ids(plans[i], hits_of)
-            missing = [as_query(titles[pid], mode, delimiter) for pid in questions[i].supporting_ids
-                       if pid not in found]
+            missing = [mode.as_query(titles[pid]) for pid in questions[i].supporting_ids if pid not in found]
             searched = [query for r in plans[i] for query in r]
-            following = next_round(queries[i], searched, missing, mode, max_queries)
+            following = next_round(queries[i], searched, missing, mode)
             if following:
                 plans[i].append(following)
                 still_open.append(i)
@@ -262,14 +230,12 @@ def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retrieve
     return plans, hits_of
 
 
-def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: str,
-                  topk: int = 3, max_queries: int = 3, delimiter: str = ",", batch_size: int = 256,
-                  cut: Cut | None = None) -> tuple[list[dict], dict[str, int]]:
+def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: AgentMode,
+                  topk: int = AgentConfig.topk, batch_size: int = 256, cut: Cut | None = None
+                  ) -> tuple[list[dict], dict[str, int]]:
     """(conversations, counts): a question is dropped when its rounds did not retrieve all its
     supporting passages, or retrieved them but the observation cut left one of them out."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {MODES}")
-    plans, hits_of = plan_all(questions, titles, retriever, mode, topk, max_queries, delimiter, batch_size)
+    plans, hits_of = plan_all(questions, titles, retriever, mode, topk, batch_size)
     samples = []
     stats = {"questions": len(questions), "kept": 0, "dropped_missing_evidence": 0, "dropped_evidence_cut": 0}
     counting = CountingCut(cut if cut is not None else (lambda text: text))
@@ -277,7 +243,7 @@ def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], ret
         if not set(q.supporting_ids) <= retrieved_ids(rounds, hits_of):
             stats["dropped_missing_evidence"] += 1
             continue
-        sample, seen = conversation(q, rounds, hits_of, mode, max_queries, delimiter, counting)
+        sample, seen = conversation(q, rounds, hits_of, mode, counting)
         if not set(q.supporting_ids) <= seen:
             stats["dropped_evidence_cut"] += 1
             continue

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from rag_r1.llm_agent.config import MODES, AgentConfig
 from scripts.bench.rollout_bench import ROOT, SHARED, load_items, start_server
 
 
@@ -33,17 +34,14 @@ def default_model() -> Path:
 
 
 def run_path(model, tokenizer, prompts, url: str, args: argparse.Namespace, caching: bool) -> dict:
-    from omegaconf import OmegaConf
-
-    from rag_r1.llm_agent.config import AgentConfig
     from rag_r1.llm_agent.generation import GenerationManager
     from rag_r1.search.client import RetrievalClient
+    from verl.trainer.config import rollout_config
     from verl.workers.rollout.hf_rollout import HFRollout
 
-    engine = HFRollout(model, tokenizer, OmegaConf.create({"response_length": args.max_new_tokens,
-                                                           "enable_prefix_caching": caching}))
+    engine = HFRollout(model, tokenizer, rollout_config(response_length=args.max_new_tokens, enable_prefix_caching=caching))
     config = AgentConfig(max_prompt_length=8192, max_start_length=2048, max_response_length=args.max_new_tokens,
-                         mode=args.mode, max_turns=args.max_turns, max_obs_length=args.max_obs_length, topk=3)
+                         mode=args.mode, max_turns=args.max_turns, max_obs_length=args.max_obs_length)
     rows = []
     start = time.perf_counter()
     with RetrievalClient(url) as client:
@@ -67,10 +65,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--questions", type=Path, default=SHARED / "train.jsonl")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--mode", choices=["single", "multi"], default="multi")
+    p.add_argument("--mode", choices=MODES, default=AgentConfig.mode)
     p.add_argument("--max-turns", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--max-obs-length", type=int, default=1000)
+    p.add_argument("--max-obs-length", type=int, default=AgentConfig.max_obs_length)
     p.add_argument("--url", help="an already running retrieval server over --corpus")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "prefix_cache_bench.json")
     args = p.parse_args(argv)

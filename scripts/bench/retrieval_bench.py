@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 import psutil
 
+from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.search.client import RetrievalClient
 from rag_r1.search.encoder import ENCODER_BACKENDS
 from rag_r1.search.launcher import ServerProcess
@@ -187,7 +188,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--levels", default="1,4,16", help="comma-separated concurrency levels")
     p.add_argument("--requests", type=int, default=240, help="requests per level")
     p.add_argument("--pool", type=int, default=97, help="distinct questions requests draw from")
-    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--topk", type=int, default=AgentConfig.topk, help="passages per query (default: the agent's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=4, help="slices per level the two servers alternate on")
     p.add_argument("--cpu-threads", type=int, help="the servers' encoder/FAISS threads (same for both)")

@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a plain file: make the repo's `scripts` 
 
 import numpy as np
 
+from rag_r1.llm_agent.modes import build_mode
 from rag_r1.search.bm25 import BM25Retriever, build_bm25
 from rag_r1.search.corpus import iter_passages, split_title
 from rag_r1.search.dense import set_search_params
@@ -91,7 +92,7 @@ def load_evidence_questions(paths: list[Path], titles: dict[str, str]) -> tuple[
     for path in paths:
         found, skipped = read_evidence_questions(path, titles)
         # The SFT builder's title queries, so this table measures what its searches can find.
-        questions += [Question(q.question, list(q.supporting_ids), title_queries(q, titles, "single")) for q in found]
+        questions += [Question(q.question, list(q.supporting_ids), title_queries(q, titles, build_mode("single"))) for q in found]
         without += skipped
     return questions, without
 

@@ -67,25 +67,25 @@ def load_items(questions: Path, corpus: Path, n: int) -> list[dict]:
 
 
 def scripts_for(items: list[dict], mode: str) -> dict[str, list[str]]:
+    """Per question: its two queries in as many searches as the mode needs (two single, one multi),
+    written as the mode writes them, then the answer."""
+    from rag_r1.llm_agent.modes import build_mode
     from rag_r1.llm_agent.prompts import format_question
 
+    agent_mode = build_mode(mode)
+    per_search = agent_mode.queries_per_search
     scripts = {}
     for item in items:
-        question = item["question"].replace(",", " ")  # a comma would split the multi-mode query
-        title = item["title"].replace(",", " ")
-        answer = f"<think> Found it. </think>\n<answer> {item['golden_answers'][0]} </answer>"
-        if mode == "single":
-            turns = [f"<think> First fact. </think>\n<search> {question} </search>",
-                     f"<think> Second fact. </think>\n<search> {title} </search>", answer]
-        else:
-            turns = [f"<think> Two facts. </think>\n<search> {question}, {title} </search>", answer]
+        queries = [agent_mode.as_query(item["question"]), agent_mode.as_query(item["title"])]
+        searches = [queries[i:i + per_search] for i in range(0, len(queries), per_search)]
+        turns = [f"<think> {len(q)} fact(s) to find. </think>\n<search> {agent_mode.join_queries(q)} </search>"
+                 for q in searches]
+        turns.append(f"<think> Found it. </think>\n<answer> {item['golden_answers'][0]} </answer>")
         scripts[format_question(item["question"])] = turns
     return scripts
 
 
 def run_mode(mode: str, items, tokenizer, url: str, args: argparse.Namespace, model_dir: Path | None) -> dict:
-    from omegaconf import OmegaConf
-
     from rag_r1.llm_agent.config import AgentConfig
     from rag_r1.llm_agent.generation import GenerationManager
     from rag_r1.llm_agent.prompts import user_content
@@ -94,17 +94,18 @@ def run_mode(mode: str, items, tokenizer, url: str, args: argparse.Namespace, mo
 
     if args.engine == "scripted":
         generate = ScriptedPolicy(tokenizer, scripts_for(items, mode))
-        turn_cap, max_turns = 256, 4
+        turn_cap, max_turns = 256, AgentConfig.max_turns
     else:
         from transformers import AutoModelForCausalLM
 
+        from verl.trainer.config import rollout_config
         from verl.workers.rollout.hf_rollout import HFRollout
 
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         turn_cap, max_turns = args.max_new_tokens, args.max_turns
-        generate = HFRollout(model, tokenizer, OmegaConf.create({"response_length": turn_cap})).generate_sequences
+        generate = HFRollout(model, tokenizer, rollout_config(response_length=turn_cap)).generate_sequences
     config = AgentConfig(max_prompt_length=4096, max_start_length=2048, max_response_length=turn_cap,
-                         mode=mode, max_turns=max_turns, topk=3)
+                         mode=mode, max_turns=max_turns)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": user_content(i["question"], mode)}],
                                              add_generation_prompt=True, tokenize=True, return_dict=False)
                for i in items]

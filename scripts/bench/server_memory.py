@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.search.client import RetrievalClient
 from rag_r1.search.launcher import ServerProcess
 
@@ -52,7 +53,7 @@ def measure(label: str, flags: list[str], corpus: Path, questions: list[str], wo
         loaded = resident_mib(server.proc.pid)
         client = RetrievalClient(server.retrieve_url, timeout=300.0)
         for start in range(0, len(questions), QUERIES_PER_REQUEST):
-            client.retrieve(questions[start:start + QUERIES_PER_REQUEST], topk=3)
+            client.retrieve(questions[start:start + QUERIES_PER_REQUEST], topk=AgentConfig.topk)
         client.close()
         searched = resident_mib(server.proc.pid)
         log = server.log()

@@ -3,7 +3,7 @@ r"""Build SFT conversations (sharegpt JSONL) for questions that name their evide
     python start_retrieval.py --retriever dense --corpus DATA/corpus.jsonl --index DATA.faiss &
     python scripts/data_process/build_sft_from_evidence.py --questions DATA/train.jsonl \
         --corpus DATA/corpus.jsonl --retrieval-url http://127.0.0.1:8000/retrieve --mode multi \
-        --out data/sft/evidence_multi.jsonl [--topk 3] [--tokenizer MODEL_DIR --max-obs-length 1000]
+        --out data/sft/evidence_multi.jsonl [--topk K] [--tokenizer MODEL_DIR --max-obs-length N]
 
 For every question with `supporting_ids`: per round a short plan and a `<search>` aimed at its
 supporting passages (round 1: the titles the question names, and in multi mode the question as
@@ -27,7 +27,9 @@ if __package__ in (None, ""):  # run as a plain file: make the repo importable
 
 from rag_r1.search.client import RetrievalClient
 from rag_r1.search.corpus import iter_passages, split_title
-from rag_r1.sft.evidence import MODES, build_dataset, read_evidence_questions, token_cut
+from rag_r1.llm_agent.config import MODES, AgentConfig
+from rag_r1.llm_agent.modes import build_mode
+from rag_r1.sft.evidence import build_dataset, read_evidence_questions, token_cut
 
 
 def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
@@ -39,15 +41,19 @@ def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
                         help="retrieval server URL(s), e.g. http://127.0.0.1:8000/retrieve")
     parser.add_argument("--mode", choices=MODES, required=True, help="single: one query per round; multi: up to --max-queries per round")
     parser.add_argument("--out", type=Path, required=True, help="sharegpt JSONL to write")
-    parser.add_argument("--topk", type=int, default=3, help="passages per query, as the agent's topk (default 3)")
-    parser.add_argument("--max-queries", type=int, default=3, help="multi mode: queries per round (default 3)")
-    parser.add_argument("--delimiter", default=",", help="multi mode: query separator (default ',')")
+    parser.add_argument("--topk", type=int, default=AgentConfig.topk,
+                        help="passages per query, as agent.topk (default %(default)s)")
+    parser.add_argument("--max-queries", type=int, default=AgentConfig.max_queries,
+                        help="multi mode: queries per round, as agent.max_queries (default %(default)s)")
+    parser.add_argument("--delimiter", default=AgentConfig.query_delimiter,
+                        help="multi mode: query separator, as agent.query_delimiter (default %(default)r)")
     parser.add_argument("--batch-size", type=int, default=256, help="queries per retrieval request (default 256)")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer dir of the model to train: cut each observation to --max-obs-length "
                              "tokens as the rollout does (default: no cut)")
-    parser.add_argument("--max-obs-length", type=int, default=1000,
-                        help="tokens of one <information> block, tags included, as agent.max_obs_length (default 1000)")
+    parser.add_argument("--max-obs-length", type=int, default=AgentConfig.max_obs_length,
+                        help="tokens of one <information> block, tags included, as agent.max_obs_length "
+                             "(default %(default)s)")
     args = parser.parse_args(argv)
     for path in (args.questions, args.corpus):
         if not path.is_file():
@@ -64,8 +70,8 @@ def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
         from transformers import AutoTokenizer
 
         cut = token_cut(AutoTokenizer.from_pretrained(args.tokenizer), args.max_obs_length)
-    samples, stats = build_dataset(questions, titles, retriever, args.mode, args.topk, args.max_queries,
-                                   args.delimiter, args.batch_size, cut)
+    mode = build_mode(args.mode, args.max_queries, args.delimiter)
+    samples, stats = build_dataset(questions, titles, retriever, mode, args.topk, args.batch_size, cut)
     stats["skipped_no_supporting_ids"] = without
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:

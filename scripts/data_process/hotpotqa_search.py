@@ -12,26 +12,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scripts.data_process.search_data import convert_questions, read_json_list, write_parquet
+from scripts.data_process.search_data import (add_query_arguments, convert_questions, prompt_mode, read_json_list,
+                                               write_parquet)
 
 SPLITS = {"train": "train_data.json", "test": "test_data.json"}
 
 
-def main(argv: list[str] | None = None, mode: str = "single") -> dict[str, int]:
+def main(argv: list[str] | None = None, *, mode: str) -> dict[str, int]:
+    """Both splits with the instruction of `mode` (this module: single; hotpotqa_search_mq: multi)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_dir", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="directory for train.parquet / test.parquet")
     p.add_argument("--data_source", default="hotpotqa")
     p.add_argument("--limit", type=int, default=None, help="keep the first N questions of each split")
+    add_query_arguments(p)
     args = p.parse_args(argv)
     counts = {}
     for split, name in SPLITS.items():
         items = read_json_list(args.input_dir / name)[: args.limit]
-        rows = convert_questions(items, args.data_source, mode, split)
+        rows = convert_questions(items, args.data_source, prompt_mode(mode, args), split)
         counts[split] = write_parquet(rows, args.out / f"{split}.parquet")
         print(f"{args.out / f'{split}.parquet'}: {counts[split]} rows ({mode}-query prompt)")
     return counts
 
 
 if __name__ == "__main__":
-    main()
+    main(mode="single")

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scripts.data_process.search_data import convert_questions, read_jsonl, write_parquet
+from rag_r1.llm_agent.config import MODES, AgentConfig
+from scripts.data_process.search_data import (add_query_arguments, convert_questions, prompt_mode, read_jsonl,
+                                               write_parquet)
 
 SEVEN_SETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 
@@ -22,17 +24,20 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p.add_argument("--input_dir", required=True, type=Path, help="holds <set>.jsonl for every set")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--sets", nargs="+", default=list(SEVEN_SETS))
-    p.add_argument("--mode", choices=["single", "multi"], default="multi", help="instruction of the prompt")
+    p.add_argument("--mode", choices=MODES, default=AgentConfig.mode,
+                   help="instruction of the prompt (default %(default)s, as agent.mode)")
     p.add_argument("--data_source", default=None, help="one data_source for every set (default: set name)")
     p.add_argument("--split", default="test", help="extra_info.split of the rows")
+    add_query_arguments(p)
     args = p.parse_args(argv)
     missing = [s for s in args.sets if not (args.input_dir / f"{s}.jsonl").is_file()]
     if missing:
         raise SystemExit(f"qa_eval_sets: no {', '.join(f'{s}.jsonl' for s in missing)} in {args.input_dir}")
     counts = {}
+    mode = prompt_mode(args.mode, args)
     for name in args.sets:
-        rows = convert_questions(read_jsonl(args.input_dir / f"{name}.jsonl"), args.data_source or name,
-                                 args.mode, args.split)
+        rows = convert_questions(read_jsonl(args.input_dir / f"{name}.jsonl"), args.data_source or name, mode,
+                                 args.split)
         counts[name] = write_parquet(rows, args.out / f"{name}.parquet")
         print(f"{args.out / f'{name}.parquet'}: {counts[name]} rows")
     return counts

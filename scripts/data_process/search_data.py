@@ -2,28 +2,44 @@
 
 A row is `{"data_source", "prompt": [{"role": "user", "content": instruction + question}],
 "ability", "reward_model": {"style": "rule", "ground_truth": {"target": [answers]}}, "extra_info":
-{"split", "index", "question", ...}}`; the instruction is `rag_r1.llm_agent.prompts`' text of the
-chosen mode.
+{"split", "index", "question", ...}}`; the instruction is the chosen mode's (rag_r1.llm_agent.modes),
+which must be the one the RL run's `agent.*` asks for (the agent loop checks it).
 """
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from rag_r1.llm_agent.prompts import user_content
+from rag_r1.llm_agent.config import AgentConfig
+from rag_r1.llm_agent.modes import AgentMode, build_mode
 
 
-def make_row(question: str, golden_answers: str | list[str], data_source: str, mode: str, split: str,
+def add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max_queries and --query_delimiter: the multi-mode instruction states them (as agent.*)."""
+    parser.add_argument("--max_queries", type=int, default=AgentConfig.max_queries,
+                        help="multi mode: queries per search the instruction allows, as agent.max_queries "
+                             "(default %(default)s)")
+    parser.add_argument("--query_delimiter", default=AgentConfig.query_delimiter,
+                        help="multi mode: query separator, as agent.query_delimiter (default %(default)r)")
+
+
+def prompt_mode(name: str, args: argparse.Namespace) -> AgentMode:
+    """The mode `name` with the query settings of `add_query_arguments`."""
+    return build_mode(name, args.max_queries, args.query_delimiter)
+
+
+def make_row(question: str, golden_answers: str | list[str], data_source: str, mode: AgentMode, split: str,
              index: int, extra: dict | None = None) -> dict:
     answers = [golden_answers] if isinstance(golden_answers, str) else [str(a) for a in golden_answers]
     if not answers:
         raise ValueError(f"{data_source} {split} row {index} has no golden answer: {question!r}")
     return {
         "data_source": data_source,
-        "prompt": [{"role": "user", "content": user_content(question, mode)}],
+        "prompt": [{"role": "user", "content": mode.user_content(question)}],
         "ability": "fact-reasoning",
         "reward_model": {"style": "rule", "ground_truth": {"target": answers}},
         "extra_info": {"split": split, "index": index, "question": question.strip(), **(extra or {})},
@@ -51,7 +67,7 @@ def write_parquet(rows: Iterable[dict], path: Path) -> int:
     return len(frame)
 
 
-def convert_questions(items: list[dict], data_source: str, mode: str, split: str,
+def convert_questions(items: list[dict], data_source: str, mode: AgentMode, split: str,
                       keep: tuple[str, ...] = ("id", "supporting_ids")) -> list[dict]:
     """Rows of `items`; the keys in `keep` that an item has go to extra_info."""
     rows = []

@@ -16,6 +16,7 @@ from scripts.results.pipeline import REPO, Pipeline, PipelineConfig, invocation,
 DEFAULTS = PipelineConfig(
     data_dir=REPO / "data" / "demo",
     out_dir=REPO / "outputs" / "demo",
+    # what the demo world and a half-hour CPU budget change; every other field is the pipeline's
     topk=2,  # invented names: a title's passage comes first; two passages per query keep contexts short
     sft_questions=24,
     sft_epochs=2,
@@ -28,10 +29,8 @@ DEFAULTS = PipelineConfig(
     max_gen_batches=2,
     max_obs_length=512,
     frontier_questions=16,
-    rl_token_budget=2048,
     eval_runs=("base-multi", "sft-multi", "rl-single", "rl-multi"),
     eval_limit=None,
-    eval_max_turns=3,
     eval_max_new_tokens=64,
 )
 

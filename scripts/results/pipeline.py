@@ -20,8 +20,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rag_r1.llm_agent.config import AgentConfig
+
 REPO = Path(__file__).resolve().parents[2]
 DATA_SOURCE = "closed_multihop"  # scored by exact match (rag_r1.reward.REWARDS)
+# RL runs in multi-query mode; its questions (frontier), prompts (RL data), guides and agent.mode
+# are all built in it, so they agree whatever AgentConfig's default mode is.
+RL_MODE = "multi"
 
 
 @dataclass
@@ -30,12 +35,12 @@ class PipelineConfig:
     out_dir: Path
     model: str | None = None  # base HF checkpoint; None = the pip-shipped SmolLM2-135M-Instruct, converted
     encoder: str = "minilm"  # sentence-transformers dir/name, or "minilm" for the pip-shipped MiniLM
-    topk: int = 3
+    topk: int = AgentConfig.topk  # passages per query, in every stage
     seed: int = 0  # picks the SFT questions and the evaluated test questions
     # SFT on evidence trajectories of both modes, so the model follows whichever instruction it gets.
     sft_questions: int = 64  # train questions per mode (a seeded sample) turned into SFT conversations
     sft_epochs: int = 1
-    sft_steps: int | None = None  # caps the steps (None = sft_epochs over the data)
+    sft_steps: int | None = None  # steps of the SFT run, whatever sft_epochs (None = sft_epochs over the data)
     sft_batch: int = 8
     sft_lr: float = 1e-4
     sft_max_length: int = 2048
@@ -71,7 +76,7 @@ class PipelineConfig:
     # Tokens of one <information> block (SFT data, PPO and eval alike): a multi-query round of two
     # queries x 3 passages needs ~720 (median) on hotpotqa_closed; at 600, 18% of the multi-mode SFT
     # trajectories lose evidence to the cut.
-    max_obs_length: int = 1000
+    max_obs_length: int = AgentConfig.max_obs_length
     ppo_temperature: float = 1.0
     # Evaluation on test.jsonl
     # model-mode pairs evaluated (model: base | sft | rl; mode: single | multi), in this order
@@ -188,10 +193,10 @@ class Pipeline:
         return out
 
     def build_guides(self, questions: Path, url: str) -> Path:
-        """Gold multi-mode trajectories of the RL questions, to mix into their groups."""
+        """Gold trajectories of the RL questions in the RL mode, to mix into their groups."""
         out = self.out / "rl_data" / "guides.jsonl"
         if not out.exists():
-            self.evidence_trajectories("guides", questions, url, "multi", out)
+            self.evidence_trajectories("guides", questions, url, RL_MODE, out)
         return out
 
     def evidence_trajectories(self, title: str, questions: Path, url: str, mode: str, out: Path) -> None:
@@ -208,7 +213,7 @@ class Pipeline:
         c = self.cfg
         candidates = self.sampled(c.data_dir / "train.jsonl", c.frontier_questions, out / "candidates.jsonl")
         self.sh("frontier", ["-m", "rag_r1.eval.frontier", "--model", model, "--questions", candidates,
-                             "--retrieval-url", url, "--mode", "multi", "--out", out, "--n", str(c.frontier_n),
+                             "--retrieval-url", url, "--mode", RL_MODE, "--out", out, "--n", str(c.frontier_n),
                              "--temperature", str(c.rl_temperature), "--batch-size", str(c.eval_batch_size),
                              *self.agent_flags(c.rl_max_turns, c.rl_response_length),
                              *(["--keep-never"] if c.guides else [])])
@@ -218,7 +223,7 @@ class Pipeline:
         out = self.out / "rl_data"
         if not (out / "train.parquet").exists():
             self.sh("RL data", ["-m", "scripts.data_process.qa_eval_sets", "--input_dir", questions.parent,
-                                "--sets", questions.stem, "--mode", "multi", "--data_source", DATA_SOURCE,
+                                "--sets", questions.stem, "--mode", RL_MODE, "--data_source", DATA_SOURCE,
                                 "--out", out])
         return out
 
@@ -229,10 +234,9 @@ class Pipeline:
         run_dir = self.out / "runs" / "sft"
         overrides = [f"data.train_files=[{','.join(str(p) for p in data)}]",
                      f"data.max_length={self.cfg.sft_max_length}", f"data.train_batch_size={self.cfg.sft_batch}",
-                     "data.micro_batch_size_per_gpu=2", f"model.partial_pretrain={base}",
-                     f"optim.lr={self.cfg.sft_lr}", "optim.warmup_steps_ratio=0.1",
+                     f"model.partial_pretrain={base}", f"optim.lr={self.cfg.sft_lr}", "optim.warmup_steps_ratio=0.1",
                      f"trainer.total_epochs={self.cfg.sft_epochs}", f"trainer.default_local_dir={run_dir}",
-                     "trainer.logger=[console,jsonl]", "trainer.experiment_name=sft", "trainer.device=cpu"]
+                     "trainer.logger=[console,jsonl]", "trainer.device=cpu"]
         if self.cfg.sft_steps is not None:
             overrides.append(f"trainer.total_training_steps={self.cfg.sft_steps}")
         self.sh("SFT", ["-m", "verl.trainer.fsdp_sft_trainer", *overrides])
@@ -255,31 +259,30 @@ class Pipeline:
             f"actor_rollout_ref.actor.optim.lr={c.rl_lr}", f"actor_rollout_ref.actor.ppo_mini_batch_size={c.rl_batch}",
             "actor_rollout_ref.actor.use_dynamic_bsz=true",
             f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={c.rl_token_budget}",
-            "actor_rollout_ref.actor.entropy_coeff=0.001", "actor_rollout_ref.actor.state_masking=true",
-            "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.loop=rag_r1.llm_agent.loop:SearchAgentLoop",
+            "actor_rollout_ref.actor.entropy_coeff=0.001",
+            "actor_rollout_ref.rollout.loop=rag_r1.llm_agent.loop:SearchAgentLoop",
             f"actor_rollout_ref.rollout.n={c.rl_n}", f"actor_rollout_ref.rollout.temperature={c.rl_temperature}",
             f"algorithm.filter_groups.enable={str(c.filter_groups).lower()}",
             f"algorithm.filter_groups.max_num_gen_batches={c.max_gen_batches}",
-            "agent.mode=multi", f"agent.max_turns={c.rl_max_turns}", f"agent.topk={c.topk}",
+            f"agent.mode={RL_MODE}", f"agent.max_turns={c.rl_max_turns}", f"agent.topk={c.topk}",
             f"agent.max_obs_length={c.max_obs_length}", f"retriever.url={url}",
             "custom_reward_function.path=rag_r1.reward:compute_score",
             f"+custom_reward_function.reward_kwargs.scorer={c.reward}",
-            "trainer.device=cpu", "trainer.n_gpus_per_node=1", f"trainer.total_training_steps={c.rl_steps}",
+            f"trainer.total_training_steps={c.rl_steps}",
             "trainer.save_freq=1", "trainer.max_actor_ckpt_to_keep=1", "trainer.max_critic_ckpt_to_keep=1",
-            "trainer.test_freq=-1", "trainer.val_before_train=false",
+            "trainer.val_before_train=false",
             "trainer.logger=[console,jsonl]", f"trainer.default_local_dir={run_dir}",
-            "trainer.project_name=rag_r1", f"trainer.experiment_name={c.algo}_multi",
+            f"trainer.experiment_name={c.algo}_{RL_MODE}",
             "ray_init.include_dashboard=false",  # a local run; the dashboard only costs start-up time and a port
         ]
         if guides is not None:
             overrides.append(f"agent.guide_file={guides}")
         if c.algo == "grpo":
             overrides += ["algorithm.adv_estimator=grpo"]
-        else:  # the paper's PPO: GAE, a critic, KL to the reference in the reward
+        else:  # the paper's PPO: GAE with a critic (named, as grpo is above), KL to the reference in the reward
             overrides += [
-                "algorithm.adv_estimator=gae", "algorithm.gamma=1.0", "algorithm.lam=1.0",
-                "algorithm.use_kl_in_reward=true", "algorithm.kl_penalty=kl", "algorithm.kl_ctrl.kl_coef=0.001",
-                f"critic.model.path={sft}", f"critic.optim.lr={c.rl_critic_lr}", f"critic.ppo_mini_batch_size={c.rl_batch}",
+                "algorithm.adv_estimator=gae", "algorithm.use_kl_in_reward=true",
+                f"critic.optim.lr={c.rl_critic_lr}", f"critic.ppo_mini_batch_size={c.rl_batch}",
                 "critic.use_dynamic_bsz=true", f"critic.ppo_max_token_len_per_gpu={c.rl_token_budget}"]
         self.sh(f"RL ({c.algo})", ["-m", "verl.trainer.main_ppo", *overrides])
         shutil.copytree(latest_step_dir(run_dir) / "actor" / "huggingface", target, dirs_exist_ok=True)

@@ -3,7 +3,9 @@
 `configs/ppo_trainer.yaml` and the command line only override these values. `compose_config`
 builds the config the way `python -m verl.trainer.main_ppo key=value ...` does; a misspelled key
 fails there ("Key 'trian_files' is not in struct"), and `check_config` names every mandatory key
-left unset (`???`) and every inconsistent batch size before a worker starts.
+left unset (`???`), every inconsistent batch size and every veRL key set to a value this trainer does
+not implement ("... is not supported ...", FIXED_KEYS) before a worker starts. Code reads the typed
+attributes (`config.actor.ppo_epochs`), never `.get(key, default)`: the default lives here only.
 
 The `agent` and `retriever` nodes are free-form here: the rollout loop that reads them
 (`actor_rollout_ref.rollout.loop`) validates them with its own schema.
@@ -31,7 +33,6 @@ class DataConfig:
     max_prompt_length: int = 512  # tokens; longer prompts are filtered or truncated
     max_start_length: int = 256  # agent loops: cap of the initial prompt inside the rolling prompt
     max_response_length: int = 512  # tokens generated per turn
-    max_obs_length: int = 512  # agent loops: tokens of one observation block
     train_batch_size: int = 64  # prompts per step (before rollout.n samples)
     val_batch_size: Optional[int] = None  # prompts per validation batch; None = whole set at once
     shuffle: bool = True  # reshuffle the training set every epoch
@@ -46,7 +47,7 @@ class ModelConfig:
     tokenizer_path: Optional[str] = None  # defaults to `path`
     trust_remote_code: bool = False
     enable_gradient_checkpointing: bool = False
-    use_remove_padding: bool = False  # accepted for veRL compatibility; padding is kept on CPU
+    use_remove_padding: bool = False  # veRL's packed sequences: not supported (sequences keep their padding)
     override_config: dict[str, Any] = field(default_factory=dict)  # passed to the HF config
     lora_rank: int = 0  # actor only: LoRA adapters of this rank train instead of all weights; 0 = off
     lora_alpha: float = 16  # LoRA scaling is lora_alpha / lora_rank
@@ -62,19 +63,19 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # cosine floor, fraction of lr
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    total_training_steps: int = -1  # filled in by the trainer from the data and trainer.*
+    total_training_steps: int = -1  # filled in by the trainer (trainer.total_training_steps): not to be set
 
 
 @dataclass
 class FSDPConfig:
     param_offload: bool = False
     optimizer_offload: bool = False
-    fsdp_size: int = -1  # -1: shard over all ranks
+    fsdp_size: int = -1  # ranks a model is sharded over: all of them (-1, or the world size) is what is supported
 
 
 @dataclass
 class ActorConfig:
-    strategy: str = "fsdp"
+    strategy: str = "fsdp"  # fsdp | fsdp2: both train with FSDP2 (fully_shard) here
     ppo_mini_batch_size: int = 16  # prompts per optimizer step (multiplied by rollout.n)
     ppo_micro_batch_size_per_gpu: int = 4  # rows per forward/backward (gradient accumulation)
     # Micro-batches by a token budget instead of ppo_micro_batch_size_per_gpu rows: each holds as many
@@ -91,7 +92,7 @@ class ActorConfig:
     entropy_coeff: float = 0.0  # entropy bonus in the policy loss
     use_kl_loss: bool = False  # KL to the reference policy as a loss term (GRPO style)
     kl_loss_coef: float = 0.001
-    kl_loss_type: str = "low_var_kl"  # kl | abs | mse | low_var_kl
+    kl_loss_type: str = "low_var_kl"  # an estimator of core_algos.KL_ESTIMATORS: kl | abs | mse | low_var_kl
     grad_clip: float = 1.0  # max gradient norm
     # No policy loss, and no log-prob, on tokens the policy did not write (info_mask 1: retrieved
     # blocks); critic.state_masking is the same for the value loss and GAE.
@@ -122,7 +123,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5  # vllm
     tensor_model_parallel_size: int = 1  # vllm
     enforce_eager: bool = True  # vllm
-    free_cache_engine: bool = True  # vllm
+    free_cache_engine: bool = True  # vllm: the engine sleeps (frees its memory) between rollouts; always on
     max_num_batched_tokens: int = 8192  # vllm
     # Reuse the keys/values of earlier turns: hf continues each row from the previous call's cache
     # (only an agent's new tokens are encoded); vllm turns on its automatic prefix caching.
@@ -146,7 +147,7 @@ class RefConfig:
 
 @dataclass
 class ActorRolloutRefConfig:
-    hybrid_engine: bool = True  # actor and rollout share the weights
+    hybrid_engine: bool = True  # actor and rollout share the weights; always on
     model: ModelConfig = field(default_factory=ModelConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -156,17 +157,17 @@ class ActorRolloutRefConfig:
 @dataclass
 class CriticModelConfig:
     path: str = "${actor_rollout_ref.model.path}"  # the value model starts from the policy
-    tokenizer_path: Optional[str] = None
+    tokenizer_path: Optional[str] = None  # not supported: the critic reads the actor's token ids
     trust_remote_code: bool = False
     enable_gradient_checkpointing: bool = False
-    use_remove_padding: bool = False
+    use_remove_padding: bool = False  # not supported, as actor_rollout_ref.model.use_remove_padding
     override_config: dict[str, Any] = field(default_factory=dict)
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
 
 
 @dataclass
 class CriticConfig:
-    strategy: str = "fsdp"
+    strategy: str = "fsdp"  # fsdp | fsdp2, as the actor's
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
     model: CriticModelConfig = field(default_factory=CriticModelConfig)
     ppo_mini_batch_size: int = 16  # prompts per optimizer step (multiplied by rollout.n)
@@ -186,7 +187,7 @@ class CriticConfig:
 
 @dataclass
 class KLControlConfig:
-    type: str = "fixed"  # fixed | adaptive
+    type: str = "fixed"  # core_algos.KL_CONTROLLERS: fixed | adaptive
     kl_coef: float = 0.001  # (initial) coefficient of the KL penalty in the reward
     target_kl: float = 0.1  # adaptive only
     horizon: int = 10000  # adaptive only
@@ -208,7 +209,7 @@ class AlgorithmConfig:
     gamma: float = 1.0
     lam: float = 1.0
     norm_adv_by_std_in_grpo: bool = True
-    kl_penalty: str = "kl"  # estimator of the in-reward KL: kl | abs | mse | low_var_kl
+    kl_penalty: str = "kl"  # estimator of the in-reward KL (core_algos.KL_ESTIMATORS): kl | abs | mse | low_var_kl
     use_kl_in_reward: bool = False
     kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
     filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
@@ -217,16 +218,18 @@ class AlgorithmConfig:
 @dataclass
 class TrainerConfig:
     total_epochs: int = 1
-    total_training_steps: Optional[int] = None  # caps the steps; None = total_epochs over the data
+    # The three as in the SFT trainer (verl.trainer.steps). Steps of the run; None = total_epochs
+    # passes over the data; set, it wins over total_epochs (the data repeats, or the run stops mid-epoch).
+    total_training_steps: Optional[int] = None
     project_name: str = "rag_r1"
     experiment_name: str = "ppo"
     logger: list[str] = field(default_factory=lambda: ["console"])  # console | wandb | tensorboard
     nnodes: int = 1
     n_gpus_per_node: int = 1  # workers per node (CPU processes when there is no GPU)
-    save_freq: int = -1  # steps between checkpoints; -1 = never
+    save_freq: int = -1  # > 0: every N steps and after the last; 0: after the last only; -1: never
     max_actor_ckpt_to_keep: Optional[int] = None  # newest actor checkpoints kept on disk; None = all
     max_critic_ckpt_to_keep: Optional[int] = None  # newest critic checkpoints kept on disk; None = all
-    test_freq: int = -1  # steps between validations; -1 = never (and at the end when > 0)
+    test_freq: int = -1  # validation, same meaning (val_before_train adds one before the first step)
     critic_warmup: int = 0  # steps that update only the critic
     val_before_train: bool = True
     default_local_dir: str = "checkpoints/${trainer.project_name}/${trainer.experiment_name}"
@@ -262,7 +265,7 @@ def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
     schema = OmegaConf.structured(PPOConfig)
-    for free_form in FREE_FORM_NODES:  # `agent.max_turns=4` works without Hydra's `+`
+    for free_form in FREE_FORM_NODES:  # `agent.max_turns=N` works without Hydra's `+`
         OmegaConf.set_struct(schema[free_form], False)
     ConfigStore.instance().store(name=SCHEMA_NAME, node=schema)
 
@@ -272,8 +275,43 @@ def compose_config(overrides: list[str] | None = None, config_name: str = CONFIG
     return compose_checked(config_name, overrides, register_schema, check_config)
 
 
+def schema_node(path: str, values: dict[str, Any] | None = None) -> DictConfig:
+    """The typed node at `path` ("critic", "actor_rollout_ref.rollout", ...; "" = the whole config) of the
+    default config, with `values` merged in: for a part built without the trainer (an engine in evaluation
+    or a benchmark, a worker in a test). Unknown keys raise; interpolations resolve against the schema's
+    other defaults."""
+    root = OmegaConf.structured(PPOConfig)
+    if not path:
+        return OmegaConf.merge(root, values or {})
+    OmegaConf.update(root, path, values or {}, merge=True)
+    return OmegaConf.select(root, path)
+
+
+def rollout_config(**values: Any) -> DictConfig:
+    """The `actor_rollout_ref.rollout` node with these values: the config of an engine (HFRollout)
+    that generates outside the trainer."""
+    return schema_node("actor_rollout_ref.rollout", values)
+
+
+# veRL keys this trainer implements at one setting only: another value fails the check, naming the
+# key, instead of being accepted and ignored. key -> (the values that work, why).
+FIXED_KEYS: dict[str, tuple[tuple, str]] = {
+    "actor_rollout_ref.hybrid_engine": ((True,), "the actor and the rollout always share the weights"),
+    "actor_rollout_ref.actor.strategy": (("fsdp", "fsdp2"), "training always runs FSDP2"),
+    "critic.strategy": (("fsdp", "fsdp2"), "training always runs FSDP2"),
+    "actor_rollout_ref.model.use_remove_padding": ((False,), "sequences keep their padding"),
+    "critic.model.use_remove_padding": ((False,), "sequences keep their padding"),
+    "critic.model.tokenizer_path": ((None,), "the critic reads the actor's token ids"),
+    "actor_rollout_ref.rollout.free_cache_engine": ((True,), "the vLLM engine always sleeps between rollouts"),
+    "actor_rollout_ref.actor.optim.total_training_steps": ((-1,), "the trainer sets it; use trainer.total_training_steps"),
+    "critic.optim.total_training_steps": ((-1,), "the trainer sets it; use trainer.total_training_steps"),
+}
+FSDP_NODES = ("actor_rollout_ref.actor.fsdp_config", "actor_rollout_ref.ref.fsdp_config", "critic.model.fsdp_config")
+
+
 def check_config(config: DictConfig) -> None:
-    """Raise ValueError naming every unset mandatory key and every inconsistent setting."""
+    """Raise ValueError naming every unset mandatory key, every inconsistent setting and every key set
+    to a value this trainer does not implement."""
     problems = [f"missing mandatory key '{key}'" for key in sorted(_missing_keys(config))]
     if problems:
         raise ValueError("config: " + "; ".join(problems))
@@ -287,10 +325,11 @@ def check_config(config: DictConfig) -> None:
         with_critic = True
     if algo.adv_estimator == "grpo" and arr.rollout.n < 2:
         problems.append("actor_rollout_ref.rollout.n must be >= 2 for algorithm.adv_estimator=grpo")
-    if algo.kl_ctrl.type not in ("fixed", "adaptive"):
-        problems.append(f"algorithm.kl_ctrl.type={algo.kl_ctrl.type!r}: expected fixed or adaptive")
-    if algo.kl_penalty not in ("kl", "abs", "mse", "low_var_kl", "k1", "k2", "k3"):
-        problems.append(f"algorithm.kl_penalty={algo.kl_penalty!r}: expected kl, abs, mse or low_var_kl")
+    problems += _not_registered(config, "algorithm.kl_ctrl.type", core_algos.KL_CONTROLLERS)
+    for key in ("algorithm.kl_penalty", "actor_rollout_ref.actor.kl_loss_type"):
+        problems += _not_registered(config, key, core_algos.KL_ESTIMATORS)
+    for key in ("actor_rollout_ref.actor.loss_agg_mode", "critic.loss_agg_mode"):
+        problems += _not_registered(config, key, core_algos.LOSS_AGG_MODES)
     if data.truncation not in ("error", "left", "right"):
         problems.append(f"data.truncation={data.truncation!r}: expected error, left or right")
     for node in ("actor_rollout_ref.actor", "critic") if with_critic else ("actor_rollout_ref.actor",):
@@ -304,8 +343,34 @@ def check_config(config: DictConfig) -> None:
     for backend in config.trainer.logger:
         if backend not in LOGGER_BACKENDS:
             problems.append(f"trainer.logger has {backend!r}: expected one of {', '.join(LOGGER_BACKENDS)}")
+    problems += _unsupported(config)
     if problems:
         raise ValueError("config: " + "; ".join(problems))
+
+
+def _not_registered(config: DictConfig, key: str, registry: dict) -> list[str]:
+    value = OmegaConf.select(config, key)
+    return [] if value in registry else [f"{key}={value!r}: expected one of {', '.join(sorted(registry))}"]
+
+
+def _unsupported(config: DictConfig) -> list[str]:
+    """Problems of the keys set to a value this trainer does not implement."""
+    problems = []
+    for key, (works, why) in FIXED_KEYS.items():
+        value = OmegaConf.select(config, key)
+        if value not in works:
+            problems.append(f"{key}={value!r} is not supported ({why}); supported: {', '.join(map(repr, works))}")
+    world = config.trainer.nnodes * config.trainer.n_gpus_per_node
+    for node in FSDP_NODES:
+        size = OmegaConf.select(config, f"{node}.fsdp_size")
+        if size not in (-1, world):
+            problems.append(f"{node}.fsdp_size={size} is not supported (every model is sharded over all "
+                            f"{world} workers); supported: -1 or {world}")
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.tensor_model_parallel_size > 1 and rollout.name != "vllm":
+        problems.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size} "
+                        f"is not supported with rollout.name={rollout.name} (vllm only)")
+    return problems
 
 
 def _missing_keys(node: DictConfig, prefix: str = "") -> list[str]:

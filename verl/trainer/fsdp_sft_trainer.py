@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
+from verl.trainer.steps import is_due, run_length
 from verl.utils import checkpoint as ckpt
 from verl.utils.dataset.sft_dataset import SFTDataset
 from verl.utils.hydra_config import CONFIG_DIR, compose_checked
@@ -70,9 +71,11 @@ class TrainerConfig:
     project_name: str = "rag_r1"
     experiment_name: str = "sft"
     total_epochs: int = 1
-    total_training_steps: Optional[int] = None  # caps the steps; None = total_epochs over the data
-    save_freq: int = -1  # steps between checkpoints; -1 = only the final one
-    test_freq: int = -1  # steps between validations; -1 = only after the last step
+    # The three as in the PPO trainer (verl.trainer.steps). Steps of the run; None = total_epochs
+    # passes over the data; set, it wins over total_epochs (the data repeats, or the run stops mid-epoch).
+    total_training_steps: Optional[int] = None
+    save_freq: int = 0  # > 0: every N steps and after the last; 0: after the last only; -1: never
+    test_freq: int = 0  # validation (with data.val_files), same meaning
     logger: list[str] = field(default_factory=lambda: ["console"])  # console | wandb | tensorboard
     seed: int = 1  # data order and initial RNG
     resume_mode: str = "auto"  # auto | disable | <path to a global_step_N directory>
@@ -309,9 +312,7 @@ def fit(config: SFTConfig) -> dict[str, float]:
     steps_per_epoch = len(train_set) // data.train_batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"data.train_batch_size={data.train_batch_size} > {len(train_set)} training conversations")
-    total_steps = steps_per_epoch * trainer.total_epochs
-    if trainer.total_training_steps is not None:
-        total_steps = min(total_steps, trainer.total_training_steps)
+    total_steps = run_length(steps_per_epoch, trainer.total_epochs, trainer.total_training_steps)
 
     model = build_model(str(resume_dir or config.model.partial_pretrain), config.model, device, world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
@@ -342,10 +343,10 @@ def fit(config: SFTConfig) -> dict[str, float]:
         metrics.update({"train/lr": lr, "train/epoch": (step - 1) // steps_per_epoch,
                         "perf/tokens_per_s": metrics["train/tokens"] / (time.perf_counter() - started)})
         last = step == total_steps
-        if val_set is not None and ((trainer.test_freq > 0 and step % trainer.test_freq == 0) or last):
+        if val_set is not None and is_due(trainer.test_freq, step, last):
             metrics["val/loss"] = validation_loss(model, val_set, data.micro_batch_size_per_gpu, rank, world, device)
         tracker.log(metrics, step=step)
-        if (trainer.save_freq > 0 and step % trainer.save_freq == 0) or last:
+        if is_due(trainer.save_freq, step, last):
             save_checkpoint(trainer.default_local_dir, step, model, tokenizer, optimizer, scheduler, rank)
         progress.update(1)
     progress.close()

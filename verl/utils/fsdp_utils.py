@@ -25,7 +25,7 @@ from verl.utils.model import decoder_layer_classes
 
 def apply_fsdp2(model: torch.nn.Module, fsdp_cfg, use_gpu: bool) -> torch.nn.Module:
     """Shard each transformer block, then the root (embeddings, head), over all ranks."""
-    offload = bool(fsdp_cfg.get("param_offload", False) or fsdp_cfg.get("optimizer_offload", False))
+    offload = fsdp_cfg.param_offload or fsdp_cfg.optimizer_offload
     if use_gpu and not offload:
         model.to(torch.device("cuda", 0))
     mesh = init_device_mesh("cuda" if use_gpu else "cpu", (dist.get_world_size(),))
@@ -77,12 +77,10 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg) -> torch.opt
 
     Warm-up steps: `lr_warmup_steps` when > 0, else `lr_warmup_steps_ratio * total_training_steps`.
     """
-    total = int(optim_cfg.get("total_training_steps", -1))
-    warmup = int(optim_cfg.get("lr_warmup_steps", -1))
+    total, warmup, style = optim_cfg.total_training_steps, optim_cfg.lr_warmup_steps, optim_cfg.warmup_style
     if warmup <= 0:
-        warmup = int(float(optim_cfg.get("lr_warmup_steps_ratio", 0.0)) * max(total, 0))
-    style = optim_cfg.get("warmup_style", "constant")
-    min_ratio = float(optim_cfg.get("min_lr_ratio", 0.0) or 0.0)
+        warmup = int(optim_cfg.lr_warmup_steps_ratio * max(total, 0))
+    min_ratio = optim_cfg.min_lr_ratio
     if style not in ("constant", "cosine"):
         raise ValueError(f"optim.warmup_style must be constant or cosine, got {style!r}")
     if style == "cosine" and total <= 0:

@@ -21,15 +21,15 @@ BASE_SUFFIX = ".base_layer.weight"
 
 
 def lora_enabled(model_cfg) -> bool:
-    return int(model_cfg.get("lora_rank", 0) or 0) > 0
+    return model_cfg.lora_rank > 0
 
 
 def lora_config(model_cfg):
     from peft import LoraConfig
 
-    target = model_cfg.get("target_modules", "all-linear")
+    target = model_cfg.target_modules
     target = target if isinstance(target, str) else [str(t) for t in target]
-    return LoraConfig(r=int(model_cfg.lora_rank), lora_alpha=float(model_cfg.get("lora_alpha", 16)),
+    return LoraConfig(r=int(model_cfg.lora_rank), lora_alpha=float(model_cfg.lora_alpha),
                       target_modules=target, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 
 
@@ -44,7 +44,7 @@ def apply_lora(model: torch.nn.Module, model_cfg) -> torch.nn.Module:
 
 
 def lora_scaling(model_cfg) -> float:
-    return float(model_cfg.get("lora_alpha", 16)) / int(model_cfg.lora_rank)
+    return float(model_cfg.lora_alpha) / int(model_cfg.lora_rank)
 
 
 @contextmanager

@@ -7,11 +7,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 
 def hf_config(model_cfg: DictConfig):
-    overrides = model_cfg.get("override_config", None) or {}
-    if not isinstance(overrides, dict):
-        overrides = OmegaConf.to_container(overrides, resolve=True)
+    overrides = OmegaConf.to_container(model_cfg.override_config, resolve=True)
     return AutoConfig.from_pretrained(
-        model_cfg.path, trust_remote_code=model_cfg.get("trust_remote_code", False), **overrides
+        model_cfg.path, trust_remote_code=model_cfg.trust_remote_code, **overrides
     )
 
 
@@ -19,9 +17,9 @@ def load_causal_lm(model_cfg: DictConfig, dtype: torch.dtype = torch.float32) ->
     """The policy as HF stores it, in `dtype` (fp32 master weights for training)."""
     model = AutoModelForCausalLM.from_pretrained(
         model_cfg.path, config=hf_config(model_cfg), torch_dtype=dtype,
-        trust_remote_code=model_cfg.get("trust_remote_code", False),
+        trust_remote_code=model_cfg.trust_remote_code,
     )
-    if model_cfg.get("enable_gradient_checkpointing", False):
+    if model_cfg.enable_gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
@@ -52,9 +50,9 @@ def load_value_model(model_cfg: DictConfig, dtype: torch.dtype = torch.float32) 
     # AutoModel drops the LM head of a *ForCausalLM checkpoint and keeps its body.
     backbone = AutoModel.from_pretrained(
         model_cfg.path, config=config, torch_dtype=dtype,
-        trust_remote_code=model_cfg.get("trust_remote_code", False),
+        trust_remote_code=model_cfg.trust_remote_code,
     )
-    if model_cfg.get("enable_gradient_checkpointing", False):
+    if model_cfg.enable_gradient_checkpointing:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return ValueModel(backbone, config.hidden_size).to(dtype)
 

@@ -45,15 +45,15 @@ def _rows_per_rank(prompts_per_step: int, samples_per_prompt: int, world_size: i
 
 def _log_prob_batching(node) -> tuple[int, int | None]:
     """(rows per micro-batch, token budget or None) of a log-prob pass, from its config node."""
-    budget = node.log_prob_max_token_len_per_gpu if node.get("log_prob_use_dynamic_bsz", False) else None
+    budget = node.log_prob_max_token_len_per_gpu if node.log_prob_use_dynamic_bsz else None
     return node.log_prob_micro_batch_size_per_gpu, budget
 
 
 def _make_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer:
     # frozen weights (the base model under LoRA) get no optimizer state
     return torch.optim.AdamW(
-        [p for p in module.parameters() if p.requires_grad], lr=optim_cfg.lr, betas=tuple(optim_cfg.get("betas", (0.9, 0.999))),
-        weight_decay=optim_cfg.get("weight_decay", 0.01),
+        [p for p in module.parameters() if p.requires_grad], lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
+        weight_decay=optim_cfg.weight_decay,
     )
 
 
@@ -139,7 +139,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
     def init_model(self) -> None:
         model_cfg = self.config.model
         self.tokenizer = AutoTokenizer.from_pretrained(
-            model_cfg.get("tokenizer_path") or model_cfg.path, trust_remote_code=model_cfg.get("trust_remote_code", False))
+            model_cfg.tokenizer_path or model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
         if self._is_actor or self._is_rollout:
             model = load_causal_lm(model_cfg)
             if self.trains_adapter_only:
@@ -165,7 +165,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             from verl.workers.rollout.hf_rollout import HFRollout
 
             # fp32 on CPU (no fast bf16 kernels there); on GPU the dtype FSDP computes in
-            dtype = getattr(torch, self.config.rollout.get("dtype", "bfloat16")) if self.use_gpu else torch.float32
+            dtype = getattr(torch, self.config.rollout.dtype) if self.use_gpu else torch.float32
             engine_module = load_causal_lm(self.config.model, dtype=dtype).to(device()).eval()
             scaling = lora_scaling(self.config.model) if self.trains_adapter_only else None
             return (HFRollout(engine_module, self.tokenizer, self.config.rollout),
@@ -178,7 +178,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             from verl.workers.rollout.vllm_rollout import VLLMRollout
 
             rollout = VLLMRollout(self.config.model.path, self.config.rollout, self.tokenizer)
-            tp_size = self.config.rollout.get("tensor_model_parallel_size", 1)
+            tp_size = self.config.rollout.tensor_model_parallel_size
             return rollout, FSDPVLLMShardingManager(self.module, rollout, tp_size)
         raise ValueError(f"rollout.name must be hf or vllm, got {name!r}")
 
@@ -263,12 +263,12 @@ class CriticWorker(_TrainStateMixin, Worker):
         super().__init__()
         self.config = config
         self.use_gpu = device().type == "cuda"
-        self.mini_batch_rows = _rows_per_rank(config.ppo_mini_batch_size, config.get("rollout_n", 1),
+        self.mini_batch_rows = _rows_per_rank(config.ppo_mini_batch_size, config.rollout_n,
                                               self.world_size, "critic.ppo_mini_batch_size")
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
-        if not self.config.model.get("path"):
+        if not self.config.model.path:
             raise ValueError("critic.model.path is unset (veRL defaults it to actor_rollout_ref.model.path)")
         model = load_value_model(self.config.model)
         self.module = fsdp_utils.apply_fsdp2(model, self.config.model.fsdp_config, self.use_gpu)

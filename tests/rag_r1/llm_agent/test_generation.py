@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN, GenerationManager, trajectory_metrics
-from rag_r1.llm_agent.prompts import invalid_action_note
+from rag_r1.llm_agent.prompts import invalid_action_note, user_content
 from rag_r1.llm_agent.scripted import ScriptedPolicy
+from verl.trainer.config import rollout_config, schema_node
 
 LONG_TEXT = "The quick brown fox jumps over the lazy dog. " * 20
 
@@ -112,15 +112,15 @@ def test_real_engine_rollout_shapes(tiny_model_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    rollout = HFRollout(model, tokenizer, OmegaConf.create({"response_length": 6}))
-    cfg = OmegaConf.create({
+    rollout = HFRollout(model, tokenizer, rollout_config(response_length=6))
+    cfg = schema_node("", {
         "data": {"max_prompt_length": 256, "max_start_length": 128, "max_response_length": 6},
         "agent": {"max_turns": 1},
         "actor_rollout_ref": {"rollout": {"do_sample": False, "val_kwargs": {"do_sample": False}}},
     })
     loop = SearchAgentLoop(cfg, tokenizer, rollout.generate_sequences, retriever=FakeRetriever())
-    prompts = build_prompt_batch([encode(tokenizer, "Who was born first?"), encode(tokenizer, "Which city?")],
-                                 tokenizer.pad_token_id)
+    questions = ("Who was born first?", "Which city?")
+    prompts = build_prompt_batch([encode(tokenizer, user_content(q, "multi")) for q in questions], tokenizer.pad_token_id)
     out = loop.run(prompts)
     response_mask, info_mask = out.batch["response_mask"], out.batch["info_mask"]
     assert out.batch["input_ids"].shape == (2, prompts.batch["input_ids"].shape[1] + response_mask.shape[1])

@@ -5,15 +5,15 @@ import json
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rag_r1.llm_agent.guides import load_guides
 from rag_r1.llm_agent.loop import SearchAgentLoop
-from rag_r1.llm_agent.modes import build_mode
+from rag_r1.llm_agent.modes import mode_of
 from rag_r1.llm_agent.prompts import user_content
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.reward import compute_score
+from verl.trainer.config import rollout_config, schema_node
 from verl.workers.rollout.base import build_prompt_batch
 
 from test_generation import FakeRetriever
@@ -39,7 +39,7 @@ def prompt_ids(tokenizer, question):
 
 def test_a_guide_is_the_conversation_with_its_observation_masked(tiny_model_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    mode = build_mode(AgentConfig(64, 64, 8))
+    mode = mode_of(AgentConfig(64, 64, 8))
     guides = load_guides(write_guides(tmp_path / "g.jsonl", ["Where is Paris?"]), tok, mode.queries_of)
     guide = guides[tuple(prompt_ids(tok, "Where is Paris?"))]
     assert tok.decode(guide.response) == "".join(TURNS) + tok.eos_token
@@ -55,12 +55,12 @@ def test_training_groups_get_their_guide_and_validation_does_not(tiny_model_dir,
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     path = write_guides(tmp_path / "g.jsonl", ["Where is Paris?"])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    cfg = OmegaConf.create({
+    cfg = schema_node("", {
         "data": {"max_prompt_length": 512, "max_start_length": 256, "max_response_length": 4},
         "agent": {"max_turns": 1, "guide_file": str(path)},
         "actor_rollout_ref": {"rollout": {"do_sample": False, "val_kwargs": {"do_sample": False}}},
     })
-    rollout = HFRollout(model, tok, OmegaConf.create({"response_length": 4}))
+    rollout = HFRollout(model, tok, rollout_config(response_length=4))
     loop = SearchAgentLoop(cfg, tok, rollout.generate_sequences, retriever=FakeRetriever())
     questions = ["Where is Paris?", "Where is Paris?", "Where is Rome?", "Where is Rome?"]
     prompts = build_prompt_batch([prompt_ids(tok, q) for q in questions], tok.pad_token_id)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from rag_r1.llm_agent.loop import SearchAgentLoop
 from rag_r1.llm_agent.prompts import invalid_action_note, user_content
 from rag_r1.llm_agent.scripted import ScriptedPolicy
 from rag_r1.reward import compute_score
+from verl.trainer.config import schema_node
 from verl.trainer.ppo.reward import RewardManager
 from verl.workers.rollout.base import build_prompt_batch
 
@@ -33,7 +33,7 @@ QUESTIONS = {"Who found penicillin": A, "Which is the tallest African peak": B, 
 
 
 def make_config(url: str, mode: str = "multi", max_turns: int = 2):
-    return OmegaConf.create({
+    return schema_node("", {
         "data": {"max_prompt_length": 1024, "max_start_length": 512, "max_response_length": 256},
         "agent": {"mode": mode, "max_turns": max_turns, "topk": 1},
         "retriever": {"url": url},
@@ -180,3 +180,57 @@ def test_evidence_step_metrics_by_round_with_parquet_style_ids():
                        "env/evidence_recall_round_1": 0.5, "env/evidence_recall_round_2": 0.75}
     assert evidence_step_metrics(np.array([{"id": "x"}], dtype=object), rows[:1]) == {}
     assert evidence_step_metrics(None, rows) == {}
+
+
+def answering_loop(tokenizer, **agent):
+    """A loop whose policy answers at once (no retrieval), with these agent.* settings."""
+    from test_generation import FakeRetriever
+
+    config = make_config("http://127.0.0.1:1/retrieve")
+    config.agent.update(agent)
+    script = {q: ["<answer> x </answer>"] for q in QUESTIONS}
+    return SearchAgentLoop(config, tokenizer, ScriptedPolicy(tokenizer, script), retriever=FakeRetriever())
+
+
+def test_prompts_of_the_other_mode_stop_the_run_naming_both(tokenizer):
+    prompts, _ = prompt_batch(tokenizer, list(QUESTIONS), "multi")
+    with pytest.raises(ValueError, match=r"3 of the first 3 training prompts lack the instruction that "
+                                         r"agent\.mode=single.*expects 'When you are missing a fact, look it up by "
+                                         r"writing one query.*the data's prompt has 'When you are missing facts, look "
+                                         r"them up by writing up to three short queries, separated by commas"):
+        answering_loop(tokenizer, mode="single").run(prompts)
+
+
+def test_prompts_with_other_query_settings_stop_the_run(tokenizer):
+    prompts, _ = prompt_batch(tokenizer, list(QUESTIONS), "multi")
+    with pytest.raises(ValueError, match=r"agent\.max_queries=2, agent\.query_delimiter=';'.*expects '.*up to two "
+                                         r"short queries, separated by semicolons.*prompt has '.*up to three short "
+                                         r"queries, separated by commas"):
+        answering_loop(tokenizer, max_queries=2, query_delimiter=";").run(prompts)
+    # the same settings on both sides pass
+    token_lists = [tokenizer.apply_chat_template([{"role": "user", "content": user_content(q, "multi", 2, ";")}],
+                                                 add_generation_prompt=True, tokenize=True, return_dict=False)
+                   for q in QUESTIONS]
+    out = answering_loop(tokenizer, max_queries=2, query_delimiter=";").run(
+        build_prompt_batch(token_lists, tokenizer.pad_token_id))
+    assert list(out.non_tensor_batch["answered"]) == [True] * 3
+
+
+def test_a_prompt_without_our_instruction_stops_the_run(tokenizer):
+    bare = build_prompt_batch([tokenizer.encode("Who found penicillin?", add_special_tokens=False)],
+                              tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="1 of the first 1 validation prompts.*no instruction of rag_r1"):
+        answering_loop(tokenizer).run(bare, validate=True)
+
+
+def test_the_first_batch_of_training_and_of_validation_is_checked(tokenizer, monkeypatch):
+    import rag_r1.llm_agent.loop as loop_module
+
+    checked = []
+    real = loop_module.check_instruction
+    monkeypatch.setattr(loop_module, "check_instruction", lambda *a: checked.append(a[2]) or real(*a))
+    loop = answering_loop(tokenizer)
+    prompts, _ = prompt_batch(tokenizer, list(QUESTIONS), "multi")
+    for validate in (False, False, True, True, False):
+        loop.run(prompts, validate=validate)
+    assert checked == ["training", "validation"]

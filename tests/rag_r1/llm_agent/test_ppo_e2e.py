@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
+from rag_r1.llm_agent.modes import build_mode
 from scripts.data_process.search_data import convert_questions, write_parquet
 from verl.trainer.config import compose_config
 from verl.trainer.main_ppo import build_trainer
@@ -25,7 +26,7 @@ def ray_session():
 
 def test_two_ppo_steps_multi_query(tmp_path, tiny_model_dir, retrieval_server, ray_session):
     for split in ("train", "test"):
-        write_parquet(convert_questions(QUESTIONS, "hotpotqa", "multi", split), tmp_path / f"{split}.parquet")
+        write_parquet(convert_questions(QUESTIONS, "hotpotqa", build_mode("multi"), split), tmp_path / f"{split}.parquet")
     config = compose_config([
         f"data.train_files={tmp_path / 'train.parquet'}", f"data.val_files={tmp_path / 'test.parquet'}",
         "data.train_batch_size=2", "data.val_batch_size=2", "data.max_prompt_length=2048",

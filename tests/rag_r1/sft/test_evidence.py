@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from rag_r1.llm_agent.actions import split_queries
 from rag_r1.llm_agent.prompts import user_content
 from rag_r1.search.corpus import split_title
 from rag_r1.search.launcher import ServerProcess
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN
+from rag_r1.llm_agent.modes import build_mode
 from rag_r1.sft.evidence import EvidenceQuestion, build_dataset, conversation, observation, title_queries, token_cut
 from scripts.data_process import build_sft_from_evidence
 
@@ -24,6 +24,7 @@ PASSAGES = {
     "e4": '"Paris, Texas"\nParis, Texas is a city in Lamar County.',
 }
 TITLES = {pid: split_title(contents)[0] for pid, contents in PASSAGES.items()}
+SINGLE, MULTI = build_mode("single"), build_mode("multi")
 
 ADA = EvidenceQuestion("q1", "Who designed the machine Ada Lovelace programmed", "Charles Babbage", ("e0", "e1"))
 EVEREST = EvidenceQuestion("q2", "When was Everest first climbed?", "1953", ("e2", "e3"))
@@ -69,7 +70,7 @@ COMPARE = EvidenceQuestion("q8", "Who designed the machine Ada Lovelace programm
 
 def test_multi_mode_conversation_exact_text():
     # The question names both titles, so one round searches them together.
-    samples, stats = build_dataset([COMPARE], TITLES, stub(), "multi", topk=2)
+    samples, stats = build_dataset([COMPARE], TITLES, stub(), MULTI, topk=2)
     assert stats == counts(questions=1, kept=1)
     assert samples == [{"conversations": [
         {"from": "human", "value": user_content(COMPARE.question, "multi")},
@@ -90,7 +91,7 @@ def test_multi_mode_conversation_exact_text():
 
 
 def test_single_mode_searches_one_title_per_round_exact_text():
-    samples, _ = build_dataset([ADA], TITLES, stub(), "single", topk=1)
+    samples, _ = build_dataset([ADA], TITLES, stub(), SINGLE, topk=1)
     assert [t["from"] for t in samples[0]["conversations"]] == \
         ["human", "gpt", "observation", "gpt", "observation", "gpt"]
     assert [t["value"] for t in samples[0]["conversations"][1:]] == [
@@ -115,13 +116,13 @@ def search_rounds(sample: dict) -> list[str]:
 
 def test_the_title_the_question_names_is_searched_first():
     # The question names the Analytical Engine, not Ada Lovelace (its second hop).
-    samples, _ = build_dataset([BRIDGE], TITLES, stub(), "single", topk=1)
+    samples, _ = build_dataset([BRIDGE], TITLES, stub(), SINGLE, topk=1)
     assert search_rounds(samples[0]) == ["Analytical Engine", "Ada Lovelace"]
 
 
 def test_multi_mode_searches_a_bridge_questions_named_title_with_the_question_itself():
     # The question finds nothing here: the unnamed second hop comes in round 2, after reading round 1.
-    samples, stats = build_dataset([BRIDGE], TITLES, stub(), "multi", topk=1)
+    samples, stats = build_dataset([BRIDGE], TITLES, stub(), MULTI, topk=1)
     assert stats == counts(questions=1, kept=1)
     assert search_rounds(samples[0]) == ["Analytical Engine, Who programmed the Analytical Engine first?",
                                          "Ada Lovelace"]
@@ -132,46 +133,46 @@ def test_multi_mode_searches_a_bridge_questions_named_title_with_the_question_it
     # When the question itself brings the second hop back, one round holds all the evidence.
     found = stub()
     found.results[BRIDGE.question] = ["e0"]
-    samples, _ = build_dataset([BRIDGE], TITLES, found, "multi", topk=1)
+    samples, _ = build_dataset([BRIDGE], TITLES, found, MULTI, topk=1)
     assert search_rounds(samples[0]) == ["Analytical Engine, Who programmed the Analytical Engine first?"]
     assert samples[0]["conversations"][1]["value"] == (
         "<think> I will search Analytical Engine and the whole question in parallel. </think>\n"
         "<search> Analytical Engine, Who programmed the Analytical Engine first? </search>")
-    assert split_queries(search_rounds(samples[0])[0]) == ["Analytical Engine", BRIDGE.question]
+    assert MULTI.queries_of(search_rounds(samples[0])[0]) == ["Analytical Engine", BRIDGE.question]
     # Single mode keeps one query per round: the named title, then the missing one.
-    samples, _ = build_dataset([BRIDGE], TITLES, found, "single", topk=1)
+    samples, _ = build_dataset([BRIDGE], TITLES, found, SINGLE, topk=1)
     assert search_rounds(samples[0]) == ["Analytical Engine", "Ada Lovelace"]
 
 
 def test_a_question_naming_no_title_is_searched_as_asked_first():
     # "Everest" is not the title "Mount Everest": no guessing of titles the question does not give.
     retriever = StubRetriever({EVEREST.question: ["e2"], "Tenzing Norgay": ["e3"], "Mount Everest": ["e2"]})
-    for mode in ("single", "multi"):
+    for mode in (SINGLE, MULTI):
         samples, stats = build_dataset([EVEREST], TITLES, retriever, mode, topk=1)
         assert stats == counts(questions=1, kept=1)
         assert search_rounds(samples[0]) == ["When was Everest first climbed?", "Tenzing Norgay"]
     # A question with a delimiter reads, in multi mode, as one query.
     commas = EvidenceQuestion("q9", "Where, in Texas, is Paris?", "Lamar County", ("e4",))
     retriever = StubRetriever({"Where in Texas is Paris?": ["e4"]})
-    samples, _ = build_dataset([commas], TITLES, retriever, "multi", topk=1)
+    samples, _ = build_dataset([commas], TITLES, retriever, MULTI, topk=1)
     assert search_rounds(samples[0]) == ["Where in Texas is Paris?"]
 
 
 def test_questions_missing_evidence_are_dropped_and_counted():
     third = EvidenceQuestion("q3", "Which county is Paris, Texas in?", "Lamar County", ("e4",))
-    samples, stats = build_dataset([ADA, EVEREST, third], TITLES, stub(), "multi", topk=3)
+    samples, stats = build_dataset([ADA, EVEREST, third], TITLES, stub(), MULTI, topk=3)
     assert stats == counts(questions=3, kept=2, dropped_missing_evidence=1)
     assert [s["conversations"][-1]["value"].split("<answer> ")[1] for s in samples] == \
         ["Charles Babbage </answer>", "Lamar County </answer>"]
     # topk=1 in single mode: "Analytical Engine" still brings e1, but EVEREST still lacks e3.
-    _, stats = build_dataset([ADA, EVEREST], TITLES, stub(), "single", topk=1)
+    _, stats = build_dataset([ADA, EVEREST], TITLES, stub(), SINGLE, topk=1)
     assert stats == counts(questions=2, kept=1, dropped_missing_evidence=1)
 
 
 def test_each_round_of_the_whole_set_goes_in_batched_requests_each_query_once():
     retriever = stub()
     again = EvidenceQuestion("q4", "Who wrote for the Analytical Engine?", "Ada Lovelace", ("e1", "e0"))
-    build_dataset([ADA, EVEREST, again], TITLES, retriever, "multi", topk=2, batch_size=3)
+    build_dataset([ADA, EVEREST, again], TITLES, retriever, MULTI, topk=2, batch_size=3)
     # Round 1: each question's named title and the question itself; round 2: only titles still
     # missing (q1 and q4 found both passages by their named title; EVEREST found nothing).
     assert retriever.calls == [
@@ -182,7 +183,7 @@ def test_each_round_of_the_whole_set_goes_in_batched_requests_each_query_once():
 
 def test_model_turns_never_hold_retrieved_text():
     third = EvidenceQuestion("q3", "Which county is Paris, Texas in?", "Lamar County", ("e4",))
-    for mode in ("single", "multi"):
+    for mode in (SINGLE, MULTI):
         samples, _ = build_dataset([ADA, EVEREST, third], TITLES, stub(), mode, topk=3)
         gpt_values = [t["value"] for s in samples for t in s["conversations"] if t["from"] == "gpt"]
         # kept: q1 and q3, each one round (topk=3 brings q1's second passage with its first) + answer
@@ -195,10 +196,11 @@ def test_model_turns_never_hold_retrieved_text():
 def test_multi_mode_titles_with_the_delimiter_survive_the_agents_split():
     question = EvidenceQuestion("q7", "Did Ada Lovelace ever visit Paris, Texas?", "no", ("e0", "e4", "e0"))
     # Both titles are named in the question, so their order is kept; duplicates go.
-    assert title_queries(question, TITLES, "single") == ["Ada Lovelace", "Paris, Texas"]
-    queries = title_queries(question, TITLES, "multi")
+    assert title_queries(question, TITLES, SINGLE) == ["Ada Lovelace", "Paris, Texas"]
+    queries = title_queries(question, TITLES, MULTI)
     assert queries == ["Ada Lovelace", "Paris Texas"]
-    assert split_queries("Ada Lovelace, Paris Texas") == queries
+    assert MULTI.join_queries(queries) == "Ada Lovelace, Paris Texas"
+    assert MULTI.queries_of("Ada Lovelace, Paris Texas") == queries
 
 
 def test_observations_are_cut_to_the_agents_token_budget(tiny_model_dir):
@@ -209,9 +211,9 @@ def test_observations_are_cut_to_the_agents_token_budget(tiny_model_dir):
         len(tokenizer.encode(INFO_CLOSE, add_special_tokens=False))
     hits_of = {"Ada Lovelace": [stub_hit("e0")], "Analytical Engine": [stub_hit("e1")]}
     rounds = [["Ada Lovelace"], ["Analytical Engine"]]
-    full, seen = conversation(ADA, rounds, hits_of, "single")
+    full, seen = conversation(ADA, rounds, hits_of, SINGLE)
     assert seen == {"e0", "e1"}
-    short, seen = conversation(ADA, rounds, hits_of, "single", cut=token_cut(tokenizer, tags + 12))
+    short, seen = conversation(ADA, rounds, hits_of, SINGLE, cut=token_cut(tokenizer, tags + 12))
     assert seen == set()  # no passage line survives whole
     for whole, cut in zip(full["conversations"], short["conversations"]):
         if whole["from"] != "observation":
@@ -222,11 +224,11 @@ def test_observations_are_cut_to_the_agents_token_budget(tiny_model_dir):
         # Exactly the first 12 tokens of the results survive, between the intact tags.
         assert kept == tokenizer.decode(tokenizer.encode(body, add_special_tokens=False)[:12])
         assert body.startswith(kept) and len(kept) < len(body)
-    samples, stats = build_dataset([ADA], TITLES, stub(), "single", topk=1, cut=token_cut(tokenizer, tags + 12))
+    samples, stats = build_dataset([ADA], TITLES, stub(), SINGLE, topk=1, cut=token_cut(tokenizer, tags + 12))
     assert samples == [] and stats == {"questions": 1, "kept": 0, "dropped_missing_evidence": 0,
                                        "dropped_evidence_cut": 1, "observations_cut": 2}
     # A budget that holds everything changes nothing.
-    roomy, stats = build_dataset([ADA], TITLES, stub(), "single", topk=1, cut=token_cut(tokenizer, 1000))
+    roomy, stats = build_dataset([ADA], TITLES, stub(), SINGLE, topk=1, cut=token_cut(tokenizer, 1000))
     assert roomy == [full] and stats["observations_cut"] == 0
     with pytest.raises(ValueError, match="max_obs_length=3 leaves no room"):
         token_cut(tokenizer, 3)
@@ -235,18 +237,13 @@ def test_observations_are_cut_to_the_agents_token_budget(tiny_model_dir):
 def test_multi_observation_counts_a_passage_seen_only_when_its_whole_line_survives():
     hits = [[stub_hit("e0"), stub_hit("e1")], [stub_hit("e2")]]
     queries = ["Ada Lovelace", "Analytical Engine"]
-    block, seen = observation(queries, hits, "multi")
+    block, seen = observation(queries, hits, MULTI)
     assert seen == {"e0", "e1", "e2"}
     # The JSON string escapes the newline between lines as backslash-n.
-    _, seen = observation(queries, hits, "multi", cut=lambda text: text[:text.index("\\nDoc 2")])
+    _, seen = observation(queries, hits, MULTI, cut=lambda text: text[:text.index("\\nDoc 2")])
     assert seen == {"e0"}
-    _, seen = observation(queries, hits, "multi", cut=lambda text: text[:text.index('", "Doc 1')])
+    _, seen = observation(queries, hits, MULTI, cut=lambda text: text[:text.index('", "Doc 1')])
     assert seen == {"e0", "e1"}
-
-
-def test_unknown_mode_is_an_error():
-    with pytest.raises(ValueError, match="mode='both'"):
-        build_dataset([ADA], TITLES, stub(), "both")
 
 
 # --- the CLI against the real server -----------------------------------------------------------

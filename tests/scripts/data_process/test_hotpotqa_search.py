@@ -46,8 +46,9 @@ def test_instructions_differ_only_in_the_search_part():
 
 
 def test_real_rl_split_reads_back_through_the_trainer_dataset(shared_data, tmp_path, tiny_model_dir):
-    from omegaconf import OmegaConf
     from transformers import AutoTokenizer
+
+    from verl.trainer.config import schema_node
 
     source = shared_data / "ragr1_rl" / "hotpotqa_train_filter_mq"
     counts = hotpotqa_search.main(["--input_dir", str(source), "--out", str(tmp_path), "--limit", "20"], mode="multi")
@@ -55,7 +56,7 @@ def test_real_rl_split_reads_back_through_the_trainer_dataset(shared_data, tmp_p
     first = json.loads((source / "train_data.json").read_text())[0]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     dataset = RLHFDataset(str(tmp_path / "train.parquet"), tokenizer,
-                          OmegaConf.create({"max_prompt_length": 4096, "filter_overlong_prompts": True}))
+                          schema_node("data", {"max_prompt_length": 4096}))
     assert len(dataset) == 20
     item = dataset[0]
     assert item["reward_model"]["ground_truth"] == {"target": [first["golden_answers"]]}
@@ -79,3 +80,14 @@ def test_eval_sets_keep_ids_and_supporting_ids(shared_data, tmp_path):
 def test_eval_sets_name_missing_files(tmp_path):
     with pytest.raises(SystemExit, match="no nq.jsonl"):
         qa_eval_sets.main(["--input_dir", str(tmp_path), "--sets", "nq", "--out", str(tmp_path / "o")])
+
+
+def test_the_instruction_states_the_agents_query_settings(tmp_path):
+    from rag_r1.llm_agent.prompts import instruction
+
+    (tmp_path / "nq.jsonl").write_text(json.dumps({"id": "1", "question": "Who?", "golden_answers": ["A"]}) + "\n")
+    qa_eval_sets.main(["--input_dir", str(tmp_path), "--sets", "nq", "--out", str(tmp_path / "o"), "--mode", "multi",
+                       "--max_queries", "2", "--query_delimiter", ";"])
+    prompt = pd.read_parquet(tmp_path / "o" / "nq.parquet").iloc[0]["prompt"][0]["content"]
+    assert prompt == instruction("multi", 2, ";") + "Who?"
+    assert "up to two short queries, separated by semicolons" in prompt

@@ -5,14 +5,13 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
+from verl.trainer.config import schema_node
 from verl.utils.fsdp_utils import build_lr_scheduler
 
 
 def lrs(steps: int, **optim) -> list[float]:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_lr_scheduler(opt, OmegaConf.create({"lr": 1.0, **optim}))
+    sched = build_lr_scheduler(opt, schema_node("actor_rollout_ref.actor.optim", {"lr": 1.0, **optim}))
     out = []
     for _ in range(steps):
         out.append(sched.get_last_lr()[0])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from test_fsdp_workers import ROWS, RESPONSE, _GradRecorder, actor_config, critic_config, local_actor, make_batch
 from verl.protocol import DataProto
+from verl.trainer.config import schema_node
 from verl.utils.seqlen_balancing import micro_batch_indices, split_to_count, token_budget_groups
 from verl.workers.rollout.base import assemble_output, build_prompt_batch
 
@@ -87,10 +87,10 @@ def test_dynamic_bsz_values_equal_fixed_micro_batches(tiny_model_dir, model_and_
 
     _, tok = model_and_tok
     data = make_batch(len(tok), tok.pad_token_id, seed=9)
-    module = load_value_model(OmegaConf.create({"path": str(tiny_model_dir)}))
+    module = load_value_model(schema_node("critic.model", {"path": str(tiny_model_dir)}))
     torch.nn.init.normal_(module.value_head.weight)
     fixed = critic_config(tiny_model_dir)
-    dynamic = OmegaConf.merge(fixed, {"use_dynamic_bsz": True, "forward_max_token_len_per_gpu": 20})
+    dynamic = critic_config(tiny_model_dir, use_dynamic_bsz=True, forward_max_token_len_per_gpu=20)
     torch.testing.assert_close(DataParallelPPOCritic(dynamic, module).compute_values(data),
                                DataParallelPPOCritic(fixed, module).compute_values(data), atol=1e-5, rtol=1e-5)
 
@@ -128,8 +128,8 @@ def test_gradient_checkpointing_gives_the_same_policy_gradient(tiny_model_dir, m
     data.batch["advantages"] = torch.linspace(-1, 1, ROWS * RESPONSE).reshape(ROWS, RESPONSE)
     grads = []
     for checkpointing in (False, True):
-        model = load_causal_lm(OmegaConf.create({"path": str(tiny_model_dir),
-                                                 "enable_gradient_checkpointing": checkpointing}))
+        model = load_causal_lm(schema_node("actor_rollout_ref.model", {"path": str(tiny_model_dir),
+                                                                 "enable_gradient_checkpointing": checkpointing}))
         assert model.is_activation_checkpointing == checkpointing
         recorder = _GradRecorder(model.parameters())
         local_actor(model, actor_config(tiny_model_dir), recorder).update_policy(data)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl.protocol import DataProto
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.trainer.config import schema_node
 from verl.workers.actor.dp_actor import DataParallelPPOActor, policy_loss_mask
 from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
 from verl.workers.rollout.base import assemble_output, build_prompt_batch
@@ -20,31 +20,22 @@ ROWS, RESPONSE = 8, 6
 
 
 def actor_config(model_dir, **actor_overrides):
-    actor = {
-        "ppo_mini_batch_size": 8, "ppo_micro_batch_size_per_gpu": 2, "ppo_epochs": 1, "shuffle": False,
-        "clip_ratio": 0.2, "clip_ratio_low": None, "clip_ratio_high": None, "clip_ratio_c": 3.0,
-        "loss_agg_mode": "token-mean", "entropy_coeff": 0.0, "use_kl_loss": False, "kl_loss_coef": 0.001,
-        "kl_loss_type": "low_var_kl", "grad_clip": 1.0e6, "state_masking": True,
-        "optim": {"lr": 1e-3, "lr_warmup_steps": -1, "lr_warmup_steps_ratio": 0.0, "warmup_style": "constant",
-                  "weight_decay": 0.0, "betas": [0.9, 0.999], "total_training_steps": 10},
-        "fsdp_config": {"param_offload": False, "optimizer_offload": False},
-        **actor_overrides,
-    }
-    return OmegaConf.create({
-        "model": {"path": str(model_dir), "enable_gradient_checkpointing": False},
-        "actor": actor,
-        "rollout": {"name": "hf", "n": 1, "temperature": 1.0, "top_p": 1.0, "do_sample": True,
-                    "response_length": RESPONSE, "micro_batch_size": None, "log_prob_micro_batch_size_per_gpu": 3},
+    """The schema's actor_rollout_ref node with the test's model and batch sizes; no gradient clipping."""
+    return schema_node("actor_rollout_ref", {
+        "model": {"path": str(model_dir)},
+        "actor": {"ppo_mini_batch_size": 8, "ppo_micro_batch_size_per_gpu": 2, "grad_clip": 1.0e6,
+                  "optim": {"lr": 1e-3, "weight_decay": 0.0}, **actor_overrides},
+        "rollout": {"response_length": RESPONSE, "log_prob_micro_batch_size_per_gpu": 3},
         "ref": {"log_prob_micro_batch_size_per_gpu": 4, "fsdp_config": {"param_offload": False}},
     })
 
 
-def critic_config(model_dir):
-    return OmegaConf.create({
-        "model": {"path": str(model_dir), "fsdp_config": {"param_offload": False}},
-        "optim": {"lr": 1e-2, "weight_decay": 0.0, "total_training_steps": 10},
+def critic_config(model_dir, **overrides):
+    """The schema's critic node with the test's model and batch sizes; no clipping of values or gradients."""
+    return schema_node("critic", {
+        "model": {"path": str(model_dir)}, "optim": {"lr": 1e-2, "weight_decay": 0.0},
         "ppo_mini_batch_size": 8, "ppo_micro_batch_size_per_gpu": 2, "forward_micro_batch_size_per_gpu": 3,
-        "ppo_epochs": 1, "cliprange_value": 100.0, "loss_agg_mode": "token-mean", "grad_clip": 1.0e6,
+        "cliprange_value": 100.0, "grad_clip": 1.0e6, **overrides,
     })
 
 
@@ -83,9 +74,9 @@ def local(tiny_model_dir):
 
 
 def per_rank(output: DataProto) -> dict[str, float]:
-    """An update's metrics: the worker group gathers one value per rank (as veRL's concat does),
-    and the workers reduce over ranks first, so both ranks report the same number. The `perf/`
-    measurements of the machine (peak memory) are dropped: a rerun of the same math differs there."""
+    """An update's metrics but `perf/*` (each rank's own process, and a rerun of the same math
+    differs there): the worker group gathers one value per rank (as veRL's concat does), and the
+    workers reduce over ranks first, so both ranks report the same number."""
     metrics = output.meta_info["metrics"]
     for key, values in metrics.items():
         assert len(values) == 2 and values[0] == pytest.approx(values[1], rel=1e-6), key
@@ -280,9 +271,9 @@ def test_critic_can_exclude_info_tokens(local, tiny_model_dir):
     from verl.workers.critic.dp_critic import DataParallelPPOCritic
 
     _, tok = local
-    module = load_value_model(OmegaConf.create({"path": str(tiny_model_dir)}))
+    module = load_value_model(schema_node("critic.model", {"path": str(tiny_model_dir)}))
     optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
-    masking = OmegaConf.merge(critic_config(tiny_model_dir), {"state_masking": True})
+    masking = critic_config(tiny_model_dir, state_masking=True)
     critic = DataParallelPPOCritic(masking, module, optimizer)
     data = make_batch(len(tok), tok.pad_token_id, seed=7)
     data.batch["values"] = critic.compute_values(data)  # all 0: zero-initialised head
@@ -338,10 +329,10 @@ def test_trimmed_micro_batches_match_the_full_padded_batch(local, tiny_model_dir
     probs = torch.softmax(logits, -1)
     torch.testing.assert_close(entropy[mask], -(probs * torch.log(probs)).sum(-1)[mask], atol=1e-4, rtol=1e-4)
 
-    module = load_value_model(OmegaConf.create({"path": str(tiny_model_dir)}))
+    module = load_value_model(schema_node("critic.model", {"path": str(tiny_model_dir)}))
     torch.nn.init.normal_(module.value_head.weight)  # non-zero values to compare
-    one_row = OmegaConf.merge(critic_config(tiny_model_dir), {"forward_micro_batch_size_per_gpu": 1})
-    whole = OmegaConf.merge(one_row, {"forward_micro_batch_size_per_gpu": ROWS})
+    one_row = critic_config(tiny_model_dir, forward_micro_batch_size_per_gpu=1)
+    whole = critic_config(tiny_model_dir, forward_micro_batch_size_per_gpu=ROWS)
     torch.testing.assert_close(DataParallelPPOCritic(one_row, module).compute_values(data),
                                DataParallelPPOCritic(whole, module).compute_values(data), atol=1e-5, rtol=1e-5)
 

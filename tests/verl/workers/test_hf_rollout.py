@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from verl.trainer.config import rollout_config
 from verl.workers.rollout.base import build_prompt_batch, response_token_lists
 from verl.workers.rollout.hf_rollout import HFRollout
 
@@ -33,7 +33,7 @@ def test_greedy_equals_bare_generate(model_on_device):
     model, tok = model_on_device
     prompts = build_prompt_batch(_prompts(tok), tok.pad_token_id)
     prompts.meta_info = {"do_sample": False, "max_new_tokens": 12}
-    rollout = HFRollout(model, tok, OmegaConf.create({"response_length": 12, "micro_batch_size": 2}))
+    rollout = HFRollout(model, tok, rollout_config(response_length=12, micro_batch_size=2))
     out = rollout.generate_sequences(prompts)
 
     P = prompts.batch["input_ids"].shape[1]
@@ -61,7 +61,7 @@ def test_stop_string_cuts_right_after_first_occurrence(model_and_tokenizer):
     model, tok = model_and_tokenizer
     prompts = build_prompt_batch(_prompts(tok), tok.pad_token_id)
     prompts.meta_info = {"do_sample": False, "max_new_tokens": 16}
-    rollout = HFRollout(model, tok, OmegaConf.create({"response_length": 16}))
+    rollout = HFRollout(model, tok, rollout_config(response_length=16))
     free = response_token_lists(rollout.generate_sequences(prompts))
     # choose, per the random model's own greedy text, a stop string that occurs mid-response
     text0 = tok.decode(free[0])
@@ -82,7 +82,7 @@ def test_stop_string_cuts_right_after_first_occurrence(model_and_tokenizer):
 def test_sampling_is_seeded_and_differs_from_greedy(model_and_tokenizer):
     model, tok = model_and_tokenizer
     prompts = build_prompt_batch(_prompts(tok), tok.pad_token_id)
-    rollout = HFRollout(model, tok, OmegaConf.create({"response_length": 8, "temperature": 1.0, "top_p": 1.0}))
+    rollout = HFRollout(model, tok, rollout_config(response_length=8))
     prompts.meta_info = {"do_sample": True, "max_new_tokens": 8}
     torch.manual_seed(1)
     a = rollout.generate_sequences(prompts).batch["responses"]
@@ -97,7 +97,7 @@ def test_sampling_is_seeded_and_differs_from_greedy(model_and_tokenizer):
 def test_temperature_zero_means_greedy(model_and_tokenizer):
     model, tok = model_and_tokenizer
     prompts = build_prompt_batch(_prompts(tok), tok.pad_token_id)
-    rollout = HFRollout(model, tok, OmegaConf.create({"response_length": 6}))
+    rollout = HFRollout(model, tok, rollout_config(response_length=6))
     prompts.meta_info = {"do_sample": True, "temperature": 0.0}
     sampled_at_zero = rollout.generate_sequences(prompts).batch["responses"]
     prompts.meta_info = {"do_sample": False}

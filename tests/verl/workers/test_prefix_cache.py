@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from verl.trainer.config import rollout_config
 from verl.workers.rollout.base import build_prompt_batch, response_token_lists
 from verl.workers.rollout.hf_rollout import HFRollout
 from verl.workers.rollout.prefix_cache import CachedBatch, concat_batches, match_rows
@@ -37,7 +37,7 @@ def stop_string(model, tok) -> str:
     """A string the random model writes early in row 0, so that rows stop at different steps."""
     batch = build_prompt_batch([tok.encode("Who was born first?")], tok.pad_token_id)
     batch.meta_info = {"do_sample": False, "max_new_tokens": 10}
-    tokens = response_token_lists(HFRollout(model, tok, OmegaConf.create({"response_length": 10})).generate_sequences(batch))
+    tokens = response_token_lists(HFRollout(model, tok, rollout_config(response_length=10)).generate_sequences(batch))
     return tok.decode(tokens[0][2:3])
 
 
@@ -46,8 +46,8 @@ def run_turns(model, tok, caching: bool, micro_batch_size=None):
     row 1 finishes after turn 2. Returns every turn's outputs and the positions encoded."""
     stop = stop_string(model, tok)
     counting = CountingModel(model)
-    rollout = HFRollout(counting, tok, OmegaConf.create({"response_length": 10, "enable_prefix_caching": caching,
-                                                         "micro_batch_size": micro_batch_size}))
+    rollout = HFRollout(counting, tok, rollout_config(response_length=10, enable_prefix_caching=caching,
+                                                      micro_batch_size=micro_batch_size))
     contexts = [tok.encode(t) for t in ("Who was born first?", "<search> capital of France </search>", "The",
                                         "Which city is the capital")]
     outputs = []
@@ -77,7 +77,7 @@ def test_greedy_turns_from_the_cache_equal_re_encoding(model_and_tok):
 
 def test_a_row_that_extends_no_cached_row_re_encodes_the_batch(model_and_tok):
     model, tok = model_and_tok
-    rollout = HFRollout(model, tok, OmegaConf.create({"response_length": 4}))
+    rollout = HFRollout(model, tok, rollout_config(response_length=4))
     first = build_prompt_batch([tok.encode("The"), tok.encode("Who")], tok.pad_token_id)
     first.meta_info = {"do_sample": False}
     out = response_token_lists(rollout.generate_sequences(first))
@@ -86,8 +86,8 @@ def test_a_row_that_extends_no_cached_row_re_encodes_the_batch(model_and_tok):
     batch = build_prompt_batch(fresh, tok.pad_token_id)
     batch.meta_info = {"do_sample": False}
     got = response_token_lists(rollout.generate_sequences(batch))
-    want = response_token_lists(HFRollout(model, tok, OmegaConf.create(
-        {"response_length": 4, "enable_prefix_caching": False})).generate_sequences(batch))
+    uncached = HFRollout(model, tok, rollout_config(response_length=4, enable_prefix_caching=False))
+    want = response_token_lists(uncached.generate_sequences(batch))
     assert got == want
     rollout.clear_cache()
     assert rollout.prefix_cache.batch is None

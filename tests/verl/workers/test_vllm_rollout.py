@@ -11,8 +11,8 @@ import types
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from verl.trainer.config import rollout_config
 from verl.workers.rollout.base import build_prompt_batch, response_token_lists
 
 
@@ -52,8 +52,8 @@ def test_generate_builds_requests_and_pads(fake_vllm):
     from verl.workers.rollout.vllm_rollout import VLLMRollout
     from verl.workers.sharding_manager import FSDPVLLMShardingManager
 
-    config = OmegaConf.create({"temperature": 0.7, "top_p": 0.9, "top_k": -1, "prompt_length": 8,
-                               "response_length": 4, "tensor_model_parallel_size": 2, "gpu_memory_utilization": 0.6})
+    config = rollout_config(temperature=0.7, top_p=0.9, prompt_length=8, response_length=4,
+                            tensor_model_parallel_size=2, gpu_memory_utilization=0.6)
     tokenizer = types.SimpleNamespace(pad_token_id=0)
     rollout = VLLMRollout("/model", config, tokenizer)
     llm = rollout.llm

@@ -35,6 +35,7 @@ __all__ = [
     "compute_gae_advantage_return",
     "compute_grpo_outcome_advantage",
     "varied_groups",
+    "KL_ESTIMATORS",
     "kl_penalty",
     "apply_kl_penalty",
     "agg_loss",
@@ -45,6 +46,7 @@ __all__ = [
     "compute_entropy_loss",
     "FixedKLController",
     "AdaptiveKLController",
+    "KL_CONTROLLERS",
     "get_kl_controller",
 ]
 
@@ -210,7 +212,7 @@ def _kl_k3(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
     return (log_ratio.exp() - log_ratio - 1).clamp(min=-10.0, max=10.0)
 
 
-_KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "kl": _kl_k1,
     "k1": _kl_k1,
     "abs": _kl_abs,
@@ -228,9 +230,9 @@ def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str
     ``kl_penalty``: "kl"/"k1" (log-ratio), "abs", "mse"/"k2" (half squared log-ratio),
     "low_var_kl"/"k3" (clamped to [-10, 10]).
     """
-    if kl_penalty not in _KL_ESTIMATORS:
-        raise ValueError(f"unknown kl_penalty {kl_penalty!r}; known: {sorted(_KL_ESTIMATORS)}")
-    return _KL_ESTIMATORS[kl_penalty](logprob, ref_logprob)
+    if kl_penalty not in KL_ESTIMATORS:
+        raise ValueError(f"unknown kl_penalty {kl_penalty!r}; known: {sorted(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[kl_penalty](logprob, ref_logprob)
 
 
 def apply_kl_penalty(
@@ -467,14 +469,23 @@ class AdaptiveKLController:
         self.value *= 1.0 + error * n_steps / self.horizon
 
 
+def _adaptive_kl_controller(kl_coef: float, target_kl: float | None, horizon: int | None) -> AdaptiveKLController:
+    if target_kl is None or horizon is None:
+        raise ValueError("an adaptive KL controller needs target_kl and horizon")
+    return AdaptiveKLController(kl_coef, target_kl, horizon)
+
+
+# algorithm.kl_ctrl.type -> builder(kl_coef, target_kl, horizon)
+KL_CONTROLLERS: dict[str, Callable[[float, float | None, int | None], FixedKLController | AdaptiveKLController]] = {
+    "fixed": lambda kl_coef, target_kl, horizon: FixedKLController(kl_coef),
+    "adaptive": _adaptive_kl_controller,
+}
+
+
 def get_kl_controller(
     kl_type: str, kl_coef: float, target_kl: float | None = None, horizon: int | None = None
 ) -> FixedKLController | AdaptiveKLController:
-    """The controller named by ``algorithm.kl_ctrl.type`` ("fixed" or "adaptive")."""
-    if kl_type == "fixed":
-        return FixedKLController(kl_coef)
-    if kl_type == "adaptive":
-        if target_kl is None or horizon is None:
-            raise ValueError("an adaptive KL controller needs target_kl and horizon")
-        return AdaptiveKLController(kl_coef, target_kl, horizon)
-    raise ValueError(f"unknown kl_ctrl.type {kl_type!r}; known: ['adaptive', 'fixed']")
+    """The controller registered as ``algorithm.kl_ctrl.type`` in KL_CONTROLLERS."""
+    if kl_type not in KL_CONTROLLERS:
+        raise ValueError(f"unknown kl_ctrl.type {kl_type!r}; known: {sorted(KL_CONTROLLERS)}")
+    return KL_CONTROLLERS[kl_type](kl_coef, target_kl, horizon)

@@ -22,6 +22,7 @@ from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.metric_utils import compute_data_metrics, compute_throughput_metrics, compute_timing_metrics
 from verl.trainer.ppo.reward import RewardManager, reward_metrics
 from verl.trainer.ppo.rollout_loop import load_rollout_loop
+from verl.trainer.steps import is_due, run_length
 from verl.utils import checkpoint
 from verl.utils.dataset import RLHFDataset, StatefulLoader
 from verl.utils.torch_functional import masked_mean
@@ -37,11 +38,10 @@ def timer(name: str, timing: dict):
 
 
 def total_training_steps(config: DictConfig, train_dataset_rows: int) -> int:
-    """trainer.total_training_steps if set, else total_epochs x full batches per epoch."""
-    per_epoch = train_dataset_rows // config.data.train_batch_size
-    total = per_epoch * config.trainer.total_epochs
-    if config.trainer.total_training_steps is not None:
-        total = config.trainer.total_training_steps
+    """The run's steps (verl.trainer.steps.run_length) with full batches of the training set."""
+    trainer = config.trainer
+    total = run_length(train_dataset_rows // config.data.train_batch_size, trainer.total_epochs,
+                       trainer.total_training_steps)
     if total <= 0:
         raise ValueError(f"no training step: {train_dataset_rows} rows, data.train_batch_size="
                          f"{config.data.train_batch_size}, trainer.total_epochs={config.trainer.total_epochs}")
@@ -115,10 +115,10 @@ class RayPPOTrainer:
                 if len(batch):
                     metrics.update(self.train_on(batch, timing))
             is_last_step = self.global_steps >= self.total_training_steps
-            if self.should(self.config.trainer.test_freq, is_last_step) and self.val_loader is not None:
+            if is_due(self.config.trainer.test_freq, self.global_steps, is_last_step) and self.val_loader is not None:
                 with timer("testing", timing):
                     metrics.update(self.validate())
-            if self.should(self.config.trainer.save_freq, is_last_step):
+            if is_due(self.config.trainer.save_freq, self.global_steps, is_last_step):
                 with timer("save_checkpoint", timing):
                     self.save_checkpoint()
             if len(batch):
@@ -316,9 +316,6 @@ class RayPPOTrainer:
     @property
     def n_workers(self) -> int:
         return self.config.trainer.nnodes * self.config.trainer.n_gpus_per_node
-
-    def should(self, freq: int, is_last_step: bool) -> bool:
-        return freq > 0 and (is_last_step or self.global_steps % freq == 0)
 
     def log(self, metrics: dict) -> None:
         self.history.append({"step": self.global_steps, **metrics})

@@ -41,7 +41,7 @@ class RolloutLoop:
         source = rollout.val_kwargs if validate else rollout
         meta = {"do_sample": bool(source.do_sample), "max_new_tokens": int(self.config.data.max_response_length)}
         if source.do_sample:
-            meta.update(temperature=float(source.temperature), top_p=float(source.top_p))
+            meta.update(temperature=float(source.temperature), top_p=float(source.top_p), top_k=int(source.top_k))
         return meta
 
 

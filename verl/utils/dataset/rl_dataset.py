@@ -41,9 +41,9 @@ class RLHFDataset:
 
     def __init__(self, files: str | Sequence[str], tokenizer, config):
         self.tokenizer = tokenizer
-        self.prompt_key = config.get("prompt_key", "prompt")
+        self.prompt_key = config.prompt_key
         self.max_prompt_length = int(config.max_prompt_length)
-        self.truncation = config.get("truncation", "error")
+        self.truncation = config.truncation
         frame = read_parquet_files(files)
         if self.prompt_key not in frame.columns:
             raise KeyError(f"parquet has no column {self.prompt_key!r} (data.prompt_key); "
@@ -51,7 +51,7 @@ class RLHFDataset:
         self.rows = [{k: _to_python(v) for k, v in row.items()} for row in frame.to_dict("records")]
         self.token_ids = [self._tokenize(row[self.prompt_key]) for row in self.rows]
         self.num_filtered = 0
-        if config.get("filter_overlong_prompts", True):
+        if config.filter_overlong_prompts:
             keep = [i for i, ids in enumerate(self.token_ids) if len(ids) <= self.max_prompt_length]
             self.num_filtered = len(self.rows) - len(keep)
             self.rows = [self.rows[i] for i in keep]

@@ -44,7 +44,7 @@ class DataParallelPPOActor:
         self.module = module
         self.optimizer = optimizer
         self.mini_batch_size = mini_batch_size
-        self.state_masking = bool(config.get("state_masking", True) if state_masking is None else state_masking)
+        self.state_masking = bool(config.state_masking if state_masking is None else state_masking)
 
     def _log_probs(self, micro: DataProto, temperature: float, with_entropy: bool, entropy_grad: bool = False):
         """(log-probs, entropies or None), [B, R]: computed where the policy loss counts tokens, 0 elsewhere
@@ -80,14 +80,12 @@ class DataParallelPPOActor:
     def update_policy(self, data: DataProto) -> dict[str, float]:
         cfg = self.config
         temperature = data.meta_info.get("temperature", 1.0)
-        mode = cfg.get("loss_agg_mode", "token-mean")
-        entropy_coeff = float(cfg.get("entropy_coeff", 0.0))
-        use_kl_loss = bool(cfg.get("use_kl_loss", False))
+        mode, entropy_coeff = cfg.loss_agg_mode, cfg.entropy_coeff
         mini_batch_size = self.mini_batch_size or len(data)
         on_policy = "old_log_probs" not in data.batch
-        if on_policy and (cfg.get("ppo_epochs", 1) > 1 or mini_batch_size < len(data)):
+        if on_policy and (cfg.ppo_epochs > 1 or mini_batch_size < len(data)):
             raise ValueError("update_policy without old_log_probs needs one epoch over one mini-batch "
-                             f"(ppo_epochs={cfg.get('ppo_epochs', 1)}, {len(data)} rows, mini-batch {mini_batch_size})")
+                             f"(ppo_epochs={cfg.ppo_epochs}, {len(data)} rows, mini-batch {mini_batch_size})")
 
         def micro_loss(micro: DataProto, normalizer: torch.Tensor):
             batch = micro.batch
@@ -98,15 +96,15 @@ class DataParallelPPOActor:
             old_log_prob = log_prob.detach() if on_policy else batch["old_log_probs"]
             pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower = compute_policy_loss(
                 old_log_prob, log_prob, batch["advantages"], mask,
-                cliprange=cfg.clip_ratio, cliprange_low=cfg.get("clip_ratio_low"),
-                cliprange_high=cfg.get("clip_ratio_high"), clip_ratio_c=cfg.get("clip_ratio_c", 3.0),
+                cliprange=cfg.clip_ratio, cliprange_low=cfg.clip_ratio_low,
+                cliprange_high=cfg.clip_ratio_high, clip_ratio_c=cfg.clip_ratio_c,
                 loss_agg_mode=mode, normalizer=normalizer,
             )
             mask_f = mask.to(log_prob.dtype)
             entropy_term = agg_loss(entropy, mask_f, mode, normalizer)
             loss = pg_loss - entropy_coeff * entropy_term
             additive = {"actor/pg_loss": pg_loss.detach(), "actor/entropy": entropy_term.detach()}
-            if use_kl_loss:
+            if cfg.use_kl_loss:
                 kl = kl_penalty(log_prob, batch["ref_log_prob"], cfg.kl_loss_type)
                 kl_loss = agg_loss(kl, mask_f, mode, normalizer)
                 loss = loss + cfg.kl_loss_coef * kl_loss
@@ -119,9 +117,9 @@ class DataParallelPPOActor:
             data, self.module, self.optimizer,
             mini_batch_size=mini_batch_size,
             micro_batch_size=cfg.ppo_micro_batch_size_per_gpu,
-            max_token_len=cfg.ppo_max_token_len_per_gpu if cfg.get("use_dynamic_bsz", False) else None,
-            epochs=cfg.get("ppo_epochs", 1), shuffle=cfg.get("shuffle", False),
+            max_token_len=cfg.ppo_max_token_len_per_gpu if cfg.use_dynamic_bsz else None,
+            epochs=cfg.ppo_epochs, shuffle=cfg.shuffle,
             loss_mask=lambda mini: policy_loss_mask(mini, self.state_masking),
-            loss_agg_mode=mode, grad_clip=cfg.get("grad_clip", 1.0),
+            loss_agg_mode=mode, grad_clip=cfg.grad_clip,
             micro_loss=micro_loss, prefix="actor",
         )

@@ -21,8 +21,7 @@ class DataParallelPPOCritic:
 
     def loss_mask(self, data: DataProto) -> torch.Tensor:
         """The tokens the value loss counts: without retrieved ones under critic.state_masking."""
-        return state_mask(data.batch["response_mask"], data.batch.get("info_mask", None),
-                          self.config.get("state_masking", False))
+        return state_mask(data.batch["response_mask"], data.batch.get("info_mask", None), self.config.state_masking)
 
     def _values(self, batch: dict) -> torch.Tensor:
         # V(s_t) for response token t is read where the model has seen the prefix before t,
@@ -35,20 +34,19 @@ class DataParallelPPOCritic:
     @torch.no_grad()
     def compute_values(self, data: DataProto) -> torch.Tensor:
         self.module.eval()
-        micro = self.config.get("forward_micro_batch_size_per_gpu", None) or len(data)
-        budget = self.config.forward_max_token_len_per_gpu if self.config.get("use_dynamic_bsz", False) else None
+        micro = self.config.forward_micro_batch_size_per_gpu
+        budget = self.config.forward_max_token_len_per_gpu if self.config.use_dynamic_bsz else None
         values = map_micro_batches(data, micro, budget, lambda m: self._values(m.batch))
         return values * data.batch["response_mask"]
 
     def update_critic(self, data: DataProto) -> dict[str, float]:
         cfg = self.config
-        mode = cfg.get("loss_agg_mode", "token-mean")
 
         def micro_loss(micro: DataProto, normalizer: torch.Tensor):
             vpreds = self._values(micro.batch)
             vf_loss, vf_clipfrac = compute_value_loss(
                 vpreds, micro.batch["returns"], micro.batch["values"], self.loss_mask(micro),
-                cliprange_value=cfg.cliprange_value, loss_agg_mode=mode, normalizer=normalizer,
+                cliprange_value=cfg.cliprange_value, loss_agg_mode=cfg.loss_agg_mode, normalizer=normalizer,
             )
             return vf_loss, {"critic/vf_loss": vf_loss.detach()}, {"critic/vf_clipfrac": vf_clipfrac}
 
@@ -56,8 +54,8 @@ class DataParallelPPOCritic:
             data, self.module, self.optimizer,
             mini_batch_size=self.mini_batch_size or len(data),
             micro_batch_size=cfg.ppo_micro_batch_size_per_gpu,
-            max_token_len=cfg.ppo_max_token_len_per_gpu if cfg.get("use_dynamic_bsz", False) else None,
-            epochs=cfg.get("ppo_epochs", 1), shuffle=cfg.get("shuffle", False),
-            loss_mask=self.loss_mask, loss_agg_mode=mode, grad_clip=cfg.get("grad_clip", 1.0),
+            max_token_len=cfg.ppo_max_token_len_per_gpu if cfg.use_dynamic_bsz else None,
+            epochs=cfg.ppo_epochs, shuffle=cfg.shuffle,
+            loss_mask=self.loss_mask, loss_agg_mode=cfg.loss_agg_mode, grad_clip=cfg.grad_clip,
             micro_loss=micro_loss, prefix="critic",
         )

@@ -50,7 +50,7 @@ class HFRollout(BaseRollout):
 
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         rows = len(prompts)
-        micro = self.config.get("micro_batch_size", None) or rows
+        micro = self.config.micro_batch_size or rows
         tokens = prompt_token_lists(prompts)
         cached = self.prefix_cache.take(tokens) if self.prefix_caching else None
         outputs, left = [], []
@@ -66,21 +66,21 @@ class HFRollout(BaseRollout):
 
     @property
     def prefix_caching(self) -> bool:
-        return bool(self.config.get("enable_prefix_caching", True))
+        return self.config.enable_prefix_caching
 
     def clear_cache(self) -> None:
         self.prefix_cache.clear()
 
     def _sampling_kwargs(self, meta: dict) -> dict:
-        do_sample = meta.get("do_sample", self.config.get("do_sample", True))
-        temperature = float(meta.get("temperature", self.config.get("temperature", 1.0)))
+        do_sample = meta.get("do_sample", self.config.do_sample)
+        temperature = float(meta.get("temperature", self.config.temperature))
         if not do_sample or temperature <= 0:  # veRL reads temperature 0 as greedy; HF would reject it
             return {"do_sample": False}
         return {
             "do_sample": True,
             "temperature": temperature,
-            "top_p": meta.get("top_p", self.config.get("top_p", 1.0)),
-            "top_k": max(0, int(meta.get("top_k", self.config.get("top_k", -1)))),  # veRL's -1 = off = HF's 0
+            "top_p": meta.get("top_p", self.config.top_p),
+            "top_k": max(0, int(meta.get("top_k", self.config.top_k))),  # veRL's -1 = off = HF's 0
         }
 
     @torch.no_grad()

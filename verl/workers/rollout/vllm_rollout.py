@@ -22,7 +22,7 @@ class VLLMRollout(BaseRollout):
 
         self.config = config
         self.tokenizer = tokenizer
-        tp_size = config.get("tensor_model_parallel_size", 1)
+        tp_size = config.tensor_model_parallel_size
         self.llm = LLM(
             model=model_path,
             tokenizer=model_path,
@@ -30,12 +30,12 @@ class VLLMRollout(BaseRollout):
             tensor_parallel_size=tp_size,
             data_parallel_size=dist.get_world_size() // tp_size,
             distributed_executor_backend="external_launcher",
-            dtype=config.get("dtype", "bfloat16"),
-            enforce_eager=config.get("enforce_eager", True),
-            gpu_memory_utilization=config.get("gpu_memory_utilization", 0.5),
+            dtype=config.dtype,
+            enforce_eager=config.enforce_eager,
+            gpu_memory_utilization=config.gpu_memory_utilization,
             max_model_len=config.prompt_length + config.response_length,
-            max_num_batched_tokens=config.get("max_num_batched_tokens", 8192),
-            enable_prefix_caching=config.get("enable_prefix_caching", True),
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            enable_prefix_caching=config.enable_prefix_caching,
             enable_sleep_mode=True,
             load_format="dummy",  # real weights come from the actor before every rollout
             seed=0,  # ranks of one TP group must sample identically
@@ -48,13 +48,13 @@ class VLLMRollout(BaseRollout):
     def _sampling_params(self, meta: dict, max_tokens: int):
         from vllm import SamplingParams
 
-        greedy = not meta.get("do_sample", self.config.get("do_sample", True))
+        greedy = not meta.get("do_sample", self.config.do_sample)
         return SamplingParams(
             n=1,
             max_tokens=max_tokens,
             temperature=0.0 if greedy else meta.get("temperature", self.config.temperature),
-            top_p=1.0 if greedy else meta.get("top_p", self.config.get("top_p", 1.0)),
-            top_k=-1 if greedy else meta.get("top_k", self.config.get("top_k", -1)),
+            top_p=1.0 if greedy else meta.get("top_p", self.config.top_p),
+            top_k=-1 if greedy else meta.get("top_k", self.config.top_k),
             stop=list(meta.get("stop") or []) or None,
             # the contract keeps the stop string; its token_ids end with the token completing it
             include_stop_str_in_output=True,

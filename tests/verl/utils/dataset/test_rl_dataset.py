@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
+from verl.trainer.config import schema_node
 from verl.utils.dataset import RLHFDataset, StatefulLoader
 
 
@@ -21,8 +21,7 @@ def write_rows(path, questions):
 
 
 def data_config(**overrides):
-    base = {"prompt_key": "prompt", "max_prompt_length": 64, "filter_overlong_prompts": True, "truncation": "error"}
-    return OmegaConf.create({**base, **overrides})
+    return schema_node("data", {"max_prompt_length": 64, **overrides})
 
 
 @pytest.fixture(scope="module")

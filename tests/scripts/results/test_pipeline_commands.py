@@ -1,0 +1,60 @@
+"""The pipeline's SFT and RL commands: they compose with their trainers' schemas, run the agent in
+the RL mode its data is built in, and repeat no default but the ones named on purpose."""
+from __future__ import annotations
+
+import pytest
+
+from repeated_defaults import repeated_defaults
+from scripts.results.pipeline import RL_MODE, Pipeline, PipelineConfig
+from test_train_ppo import ppo_value
+
+
+class Ran(Exception):
+    """Raised instead of running a stage's command; carries its arguments."""
+
+
+@pytest.fixture
+def pipeline(tmp_path, monkeypatch) -> Pipeline:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("corpus.jsonl", "train.jsonl", "test.jsonl"):
+        (data / name).write_text("")
+
+    def run(self, title, args):
+        raise Ran([str(a) for a in args])
+
+    monkeypatch.setattr(Pipeline, "sh", run)
+    # fields the commands pass through, set apart from the trainers' defaults: an override that
+    # still repeats a default is then a constant of the pipeline
+    return Pipeline(PipelineConfig(data_dir=data, out_dir=tmp_path / "out", topk=2, max_obs_length=600,
+                                   lora_rank=8, sft_epochs=2, sft_max_length=1024))
+
+
+def command(stage) -> list[str]:
+    with pytest.raises(Ran) as ran:
+        stage()
+    return ran.value.args[0]
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_rl_command_composes_in_the_rl_mode_and_repeats_no_default(pipeline, tmp_path, algo):
+    from rag_r1.llm_agent.loop import agent_config
+    from verl.trainer.config import compose_config
+
+    pipeline.cfg.algo = algo
+    args = command(lambda: pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", "http://127.0.0.1:1/retrieve"))
+    assert args[:2] == ["-m", "verl.trainer.main_ppo"]
+    overrides = args[2:]
+    agent = agent_config(compose_config(overrides))
+    assert (agent.mode, agent.topk, agent.max_obs_length) == (RL_MODE, pipeline.cfg.topk, pipeline.cfg.max_obs_length)
+    # named on purpose: the mode the RL data is built in, and the algorithm of the GAE branch
+    assert set(repeated_defaults(overrides, compose_config, ppo_value)) <= {f"agent.mode={RL_MODE}",
+                                                                          "algorithm.adv_estimator=gae"}
+
+
+def test_sft_command_repeats_no_default(pipeline, tmp_path):
+    from verl.trainer.fsdp_sft_trainer import compose_config
+
+    args = command(lambda: pipeline.run_sft(tmp_path / "base", [tmp_path / "multi.jsonl"]))
+    assert args[:2] == ["-m", "verl.trainer.fsdp_sft_trainer"]
+    assert repeated_defaults(args[2:], compose_config) == []
