@@ -174,7 +174,9 @@ class RayPPOTrainer:
         until data.train_batch_size groups are kept or max_num_gen_batches batches were generated;
         the batch then holds the first train_batch_size kept groups (fewer when the cap was hit).
         Score metrics (`critic/score/*`) describe the trained batch; `sampling/score_mean` describes
-        every sampled row, i.e. the policy itself."""
+        every row the policy sampled, i.e. the policy itself: rows a rollout loop marks in the
+        non-tensor column `guided` (off-policy demonstrations put in a group) are trained on but
+        left out of it."""
         filter_cfg = self.config.algorithm.filter_groups
         kept, rollout_metrics, scores, generated = [], defaultdict(list), [], 0
         while True:
@@ -185,7 +187,8 @@ class RayPPOTrainer:
             for key, value in {**loop_metrics, **reward_metrics(extras)}.items():
                 rollout_metrics[key].append(value)
             row_scores = batch.batch["token_level_scores"].sum(-1).numpy()
-            scores.extend(row_scores.tolist())
+            guided = np.asarray(batch.non_tensor_batch.get("guided", np.zeros(len(batch))), dtype=bool)
+            scores.extend(row_scores[~guided].tolist())
             if not filter_cfg.enable:
                 kept.append(batch)
                 break

@@ -2,6 +2,7 @@
 Learning and resuming through Ray and the real worker groups: test_ray_trainer_workers.py."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -100,6 +101,24 @@ def test_dynamic_sampling_keeps_varied_groups_and_refills_the_batch(tmp_path, ti
     assert metrics["sampling/kept_groups"] == len(groups) <= 8 and len(batch) == 4 * len(groups)
     # the reward curve describes every sampled row, the dropped groups' zeros included
     assert metrics["sampling/score_mean"] < float(scores.mean())
+
+
+def test_reward_curve_leaves_out_guided_rows(tmp_path, tiny_model_dir):
+    trainer = build(tiny_config(tmp_path, tiny_model_dir, "grpo"), tiny_model_dir)
+    rollout = trainer.rollout
+
+    def rollout_with_a_guide_per_group(prompts):
+        batch, metrics = rollout(prompts)
+        n = trainer.config.actor_rollout_ref.rollout.n
+        batch.non_tensor_batch["guided"] = np.array([i % n == n - 1 for i in range(len(batch))], dtype=object)
+        return batch, metrics
+
+    trainer.rollout = rollout_with_a_guide_per_group
+    batch, metrics = trainer.sample_scored_batch(trainer.prompt_batches())
+    scores = batch.batch["token_level_scores"].sum(-1).numpy()
+    guided = batch.non_tensor_batch["guided"].astype(bool)
+    assert guided.any() and len(batch) == len(scores)  # guides are trained on
+    assert metrics["sampling/score_mean"] == pytest.approx(float(scores[~guided].mean()))
 
 
 def test_dynamic_sampling_names_an_unknown_metric(tmp_path, tiny_model_dir):
