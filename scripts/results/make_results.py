@@ -25,7 +25,7 @@ DEFAULTS = PipelineConfig(
 # Each profile: the pipeline's defaults with these changes (flags given with ARGS still win).
 PROFILES = {
     "default": DEFAULTS,
-    "long": replace(DEFAULTS, out_dir=REPO / "results-long", rl_steps=24, frontier_questions=192),
+    "long": replace(DEFAULTS, out_dir=REPO / "results-long", rl_steps=24, rl_questions=128),
 }
 
 

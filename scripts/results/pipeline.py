@@ -47,17 +47,17 @@ class PipelineConfig:
     # RL on top of SFT, multi-query mode. GRPO needs no critic and learns from groups of samples
     # of one question; ppo is the paper's GAE with a critic.
     algo: str = "grpo"  # grpo | ppo
-    rl_steps: int = 12
+    rl_steps: int = 10
     rl_batch: int = 4  # questions per step
     rl_n: int = 4  # samples per question (GRPO's group; 1 is plain PPO sampling)
-    rl_lr: float = 2e-5  # of the LoRA adapter (rank lora_rank), or of all weights when lora_rank is 0
+    rl_lr: float = 1e-4  # of the LoRA adapter (rank lora_rank), or of all weights when lora_rank is 0
     rl_critic_lr: float = 5e-5  # ppo only
     rl_max_turns: int = 2
     rl_response_length: int = 96  # tokens generated per turn
     # Sampling temperature of RL rollouts and of the frontier: at 1.0 a 135M policy derails often
     # enough (an SFT model right 44 % greedy was right 5 % of the time) that groups rarely hold a success.
     rl_temperature: float = 0.7
-    lora_rank: int = 0  # 0 = full fine-tuning of the actor
+    lora_rank: int = 16  # 0 = full fine-tuning of the actor
     lora_alpha: float = 32
     # Reward of a trajectory (rag_r1.reward scorers): em (the paper's), f1 (partial credit), format
     # (EM plus small credits for a well formed answer and search, capped at 1).
@@ -66,13 +66,14 @@ class PipelineConfig:
     # refilled, at most max_gen_batches generation batches per step.
     filter_groups: bool = True
     max_gen_batches: int = 3
-    # Frontier: sample the SFT model frontier_n times on frontier_questions train questions (a seeded
-    # sample; None = all) and keep for RL those it answers right sometimes but not always.
-    frontier_questions: int | None = 128
-    frontier_n: int = 4
+    # RL questions: a seeded sample of rl_questions train questions (None = all). With frontier_n > 0
+    # the SFT model answers each frontier_n times first and RL keeps those at its frontier: right
+    # sometimes but not always (with guides, never too). frontier_n = 0 trains on the sample as drawn.
+    rl_questions: int | None = 64
+    frontier_n: int = 0
     rl_token_budget: int = 2048  # padded tokens per micro-batch in every RL pass (use_dynamic_bsz)
     # Mix the gold evidence trajectory of each RL question into its group (rag_r1.llm_agent.guides).
-    guides: bool = False
+    guides: bool = True
     # Tokens of one <information> block (SFT data, PPO and eval alike): a multi-query round of two
     # queries x 3 passages needs ~720 (median) on hotpotqa_closed; at 600, 18% of the multi-mode SFT
     # trajectories lose evidence to the cut.
@@ -80,7 +81,7 @@ class PipelineConfig:
     ppo_temperature: float = 1.0
     # Evaluation on test.jsonl
     # model-mode pairs evaluated (model: base | sft | rl; mode: single | multi), in this order
-    eval_runs: tuple[str, ...] = ("base-single", "base-multi", "sft-single", "sft-multi", "rl-single", "rl-multi")
+    eval_runs: tuple[str, ...] = ("base-multi", "sft-single", "sft-multi", "rl-single", "rl-multi")
     eval_limit: int | None = 50  # a seeded sample of N test questions (~9 s each per model and mode); None = all
     eval_max_turns: int = 3
     eval_max_new_tokens: int = 96
@@ -122,7 +123,7 @@ class Pipeline:
         with self.retrieval_server(index) as url:
             sft_data = [self.build_sft_data(url, mode) for mode in ("multi", "single")]
             sft = self.run_sft(base, sft_data)
-            rl_questions = self.frontier(sft, url)
+            rl_questions = self.pick_rl_questions(sft, url)
             rl_data = self.build_rl_data(rl_questions)
             guides = self.build_guides(rl_questions, url) if self.cfg.guides else None
             rl = self.run_rl(sft, rl_data, url, guides)
@@ -205,13 +206,20 @@ class Pipeline:
                         "--mode", mode, "--out", out, "--topk", str(self.cfg.topk),
                         "--tokenizer", self.ckpt / "base", "--max-obs-length", str(self.cfg.max_obs_length)])
 
+    def pick_rl_questions(self, sft: Path, url: str) -> Path:
+        """The RL questions: those of the seeded sample at the SFT model's frontier, or the sample
+        itself when frontier_n is 0."""
+        if self.cfg.frontier_n:
+            return self.frontier(sft, url)
+        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions, self.out / "rl_data" / "questions.jsonl")
+
     def frontier(self, model: Path, url: str) -> Path:
         """Train questions the SFT model answers right sometimes but not always (frontier/train.jsonl)."""
         out = self.out / "frontier"
         if (out / "counts.json").exists():
             return out / "train.jsonl"
         c = self.cfg
-        candidates = self.sampled(c.data_dir / "train.jsonl", c.frontier_questions, out / "candidates.jsonl")
+        candidates = self.sampled(c.data_dir / "train.jsonl", c.rl_questions, out / "candidates.jsonl")
         self.sh("frontier", ["-m", "rag_r1.eval.frontier", "--model", model, "--questions", candidates,
                              "--retrieval-url", url, "--mode", RL_MODE, "--out", out, "--n", str(c.frontier_n),
                              "--temperature", str(c.rl_temperature), "--batch-size", str(c.eval_batch_size),
@@ -395,7 +403,7 @@ def parse_config(defaults: PipelineConfig, argv: list[str] | None, description: 
         else:
             # Fields whose default is None still take a typed value on the command line.
             kind = {"model": str, "sft_steps": optional_int, "eval_limit": optional_int,
-                    "frontier_questions": optional_int}.get(f.name) or type(value)
+                    "rl_questions": optional_int}.get(f.name) or type(value)
             parser.add_argument(flag, type=kind, default=value, help=f"default: {value}")
     env = {"data_dir": os.environ.get("DATA"), "out_dir": os.environ.get("OUT")}
     for key, value in env.items():

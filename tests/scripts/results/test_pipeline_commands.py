@@ -58,3 +58,17 @@ def test_sft_command_repeats_no_default(pipeline, tmp_path):
     args = command(lambda: pipeline.run_sft(tmp_path / "base", [tmp_path / "multi.jsonl"]))
     assert args[:2] == ["-m", "verl.trainer.fsdp_sft_trainer"]
     assert repeated_defaults(args[2:], compose_config) == []
+
+
+def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
+    rows = [f'{{"id": "q{i}", "question": "q{i}?", "golden_answers": ["a"]}}' for i in range(10)]
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(rows) + "\n")
+    pipeline.cfg.rl_questions, pipeline.cfg.frontier_n = 3, 0
+    drawn = pipeline.pick_rl_questions(tmp_path / "sft", "http://127.0.0.1:1/retrieve")  # runs nothing
+    picked = drawn.read_text().splitlines()
+    assert len(picked) == 3 and set(picked) <= set(rows)
+    assert drawn == pipeline.pick_rl_questions(tmp_path / "sft", "http://127.0.0.1:1/retrieve")
+    pipeline.cfg.frontier_n = 5
+    args = command(lambda: pipeline.pick_rl_questions(tmp_path / "sft", "http://127.0.0.1:1/retrieve"))
+    assert args[:2] == ["-m", "rag_r1.eval.frontier"] and args[args.index("--n") + 1] == "5"
+    assert len(open(args[args.index("--questions") + 1]).read().splitlines()) == 3

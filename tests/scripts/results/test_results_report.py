@@ -91,10 +91,10 @@ def test_parse_config_flags_and_env(tmp_path, monkeypatch):
     defaults = PipelineConfig(data_dir=tmp_path / "d", out_dir=tmp_path / "o")
     monkeypatch.setenv("DATA", str(tmp_path / "other"))
     config = parse_config(defaults, ["--rl-steps", "20", "--eval-runs", "rl-multi", "--eval-limit", "5",
-                                     "--algo", "ppo", "--frontier-questions", "all"], "x")
+                                     "--algo", "ppo", "--rl-questions", "all"], "x")
     assert (config.data_dir, config.rl_steps, config.eval_runs, config.eval_limit, config.algo) == (
         tmp_path / "other", 20, ("rl-multi",), 5, "ppo")
-    assert config.frontier_questions is None
+    assert config.rl_questions is None
     assert config.sft_lr == defaults.sft_lr and config.model is None
     assert parse_config(defaults, ["--eval-limit", "all"], "x").eval_limit is None
 
