@@ -49,6 +49,9 @@ class PipelineConfig:
     algo: str = "grpo"  # grpo | ppo
     rl_steps: int = 10
     rl_batch: int = 4  # questions per step
+    # questions per optimizer step (veRL's ppo_mini_batch_size): rl_batch / rl_mini_batch updates per
+    # step from the same samples, so a short run learns more per generated token
+    rl_mini_batch: int = 1
     rl_n: int = 4  # samples per question (GRPO's group; 1 is plain PPO sampling)
     rl_lr: float = 1e-4  # of the LoRA adapter (rank lora_rank), or of all weights when lora_rank is 0
     rl_critic_lr: float = 5e-5  # ppo only
@@ -102,6 +105,8 @@ class PipelineConfig:
             raise SystemExit(f"algo: expected grpo or ppo, got {self.algo!r}")
         if self.reward not in ("em", "f1", "format"):
             raise SystemExit(f"reward: expected em, f1 or format, got {self.reward!r}")
+        if self.rl_batch % self.rl_mini_batch:
+            raise SystemExit(f"rl_mini_batch={self.rl_mini_batch} must divide rl_batch={self.rl_batch}")
         if self.algo == "grpo" and self.rl_n < 2:
             raise SystemExit("rl_n: GRPO compares samples of one question, so it needs rl_n >= 2")
 
@@ -264,7 +269,7 @@ class Pipeline:
             f"data.max_response_length={c.rl_response_length}",
             f"actor_rollout_ref.model.path={sft}", f"actor_rollout_ref.model.lora_rank={c.lora_rank}",
             f"actor_rollout_ref.model.lora_alpha={c.lora_alpha}",
-            f"actor_rollout_ref.actor.optim.lr={c.rl_lr}", f"actor_rollout_ref.actor.ppo_mini_batch_size={c.rl_batch}",
+            f"actor_rollout_ref.actor.optim.lr={c.rl_lr}", f"actor_rollout_ref.actor.ppo_mini_batch_size={c.rl_mini_batch}",
             "actor_rollout_ref.actor.use_dynamic_bsz=true",
             f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={c.rl_token_budget}",
             "actor_rollout_ref.actor.entropy_coeff=0.001",
@@ -290,7 +295,7 @@ class Pipeline:
         else:  # the paper's PPO: GAE with a critic (named, as grpo is above), KL to the reference in the reward
             overrides += [
                 "algorithm.adv_estimator=gae", "algorithm.use_kl_in_reward=true",
-                f"critic.optim.lr={c.rl_critic_lr}", f"critic.ppo_mini_batch_size={c.rl_batch}",
+                f"critic.optim.lr={c.rl_critic_lr}", f"critic.ppo_mini_batch_size={c.rl_mini_batch}",
                 "critic.use_dynamic_bsz=true", f"critic.ppo_max_token_len_per_gpu={c.rl_token_budget}"]
         self.sh(f"RL ({c.algo})", ["-m", "verl.trainer.main_ppo", *overrides])
         shutil.copytree(latest_step_dir(run_dir) / "actor" / "huggingface", target, dirs_exist_ok=True)
