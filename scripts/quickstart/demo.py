@@ -18,20 +18,19 @@ DEFAULTS = PipelineConfig(
     out_dir=REPO / "outputs" / "demo",
     # what the demo world and a half-hour CPU budget change; every other field is the pipeline's
     topk=2,  # invented names: a title's passage comes first; two passages per query keep contexts short
-    sft_questions=20,
+    sft_questions=24,
     sft_epochs=2,
     sft_max_length=1024,
-    rl_steps=6,
-    rl_lr=2e-4,
+    rl_steps=8,
+    rl_mini_batch=4,  # one update per step: measured (docs/demo.md); more per step is untried here
     rl_response_length=64,
     max_gen_batches=2,
     max_obs_length=512,
-    rl_questions=12,
+    rl_questions=16,
     frontier_n=4,
     eval_runs=("base-multi", "sft-multi", "rl-single", "rl-multi"),
     eval_limit=None,
     eval_max_new_tokens=64,
-    eval_batch_size=48,  # the whole held-out set in one batch
 )
 
 

@@ -51,7 +51,7 @@ class PipelineConfig:
     rl_batch: int = 4  # questions per step
     # questions per optimizer step (veRL's ppo_mini_batch_size): rl_batch / rl_mini_batch updates per
     # step from the same samples, so a short run learns more per generated token
-    rl_mini_batch: int = 1
+    rl_mini_batch: int = 2
     rl_n: int = 4  # samples per question (GRPO's group; 1 is plain PPO sampling)
     rl_lr: float = 1e-4  # of the LoRA adapter (rank lora_rank), or of all weights when lora_rank is 0
     rl_critic_lr: float = 5e-5  # ppo only
