@@ -4,6 +4,10 @@ The trainer loads it as `custom_reward_function.path=rag_r1.reward:compute_score
 `data_source` maps to a scorer in REWARDS; a row may pick another registered scorer through
 `extra_info["reward"]` ("em", "f1" or "format"; "format" reads optional weights from
 `extra_info["format_weights"]`). The result is a dict: "score" plus numbers logged as reward/<key>.
+With `round_cost > 0` (`custom_reward_function.reward_kwargs.round_cost`) a rewarded answer loses that
+fraction of its score for every search round after the first: EM alone pays a two-round answer of a
+question one parallel round could settle as much as a one-round one, so nothing in the paper's reward
+favours multi-query parallelism over one query at a time.
 With `agent.evidence_reward_weight > 0` (experiments; off by default) the agent loop puts
 `retrieved_ids` and the weight into extra_info, and rows with `supporting_ids` get
 weight x evidence recall added to their score.
@@ -59,10 +63,18 @@ def register(data_source: str, scorer: str) -> None:
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None,
-                  scorer: str | None = None, format_weights: dict | None = None) -> dict:
-    """`scorer` and `format_weights` come from the run's config (`custom_reward_function.reward_kwargs`):
-    the scorer of every row, and the weights of the format scorer; a row's own `extra_info["reward"]`
-    and `extra_info["format_weights"]` still win over them.
+                  scorer: str | None = None, format_weights: dict | None = None, round_cost: float = 0.0) -> dict:
+    """`scorer`, `format_weights` and `round_cost` come from the run's config
+    (`custom_reward_function.reward_kwargs`): the scorer of every row, the weights of the format
+    scorer, and the share of a rewarded score lost per search round after the first; a row's own
+    `extra_info["reward"]` and `extra_info["format_weights"]` still win over the first two.
+
+    >>> compute_score("hotpotqa", "<search> a, b </search><answer> Paris </answer>", {"target": ["Paris"]},
+    ...               round_cost=0.1)["score"]
+    1.0
+    >>> compute_score("hotpotqa", "<search> a </search><search> b </search><answer> Paris </answer>",
+    ...               {"target": ["Paris"]}, round_cost=0.1)["score"]
+    0.9
 
     >>> compute_score("hotpotqa", "<answer> Paris France </answer>", {"target": ["Paris"]}, scorer="f1")["score"]
     0.6666666666666666
@@ -76,7 +88,14 @@ def compute_score(data_source: str, solution_str: str, ground_truth, extra_info:
                        f"(add one with rag_r1.reward.register)")
     if name not in SCORERS:
         raise KeyError(f"extra_info['reward']={name!r} is not a scorer; known: {sorted(SCORERS)}")
-    result = SCORERS[name](strip_information(solution_str), ground_truth, extra_info)
+    policy_text = strip_information(solution_str)
+    result = SCORERS[name](policy_text, ground_truth, extra_info)
+    if round_cost < 0:
+        raise ValueError(f"round_cost={round_cost}: expected a share >= 0")
+    if round_cost > 0:
+        rounds = policy_text.count("<search>")
+        result = {**result, "rounds": float(rounds),
+                  "score": result["score"] * max(0.0, 1.0 - round_cost * max(0, rounds - 1))}
     weight = float(extra_info.get("evidence_reward_weight") or 0.0)
     supporting = extra_info.get("supporting_ids")
     if weight > 0 and supporting is not None and len(supporting) > 0:

@@ -65,6 +65,9 @@ class PipelineConfig:
     # Reward of a trajectory (rag_r1.reward scorers): em (the paper's), f1 (partial credit), format
     # (EM plus small credits for a well formed answer and search, capped at 1).
     reward: str = "em"
+    # Share of a rewarded score lost per search round after the first (rag_r1.reward); 0 = the paper's
+    # reward, which pays one parallel round and several sequential ones alike.
+    round_cost: float = 0.0
     # DAPO's dynamic sampling: groups whose samples all score the same are dropped and the batch
     # refilled, at most max_gen_batches generation batches per step.
     filter_groups: bool = True
@@ -290,6 +293,8 @@ class Pipeline:
         ]
         if guides is not None:
             overrides.append(f"agent.guide_file={guides}")
+        if c.round_cost:
+            overrides.append(f"+custom_reward_function.reward_kwargs.round_cost={c.round_cost}")
         if c.algo == "grpo":
             overrides += ["algorithm.adv_estimator=grpo"]
         else:  # the paper's PPO: GAE with a critic (named, as grpo is above), KL to the reference in the reward

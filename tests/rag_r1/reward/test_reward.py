@@ -81,3 +81,20 @@ def test_loop_hands_retrieved_ids_and_weight_to_the_reward():
         {"supporting_ids": ["a", "b"], "retrieved_ids": [["a"]], "evidence_reward_weight": 0.3},
         {"retrieved_ids": [], "evidence_reward_weight": 0.3}]
     assert extra[0] == {"supporting_ids": ["a", "b"]}  # the prompts' own extra_info is not changed
+
+
+def test_round_cost_charges_rounds_after_the_first_of_a_rewarded_answer():
+    gold = {"target": ["Paris"]}
+    parallel = "<search> a, b </search><information> Paris </information><answer> Paris </answer>"
+    sequential = ("<search> a </search><information> x </information><search> b </search>"
+                  "<information> y </information><search> c </search><answer> Paris </answer>")
+    assert compute_score("hotpotqa", parallel, gold, round_cost=0.1)["score"] == 1.0
+    three = compute_score("hotpotqa", sequential, gold, round_cost=0.1)
+    assert three["score"] == pytest.approx(0.8) and three["rounds"] == 3.0
+    assert compute_score("hotpotqa", sequential, gold)["score"] == 1.0  # off by default: the paper's EM
+    assert compute_score("hotpotqa", sequential.replace("Paris", "Rome"), gold, round_cost=0.1)["score"] == 0.0
+    # a search inside a retrieved passage is not the policy's round
+    quoted = "<search> a </search><information> <search> q </search> </information><answer> Paris </answer>"
+    assert compute_score("hotpotqa", quoted, gold, round_cost=0.5)["score"] == 1.0
+    with pytest.raises(ValueError, match="round_cost=-0.1"):
+        compute_score("hotpotqa", parallel, gold, round_cost=-0.1)
