@@ -216,10 +216,10 @@ class Pipeline:
 
     def pick_rl_questions(self, sft: Path, url: str) -> Path:
         """The RL questions: those of the seeded sample at the SFT model's frontier, or the sample
-        itself when frontier_n is 0."""
+        itself when frontier_n is 0. Either is a file named train.jsonl: the RL data is named after it."""
         if self.cfg.frontier_n:
             return self.frontier(sft, url)
-        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions, self.out / "rl_data" / "questions.jsonl")
+        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions, self.out / "rl_questions" / "train.jsonl")
 
     def frontier(self, model: Path, url: str) -> Path:
         """Train questions the SFT model answers right sometimes but not always (frontier/train.jsonl)."""

@@ -67,6 +67,7 @@ def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
     pipeline.cfg.rl_questions, pipeline.cfg.frontier_n = 3, 0
     drawn = pipeline.pick_rl_questions(tmp_path / "sft", "http://127.0.0.1:1/retrieve")  # runs nothing
     picked = drawn.read_text().splitlines()
+    assert drawn.name == "train.jsonl"  # build_rl_data names the parquet after it
     assert len(picked) == 3 and set(picked) <= set(rows)
     assert drawn == pipeline.pick_rl_questions(tmp_path / "sft", "http://127.0.0.1:1/retrieve")
     pipeline.cfg.frontier_n = 5
