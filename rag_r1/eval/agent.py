@@ -96,13 +96,14 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
 
     from rag_r1.search.client import RetrievalClient
     from verl.trainer.config import rollout_config
+    from verl.utils.distributed import resolve_device
     from verl.workers.rollout.hf_rollout import HFRollout
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:  # batches are padded; eos is never attended to as padding
         tokenizer.pad_token = tokenizer.eos_token
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     engine = HFRollout(model, tokenizer, rollout_config(response_length=args.max_new_tokens, do_sample=args.sample,
                                                              enable_prefix_caching=args.prefix_cache))

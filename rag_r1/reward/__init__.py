@@ -88,10 +88,10 @@ def compute_score(data_source: str, solution_str: str, ground_truth, extra_info:
                        f"(add one with rag_r1.reward.register)")
     if name not in SCORERS:
         raise KeyError(f"extra_info['reward']={name!r} is not a scorer; known: {sorted(SCORERS)}")
-    policy_text = strip_information(solution_str)
-    result = SCORERS[name](policy_text, ground_truth, extra_info)
     if round_cost < 0:
         raise ValueError(f"round_cost={round_cost}: expected a share >= 0")
+    policy_text = strip_information(solution_str)
+    result = SCORERS[name](policy_text, ground_truth, extra_info)
     if round_cost > 0:
         rounds = policy_text.count("<search>")
         result = {**result, "rounds": float(rounds),

@@ -49,14 +49,6 @@ def resolve_model(model: str) -> str:
     return str(default_minilm_path()) if model == "minilm" else model
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def prepare_meta(out_dir: Path, meta: dict) -> dict:
     """Write meta.json, or check that an existing one was made with the same settings."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,8 +126,13 @@ def build_embeddings(corpus: Path, out_dir: Path, model: str = DEFAULT_MODEL, nu
     export in `out_dir/encoder_onnx/`."""
     corpus, out_dir = Path(corpus), Path(out_dir)
     if encoder is None:
+        encoder_device = "cpu"
+        if encoder_backend == "torch":  # the ONNX backends never import torch
+            from verl.utils.distributed import resolve_device
+
+            encoder_device = resolve_device(device)
         encoder = load_encoder(resolve_model(model), backend=encoder_backend, cache_dir=out_dir / "encoder_onnx",
-                               device=resolve_device(device) if encoder_backend == "torch" else "cpu",
+                               device=encoder_device,
                                query_instruction=query_instruction, passage_instruction=passage_instruction,
                                max_length=max_length, batch_size=batch_size, fp16=fp16,
                                threads=os.cpu_count())  # an embedding run has the machine to itself

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from verl.trainer.steps import is_due, run_length
 from verl.utils import checkpoint as ckpt
 from verl.utils.dataset.sft_dataset import SFTDataset
+from verl.utils.distributed import resolve_device
 from verl.utils.hydra_config import CONFIG_DIR, compose_checked
 from verl.utils.tracking import BACKENDS, Tracking
 
@@ -295,7 +296,7 @@ def fit(config: SFTConfig) -> dict[str, float]:
     from transformers import AutoTokenizer
 
     data, optim_cfg, trainer = config.data, config.optim, config.trainer
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if trainer.device == "auto" else trainer.device
+    device = resolve_device(trainer.device)
     rank, world = init_distributed(device)
     if data.train_batch_size % (world * data.micro_batch_size_per_gpu):
         raise ValueError(f"data.train_batch_size={data.train_batch_size} must be a multiple of world size {world} "

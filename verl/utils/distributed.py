@@ -35,6 +35,14 @@ def device() -> torch.device:
     return torch.device("cuda", 0) if os.environ.get(DEVICE_ENV, "cpu") == "cuda" else torch.device("cpu")
 
 
+def resolve_device(choice: str) -> str:
+    """A `--device` / `trainer.device` choice as a torch device name: "auto" is "cuda" when a GPU is
+    visible, else "cpu"; "cpu" and "cuda" stay as they are."""
+    if choice != "auto":
+        return choice
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def init_process_group_from_env() -> None:
     """Join the group described by RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (nccl on GPU, else gloo)."""
     if dist.is_initialized():

@@ -41,6 +41,7 @@ __all__ = [
     "agg_loss",
     "agg_loss_normalizer",
     "state_mask",
+    "batch_state_mask",
     "compute_policy_loss",
     "compute_value_loss",
     "compute_entropy_loss",
@@ -311,6 +312,12 @@ def state_mask(response_mask: torch.Tensor, info_mask: torch.Tensor | None, stat
     if not state_masking or info_mask is None:
         return response_mask
     return response_mask * (1 - info_mask)
+
+
+def batch_state_mask(tensors, state_masking: bool) -> torch.Tensor:
+    """`state_mask` of a batch's tensors (a DataProto's `batch`): its response_mask, and its info_mask
+    when it has one (agent rollouts do, plain generations do not)."""
+    return state_mask(tensors["response_mask"], tensors.get("info_mask", None), state_masking)
 
 
 def agg_loss_normalizer(loss_mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:

@@ -233,8 +233,7 @@ class RayPPOTrainer:
         (`actor/entropy` is the updated policy's, logged by the update)."""
         output = self.actor_rollout_wg.compute_log_prob(batch)
         add_columns(batch, output, ["old_log_probs"])
-        scored = core_algos.state_mask(batch.batch["response_mask"], batch.batch.get("info_mask", None),
-                                       self.config.actor_rollout_ref.actor.state_masking)
+        scored = core_algos.batch_state_mask(batch.batch, self.config.actor_rollout_ref.actor.state_masking)
         return {"actor/entropy_at_rollout": float(masked_mean(output.batch["entropys"], scored))}
 
     def apply_kl_in_reward(self, batch: DataProto) -> dict:
@@ -257,7 +256,7 @@ class RayPPOTrainer:
         # GAE walks the same tokens the critic learns on: with critic.state_masking, retrieved tokens
         # are skipped (no TD step), as if cut out of the sequence.
         masking = self.config.critic.state_masking and core_algos.adv_estimator_needs_critic(algo.adv_estimator)
-        mask = core_algos.state_mask(batch.batch["response_mask"], batch.batch.get("info_mask", None), masking)
+        mask = core_algos.batch_state_mask(batch.batch, masking)
         advantages, returns = estimator(
             token_level_rewards=batch.batch["token_level_rewards"], values=batch.batch.get("values"),
             response_mask=mask, index=batch.non_tensor_batch["uid"],

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
-from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss, kl_penalty, state_mask
+from verl.trainer.ppo.core_algos import agg_loss, batch_state_mask, compute_policy_loss, kl_penalty
 from verl.utils.seqlen_balancing import map_micro_batches
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits, trim_padding_columns
 from verl.workers.update_loop import run_updates
@@ -31,7 +31,7 @@ def response_logits(module: torch.nn.Module, batch: dict, scored_BR: torch.Tenso
 
 def policy_loss_mask(data: DataProto, state_masking: bool) -> torch.Tensor:
     """The response tokens the policy loss counts (core_algos.state_mask of the batch)."""
-    return state_mask(data.batch["response_mask"], data.batch.get("info_mask", None), state_masking)
+    return batch_state_mask(data.batch, state_masking)
 
 
 class DataParallelPPOActor:

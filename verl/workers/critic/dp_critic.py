@@ -5,7 +5,7 @@ import torch
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
-from verl.trainer.ppo.core_algos import compute_value_loss, state_mask
+from verl.trainer.ppo.core_algos import batch_state_mask, compute_value_loss
 from verl.utils.seqlen_balancing import map_micro_batches
 from verl.utils.torch_functional import pad_sequence_to_length, trim_padding_columns
 from verl.workers.update_loop import run_updates
@@ -21,7 +21,7 @@ class DataParallelPPOCritic:
 
     def loss_mask(self, data: DataProto) -> torch.Tensor:
         """The tokens the value loss counts: without retrieved ones under critic.state_masking."""
-        return state_mask(data.batch["response_mask"], data.batch.get("info_mask", None), self.config.state_masking)
+        return batch_state_mask(data.batch, self.config.state_masking)
 
     def _values(self, batch: dict) -> torch.Tensor:
         # V(s_t) for response token t is read where the model has seen the prefix before t,
