@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from rag_r1.reward.evidence import evidence_by_round
 from rag_r1.reward.format import FormatWeights, format_reward
-from rag_r1.reward.qa_em import compute_score_em, compute_score_f1, extract_solution, strip_information
+from rag_r1.reward.qa_em import compute_score_em, compute_score_f1, extract_solution, search_blocks, strip_information
 
 Scorer = Callable[[str, object, dict], dict]
 
@@ -93,7 +93,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth, extra_info:
     policy_text = strip_information(solution_str)
     result = SCORERS[name](policy_text, ground_truth, extra_info)
     if round_cost > 0:
-        rounds = policy_text.count("<search>")
+        rounds = len(search_blocks(policy_text))
         result = {**result, "rounds": float(rounds),
                   "score": result["score"] * max(0.0, 1.0 - round_cost * max(0, rounds - 1))}
     weight = float(extra_info.get("evidence_reward_weight") or 0.0)

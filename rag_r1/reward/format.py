@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rag_r1.reward.qa_em import em_check, extract_solution, golden_targets, strip_information
+from rag_r1.reward.qa_em import em_check, extract_solution, golden_targets, search_blocks, strip_information
 
-_SEARCH = re.compile(r"<search>(.*?)</search>", re.DOTALL)
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
@@ -32,7 +31,7 @@ def format_reward(solution_str: str, ground_truth, weights: FormatWeights = Form
     answer = extract_solution(own_text)
     em = float(answer is not None and em_check(answer, golden_targets(ground_truth)))
     has_think = float(bool(_THINK.search(own_text)))
-    has_search = float(any(q.strip() for q in _SEARCH.findall(own_text)))
+    has_search = float(any(q.strip() for q in search_blocks(own_text)))
     has_answer = float(answer is not None)
     score = em * weights.em if em else has_answer * weights.answer_tag
     score += has_think * weights.think_tag + has_search * weights.search_tag

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _INFORMATION = re.compile(r"<information>.*?</information>", re.DOTALL)
+_SEARCH = re.compile(r"<search>(.*?)</search>", re.DOTALL)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
@@ -90,6 +91,15 @@ def extract_solution(solution_str: str) -> str | None:
     """
     matches = _ANSWER.findall(solution_str)
     return matches[-1].strip() if matches else None
+
+
+def search_blocks(text: str) -> list[str]:
+    """The contents of the complete `<search>...</search>` blocks of a response: one per round.
+
+    >>> search_blocks("<search> a, b </search> x <search> c </search> <search> cut")
+    [' a, b ', ' c ']
+    """
+    return _SEARCH.findall(text)
 
 
 def golden_targets(ground_truth) -> str | list[str]:

@@ -77,6 +77,9 @@ class PipelineConfig:
     # sometimes but not always (with guides, never too). frontier_n = 0 trains on the sample as drawn.
     rl_questions: int | None = 64
     frontier_n: int = 0
+    # Draw the RL questions evenly over the rows' `type` (e.g. bridge / comparison) instead of in the
+    # train set's proportions, so a rare type still teaches its own search pattern.
+    rl_balance_types: bool = False
     rl_token_budget: int = 2048  # padded tokens per micro-batch in every RL pass (use_dynamic_bsz)
     # Mix the gold evidence trajectory of each RL question into its group (rag_r1.llm_agent.guides).
     guides: bool = True
@@ -219,7 +222,8 @@ class Pipeline:
         itself when frontier_n is 0. Either is a file named train.jsonl: the RL data is named after it."""
         if self.cfg.frontier_n:
             return self.frontier(sft, url)
-        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions, self.out / "rl_questions" / "train.jsonl")
+        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions,
+                            self.out / "rl_questions" / "train.jsonl", by_type=self.cfg.rl_balance_types)
 
     def frontier(self, model: Path, url: str) -> Path:
         """Train questions the SFT model answers right sometimes but not always (frontier/train.jsonl)."""
@@ -227,7 +231,8 @@ class Pipeline:
         if (out / "counts.json").exists():
             return out / "train.jsonl"
         c = self.cfg
-        candidates = self.sampled(c.data_dir / "train.jsonl", c.rl_questions, out / "candidates.jsonl")
+        candidates = self.sampled(c.data_dir / "train.jsonl", c.rl_questions, out / "candidates.jsonl",
+                                  by_type=c.rl_balance_types)
         self.sh("frontier", ["-m", "rag_r1.eval.frontier", "--model", model, "--questions", candidates,
                              "--retrieval-url", url, "--mode", RL_MODE, "--out", out, "--n", str(c.frontier_n),
                              "--temperature", str(c.rl_temperature), "--batch-size", str(c.eval_batch_size),
@@ -331,16 +336,21 @@ class Pipeline:
             return str(default_minilm_path())
         return self.cfg.encoder
 
-    def sampled(self, questions: Path, limit: int | None, out: Path) -> Path:
+    def sampled(self, questions: Path, limit: int | None, out: Path, by_type: bool = False) -> Path:
         """`limit` rows of a JSONL file drawn with the run's seed, in file order, written to `out` (the
         file itself when it is no longer). A sample, not the first rows: a converted set may be
         sorted by question type (hotpotqa_closed lists its bridge questions before its comparisons).
         The draw depends on the seed and `out`'s name, so each use gets its own sample; it is drawn
-        again on every call, so a resumed run with another seed or limit does not reuse a stale file."""
+        again on every call, so a resumed run with another seed or limit does not reuse a stale file.
+        `by_type`: as many rows of each `type` as there are (evenly_by_type)."""
         rows = questions.read_text(encoding="utf-8").splitlines()
         if limit is None or len(rows) <= limit:
             return questions
-        picked = sorted(random.Random(f"{self.cfg.seed}:{out.name}").sample(range(len(rows)), limit))
+        rng = random.Random(f"{self.cfg.seed}:{out.name}")
+        if by_type:
+            picked = evenly_by_type([json.loads(row).get("type") for row in rows], limit, rng, questions)
+        else:
+            picked = sorted(rng.sample(range(len(rows)), limit))
         text = "".join(rows[i] + "\n" for i in picked)
         if not out.exists() or out.read_text(encoding="utf-8") != text:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -364,6 +374,22 @@ class Pipeline:
             raise SystemExit(f"stage '{title}' failed (exit {done.returncode}); re-run to resume from it")
         with (self.out / "stage_times.jsonl").open("a") as f:
             f.write(json.dumps({"stage": title, "seconds": round(time.time() - started, 1)}) + "\n")
+
+
+def evenly_by_type(kinds: list[str | None], limit: int, rng: random.Random, source: Path) -> list[int]:
+    """`limit` row indices, sorted, taken in turns from each kind (a kind that runs out leaves its
+    turns to the others), each kind's rows in an order drawn by `rng`."""
+    if None in kinds:
+        raise SystemExit(f"rl_balance_types: {source} has rows without a `type` field to balance over")
+    queues = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind in sorted(set(kinds))}
+    for queue in queues.values():
+        rng.shuffle(queue)
+    picked: list[int] = []
+    while len(picked) < limit:
+        for queue in queues.values():
+            if queue and len(picked) < limit:
+                picked.append(queue.pop())
+    return sorted(picked)
 
 
 def latest_step_dir(run_dir: Path) -> Path:

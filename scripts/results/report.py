@@ -211,18 +211,55 @@ def question_type(row: dict, titles: dict[str, str]) -> str:
     return "bridge"
 
 
+def type_stats(rows: list[dict], titles: dict[str, str]) -> dict[str, dict]:
+    """Per question type of some trajectories: questions, EM, rounds and queries per round."""
+    stats = {}
+    for kind in sorted({question_type(r, titles) for r in rows}):
+        mine = [r for r in rows if question_type(r, titles) == kind]
+        rounds = sum(r["searches"] for r in mine)
+        queries = sum(len(q) for r in mine for q in r["queries"])
+        stats[kind] = {"n": len(mine), "em": sum(r["em"] for r in mine) / len(mine),
+                       "rounds": rounds / len(mine), "queries_per_round": queries / rounds if rounds else 0.0}
+    return stats
+
+
 def type_table(out: Path, runs, titles: dict[str, str]) -> str:
     """Per evaluated model-mode and question type: questions, EM, rounds and queries per round."""
     lines = ["| model-mode | type | questions | EM | rounds | queries/round |", "|---|---|---|---|---|---|"]
     for run in runs:
-        rows = list(read_trajectories(out, run.label).values())
-        for kind in sorted({question_type(r, titles) for r in rows}):
-            mine = [r for r in rows if question_type(r, titles) == kind]
-            rounds = sum(r["searches"] for r in mine)
-            queries = sum(len(q) for r in mine for q in r["queries"])
-            lines.append(f"| {run.label} | {kind} | {len(mine)} | {sum(r['em'] for r in mine) / len(mine):.3f} | "
-                         f"{rounds / len(mine):.2f} | {queries / rounds if rounds else 0:.2f} |")
+        for kind, st in type_stats(list(read_trajectories(out, run.label).values()), titles).items():
+            lines.append(f"| {run.label} | {kind} | {st['n']} | {st['em']:.3f} | {st['rounds']:.2f} | "
+                         f"{st['queries_per_round']:.2f} |")
     return "\n".join(lines)
+
+
+def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[str]:
+    """What shows RL teaching the agent, each as a line that says whether it holds: EM in multi mode
+    rising untrained < SFT < SFT+RL, the RL reward of the last quarter of the steps above the first,
+    and comparison questions taking fewer rounds in multi mode than in single mode after RL, at 1.5
+    queries per round or more. A check whose runs were not evaluated is left out."""
+    def verdict(ok: bool) -> str:
+        return "**yes**" if ok else "**no**"
+
+    lines = []
+    em = {label: [r["em"] for r in read_trajectories(out, label).values()] for label in
+          ("base-multi", "sft-multi", "rl-multi")}
+    if all(em.values()):
+        means = [sum(v) / len(v) for v in em.values()]
+        lines.append(f"- EM in multi mode rises untrained < SFT < SFT+RL ({' < '.join(f'{m:.3f}' for m in means)}): "
+                     f"{verdict(means[0] < means[1] < means[2])}")
+    trend = reward_trend(rl)
+    if trend:
+        lines.append(f"- RL reward of the last quarter of the steps above the first ({trend['first_quarter']:.3f} "
+                     f"-> {trend['last_quarter']:.3f}): {verdict(trend['last_quarter'] > trend['first_quarter'])}")
+    single = type_stats(list(read_trajectories(out, "rl-single").values()), titles).get("comparison")
+    multi = type_stats(list(read_trajectories(out, "rl-multi").values()), titles).get("comparison")
+    if single and multi:
+        ok = multi["rounds"] < single["rounds"] and multi["queries_per_round"] >= 1.5
+        lines.append(f"- after RL, comparison questions take fewer rounds in multi mode than in single mode "
+                     f"({multi['rounds']:.2f} vs {single['rounds']:.2f}) at 1.5 queries per round or more "
+                     f"({multi['queries_per_round']:.2f}): {verdict(ok)}")
+    return lines
 
 
 def write_results_readme(out: Path, wall_seconds: float | None = None, command: str | None = None) -> Path:
@@ -254,8 +291,12 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
         parts += ["## Does RL improve on SFT?", "",
                   "EM of the SFT model and of the SFT+RL model on the same questions; the interval is a 95 % "
                   "paired bootstrap over questions (10,000 resamples).", "", rl_vs_sft_table(comparison), ""]
+    titles = corpus_titles(out)
+    checks = learning_checks(out, rl, titles)
+    if checks:
+        parts += ["## Does the agent learn?", "", *checks, ""]
     if any(read_trajectories(out, r.label) for r in runs):
-        parts += ["## By question type", "", type_table(out, runs, corpus_titles(out)), ""]
+        parts += ["## By question type", "", type_table(out, runs, titles), ""]
     if by_round:
         parts += ["## Evidence recall by retrieval round", "", evidence_table(by_round), ""]
         parts += [f"![evidence by round]({evidence_png.name})", ""]
@@ -265,7 +306,7 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
             parts += ["SFT loss per step: " + ", ".join(f"{v:.3g}" for v in curve(sft, "train/loss")[1]), ""]
         trend = reward_trend(rl)
         if trend:
-            parts += [f"RL reward (mean over every sampled trajectory): first quarter of the {trend['steps']} steps "
+            parts += [f"RL reward (mean over the policy's own samples, guides left out): first quarter of the {trend['steps']} steps "
                       f"{trend['first_quarter']:.3f}, last quarter {trend['last_quarter']:.3f}.", ""]
         if rl:
             parts += [rl_table(rl), ""]

@@ -2,6 +2,8 @@
 the RL mode its data is built in, and repeat no default but the ones named on purpose."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from repeated_defaults import repeated_defaults
@@ -74,3 +76,21 @@ def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
     args = command(lambda: pipeline.pick_rl_questions(tmp_path / "sft", "http://127.0.0.1:1/retrieve"))
     assert args[:2] == ["-m", "rag_r1.eval.frontier"] and args[args.index("--n") + 1] == "5"
     assert len(open(args[args.index("--questions") + 1]).read().splitlines()) == 3
+
+
+def test_rl_questions_balanced_over_types(pipeline, tmp_path):
+    # 12 bridge rows and 3 comparisons: a plain draw of 6 would expect one comparison
+    rows = [json.dumps({"id": f"{kind}{i}", "question": "q?", "golden_answers": ["a"], "type": kind})
+            for kind, n in (("bridge", 12), ("comparison", 3)) for i in range(n)]
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(rows) + "\n")
+    pipeline.cfg.rl_questions, pipeline.cfg.frontier_n, pipeline.cfg.rl_balance_types = 6, 0, True
+    picked = [json.loads(r) for r in pipeline.pick_rl_questions(tmp_path / "sft", "u").read_text().splitlines()]
+    assert [r["type"] for r in picked].count("comparison") == 3 and len({r["id"] for r in picked}) == 6
+    assert [rows.index(json.dumps(r)) for r in picked] == sorted(rows.index(json.dumps(r)) for r in picked)
+    # more comparisons asked for than exist: the bridge rows take the turns left
+    pipeline.cfg.rl_questions = 10
+    kinds = [json.loads(r)["type"] for r in pipeline.pick_rl_questions(tmp_path / "sft", "u").read_text().splitlines()]
+    assert kinds.count("comparison") == 3 and kinds.count("bridge") == 7
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(r.replace(', "type": "bridge"', "") for r in rows) + "\n")
+    with pytest.raises(SystemExit, match="without a `type` field"):
+        pipeline.pick_rl_questions(tmp_path / "sft", "u")

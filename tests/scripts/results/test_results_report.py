@@ -36,6 +36,10 @@ def test_results_readme_has_tables_evidence_and_curves(tmp_path):
                                               trajectory("q2", 0.0, [["b"], ["c"]], "comparison")])
     write_trajectories(tmp_path, "rl-multi", [trajectory("q1", 1.0, [["a"]], "bridge"),
                                              trajectory("q2", 1.0, [["b", "c"]], "comparison")])
+    write_trajectories(tmp_path, "base-multi", [trajectory("q1", 0.0, [], "bridge"),
+                                               trajectory("q2", 0.0, [], "comparison")])
+    write_summary(tmp_path, "rl-single", **summary(0.5, 2.0, 1.0, [0.5, 0.75]))
+    write_trajectories(tmp_path, "rl-single", [trajectory("q2", 1.0, [["b"], ["c"]], "comparison")])
     runs = tmp_path / "runs" / "rl"
     runs.mkdir(parents=True)
     rows = [{"step": 1, "sampling/score_mean": 0.25, "env/search_calls_mean": 1.0},
@@ -61,6 +65,10 @@ def test_results_readme_has_tables_evidence_and_curves(tmp_path):
     assert "| step | sampling/score_mean | env/search_calls_mean |\n|---|---|---|\n| 1 | 0.25 | 1 |\n| 2 | 0.5 | 1.5 |" \
         in readme
     assert "first quarter of the 2 steps 0.250, last quarter 0.500" in readme
+    assert "- EM in multi mode rises untrained < SFT < SFT+RL (0.000 < 0.500 < 1.000): **yes**" in readme
+    assert "- RL reward of the last quarter of the steps above the first (0.250 -> 0.500): **yes**" in readme
+    assert ("comparison questions take fewer rounds in multi mode than in single mode (1.00 vs 2.00) at 1.5 "
+            "queries per round or more (2.00): **yes**") in readme
     # both questions paired: +0.5, one gained, none lost; every resample keeps a difference in [0, 1]
     assert "| multi | 2 | 0.500 | 1.000 | +0.500 | [+0.000, +1.000] | 1 / 0 |" in readme
     assert "| rl-multi | comparison | 1 | 1.000 | 1.00 | 2.00 |" in readme
@@ -154,3 +162,19 @@ def test_invocation_names_the_module_args_and_data(monkeypatch):
     monkeypatch.delenv("OUT", raising=False)
     assert invocation("scripts.results.make_results", ["--rl-steps", "2", "--model", "a b"]) == \
         "DATA='/data/my set' python -m scripts.results.make_results --rl-steps 2 --model 'a b'"
+
+
+def test_learning_checks_say_no_when_a_check_fails(tmp_path):
+    from scripts.results.report import learning_checks
+
+    for label, em, queries in (("base-multi", 0.0, [["a"]]), ("sft-multi", 1.0, [["a", "b"]]),
+                               ("rl-multi", 1.0, [["a"], ["b", "c"]]), ("rl-single", 1.0, [["a"], ["b"]])):
+        (tmp_path / "eval" / label / "test").mkdir(parents=True)
+        write_trajectories(tmp_path, label, [trajectory("q1", em, queries, "comparison")])
+    rl = [{"step": i, "sampling/score_mean": v} for i, v in enumerate([0.5, 0.4, 0.3, 0.2], 1)]
+    assert learning_checks(tmp_path, rl, {}) == [
+        "- EM in multi mode rises untrained < SFT < SFT+RL (0.000 < 1.000 < 1.000): **no**",
+        "- RL reward of the last quarter of the steps above the first (0.500 -> 0.200): **no**",
+        "- after RL, comparison questions take fewer rounds in multi mode than in single mode (2.00 vs 2.00) at "
+        "1.5 queries per round or more (1.50): **no**"]
+    assert learning_checks(tmp_path / "nothing", [], {}) == []
