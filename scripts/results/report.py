@@ -306,8 +306,9 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
             parts += ["SFT loss per step: " + ", ".join(f"{v:.3g}" for v in curve(sft, "train/loss")[1]), ""]
         trend = reward_trend(rl)
         if trend:
-            parts += [f"RL reward (mean over the policy's own samples, guides left out): first quarter of the {trend['steps']} steps "
-                      f"{trend['first_quarter']:.3f}, last quarter {trend['last_quarter']:.3f}.", ""]
+            parts += [f"RL reward (mean over the policy's own samples, guides left out): first quarter of the "
+                      f"{trend['steps']} steps {trend['first_quarter']:.3f}, last quarter {trend['last_quarter']:.3f}.",
+                      ""]
         if rl:
             parts += [rl_table(rl), ""]
     frontier = out / "frontier" / "counts.json"

@@ -91,6 +91,7 @@ def test_rl_questions_balanced_over_types(pipeline, tmp_path):
     pipeline.cfg.rl_questions = 10
     kinds = [json.loads(r)["type"] for r in pipeline.pick_rl_questions(tmp_path / "sft", "u").read_text().splitlines()]
     assert kinds.count("comparison") == 3 and kinds.count("bridge") == 7
-    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(r.replace(', "type": "bridge"', "") for r in rows) + "\n")
+    untyped = [r.replace(', "type": "bridge"', "") for r in rows]
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(untyped) + "\n")
     with pytest.raises(SystemExit, match="without a `type` field"):
         pipeline.pick_rl_questions(tmp_path / "sft", "u")

@@ -65,7 +65,8 @@ def test_results_readme_has_tables_evidence_and_curves(tmp_path):
     assert "| step | sampling/score_mean | env/search_calls_mean |\n|---|---|---|\n| 1 | 0.25 | 1 |\n| 2 | 0.5 | 1.5 |" \
         in readme
     assert "first quarter of the 2 steps 0.250, last quarter 0.500" in readme
-    assert "- EM in multi mode rises untrained < SFT < SFT+RL (0.000 < 0.500 < 1.000): **yes**" in readme
+    assert "- EM in multi mode rises untrained < SFT < SFT+RL (0.000 < 0.500 < 1.000): **yes**" \
+        in readme
     assert "- RL reward of the last quarter of the steps above the first (0.250 -> 0.500): **yes**" in readme
     assert ("comparison questions take fewer rounds in multi mode than in single mode (1.00 vs 2.00) at 1.5 "
             "queries per round or more (2.00): **yes**") in readme
