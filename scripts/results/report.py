@@ -213,9 +213,11 @@ def question_type(row: dict, titles: dict[str, str]) -> str:
 
 def type_stats(rows: list[dict], titles: dict[str, str]) -> dict[str, dict]:
     """Per question type of some trajectories: questions, EM, rounds and queries per round."""
+    by_kind: dict[str, list[dict]] = {}
+    for r in rows:
+        by_kind.setdefault(question_type(r, titles), []).append(r)
     stats = {}
-    for kind in sorted({question_type(r, titles) for r in rows}):
-        mine = [r for r in rows if question_type(r, titles) == kind]
+    for kind, mine in sorted(by_kind.items()):
         rounds = sum(r["searches"] for r in mine)
         queries = sum(len(q) for r in mine for q in r["queries"])
         stats[kind] = {"n": len(mine), "em": sum(r["em"] for r in mine) / len(mine),
