@@ -26,7 +26,7 @@ model: setup
 	$(PY) -m rag_r1.models.smollm2
 
 test: setup
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -rs tests $(ARGS)
 
 demo: setup
 	$(PY) -m scripts.quickstart.demo $(ARGS)
