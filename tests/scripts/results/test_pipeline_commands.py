@@ -3,11 +3,13 @@ the RL mode its data is built in, and repeat no default but the ones named on pu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from repeated_defaults import repeated_defaults
-from scripts.results.pipeline import RL_MODE, Pipeline, PipelineConfig
+from scripts.results.make_results import PROFILES
+from scripts.results.pipeline import DATA_SOURCE, RL_MODE, Pipeline, PipelineConfig
 from test_train_ppo import ppo_value
 
 
@@ -95,3 +97,22 @@ def test_rl_questions_balanced_over_types(pipeline, tmp_path):
     (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(untyped) + "\n")
     with pytest.raises(SystemExit, match="without a `type` field"):
         pipeline.pick_rl_questions(tmp_path / "sft", "u")
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_results_profiles_reward_f1_which_ranks_a_near_miss_above_a_wrong_entity(pipeline, tmp_path, profile):
+    from rag_r1.reward import compute_score
+    from verl.trainer.config import compose_config
+
+    pipeline.cfg = replace(PROFILES[profile], data_dir=pipeline.cfg.data_dir, out_dir=pipeline.cfg.out_dir)
+    args = command(lambda: pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", "http://127.0.0.1:1/retrieve"))
+    kwargs = compose_config(args[2:]).custom_reward_function.reward_kwargs
+    gold = {"target": ["Brett Allen Scallions"]}
+
+    def score(answer: str, **scoring) -> float:
+        return compute_score(DATA_SOURCE, f"<answer> {answer} </answer>", gold, **scoring)["score"]
+
+    assert kwargs["scorer"] == "f1"
+    assert score("Brett Scallions", **kwargs) == pytest.approx(0.8)  # precision 2/2, recall 2/3
+    assert score("Ciaran Gribbin", **kwargs) == 0.0
+    assert score("Brett Scallions") == 0.0  # the data source's own scorer, EM
