@@ -157,6 +157,20 @@ def reward_trend(rl: list[dict], key: str = "sampling/score_mean") -> dict[str, 
             "last_quarter": sum(values[-quarter:]) / quarter}
 
 
+def reward_label(out: Path) -> str:
+    """The reward as the run's config.json names it, " (<scorer>[, round cost <c>])"; "" without one.
+
+    The scorer's extras are logged beside its score: `sampling/em` exists only when the score is not EM."""
+    config = out / "config.json"
+    if not config.exists():
+        return ""
+    pipeline = json.loads(config.read_text()).get("pipeline", {})
+    if "reward" not in pipeline:
+        return ""
+    cost = pipeline.get("round_cost") or 0
+    return f" ({pipeline['reward']}{f', round cost {cost:g}' if cost else ''})"
+
+
 def read_trajectories(out: Path, label: str) -> dict[str, dict]:
     """The rows of eval/<label>/test/trajectories.jsonl by question id."""
     return {row["id"]: row for row in read_jsonl(out / "eval" / label / "test" / "trajectories.jsonl")}
@@ -250,10 +264,12 @@ def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[s
         means = [sum(v) / len(v) for v in em.values()]
         lines.append(f"- EM in multi mode rises untrained < SFT < SFT+RL ({' < '.join(f'{m:.3f}' for m in means)}): "
                      f"{verdict(means[0] < means[1] < means[2])}")
-    trend = reward_trend(rl)
-    if trend:
-        lines.append(f"- RL reward of the last quarter of the steps above the first ({trend['first_quarter']:.3f} "
-                     f"-> {trend['last_quarter']:.3f}): {verdict(trend['last_quarter'] > trend['first_quarter'])}")
+    for key, what in (("sampling/score_mean", f"RL reward{reward_label(out)}"),
+                      ("sampling/em", "EM of the policy's own RL samples (the reward is not EM)")):
+        trend = reward_trend(rl, key)
+        if trend:
+            lines.append(f"- {what} of the last quarter of the steps above the first ({trend['first_quarter']:.3f} "
+                         f"-> {trend['last_quarter']:.3f}): {verdict(trend['last_quarter'] > trend['first_quarter'])}")
     single = type_stats(list(read_trajectories(out, "rl-single").values()), titles).get("comparison")
     multi = type_stats(list(read_trajectories(out, "rl-multi").values()), titles).get("comparison")
     if single and multi:
@@ -308,9 +324,9 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
             parts += ["SFT loss per step: " + ", ".join(f"{v:.3g}" for v in curve(sft, "train/loss")[1]), ""]
         trend = reward_trend(rl)
         if trend:
-            parts += [f"RL reward (mean over the policy's own samples, guides left out): first quarter of the "
-                      f"{trend['steps']} steps {trend['first_quarter']:.3f}, last quarter {trend['last_quarter']:.3f}.",
-                      ""]
+            parts += [f"RL reward{reward_label(out)} (mean over the policy's own samples, guides left out): first "
+                      f"quarter of the {trend['steps']} steps {trend['first_quarter']:.3f}, last quarter "
+                      f"{trend['last_quarter']:.3f}.", ""]
         if rl:
             parts += [rl_table(rl), ""]
     frontier = out / "frontier" / "counts.json"

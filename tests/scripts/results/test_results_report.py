@@ -178,4 +178,11 @@ def test_learning_checks_say_no_when_a_check_fails(tmp_path):
         "- RL reward of the last quarter of the steps above the first (0.500 -> 0.200): **no**",
         "- after RL, comparison questions take fewer rounds in multi mode than in single mode (2.00 vs 2.00) at "
         "1.5 queries per round or more (1.50): **no**"]
+    # an F1 reward: the check names it, and the policy's own EM (logged beside the score) gets a line
+    (tmp_path / "config.json").write_text(json.dumps({"pipeline": {"reward": "f1", "round_cost": 0.0}}))
+    rl = [{**row, "sampling/em": em} for row, em in zip(rl, [0.0, 0.1, 0.2, 0.25])]
+    assert learning_checks(tmp_path, rl, {})[1:3] == [
+        "- RL reward (f1) of the last quarter of the steps above the first (0.500 -> 0.200): **no**",
+        "- EM of the policy's own RL samples (the reward is not EM) of the last quarter of the steps above the "
+        "first (0.000 -> 0.250): **yes**"]
     assert learning_checks(tmp_path / "nothing", [], {}) == []

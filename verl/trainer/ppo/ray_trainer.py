@@ -173,12 +173,12 @@ class RayPPOTrainer:
         sampling), groups whose rows all score the same are dropped and more prompts are rolled out
         until data.train_batch_size groups are kept or max_num_gen_batches batches were generated;
         the batch then holds the first train_batch_size kept groups (fewer when the cap was hit).
-        Score metrics (`critic/score/*`) describe the trained batch; `sampling/score_mean` describes
-        every row the policy sampled, i.e. the policy itself: rows a rollout loop marks in the
-        non-tensor column `guided` (off-policy demonstrations put in a group) are trained on but
-        left out of it."""
+        Score metrics (`critic/score/*`) describe the trained batch; `sampling/score_mean` and
+        `sampling/<extra>` (the reward's extra numbers, e.g. em when the score is f1) describe every
+        row the policy sampled, i.e. the policy itself: rows a rollout loop marks in the non-tensor
+        column `guided` (off-policy demonstrations put in a group) are trained on but left out of them."""
         filter_cfg = self.config.algorithm.filter_groups
-        kept, rollout_metrics, scores, generated = [], defaultdict(list), [], 0
+        kept, rollout_metrics, scores, own_extras, generated = [], defaultdict(list), [], defaultdict(list), 0
         while True:
             batch = self.repeat_for_sampling(next(prompt_batches))
             batch, loop_metrics = self.rollout(batch)
@@ -189,6 +189,8 @@ class RayPPOTrainer:
             row_scores = batch.batch["token_level_scores"].sum(-1).numpy()
             guided = np.asarray(batch.non_tensor_batch.get("guided", np.zeros(len(batch))), dtype=bool)
             scores.extend(row_scores[~guided].tolist())
+            for key, values in extras.items():
+                own_extras[key].extend(np.asarray(values, dtype=np.float64)[~guided].tolist())
             if not filter_cfg.enable:
                 kept.append(batch)
                 break
@@ -206,6 +208,7 @@ class RayPPOTrainer:
         metrics = {key: float(np.sum(v)) if key.startswith("timing_s/") else float(np.mean(v))
                    for key, v in rollout_metrics.items()}
         metrics["sampling/score_mean"] = float(np.mean(scores))
+        metrics.update(reward_metrics(own_extras, prefix="sampling"))
         if filter_cfg.enable:
             metrics["sampling/num_gen_batches"] = float(generated)
             metrics["sampling/kept_groups"] = float(len(set(batch.non_tensor_batch["uid"]))) if len(batch) else 0.0

@@ -104,7 +104,8 @@ def test_dynamic_sampling_keeps_varied_groups_and_refills_the_batch(tmp_path, ti
 
 
 def test_reward_curve_leaves_out_guided_rows(tmp_path, tiny_model_dir):
-    trainer = build(tiny_config(tmp_path, tiny_model_dir, "grpo"), tiny_model_dir)
+    trainer = build(tiny_config(tmp_path, tiny_model_dir, "grpo", ["custom_reward_function.name=odd_prompts_vary"]),
+                    tiny_model_dir)
     rollout = trainer.rollout
 
     def rollout_with_a_guide_per_group(prompts):
@@ -119,6 +120,10 @@ def test_reward_curve_leaves_out_guided_rows(tmp_path, tiny_model_dir):
     guided = batch.non_tensor_batch["guided"].astype(bool)
     assert guided.any() and len(batch) == len(scores)  # guides are trained on
     assert metrics["sampling/score_mean"] == pytest.approx(float(scores[~guided].mean()))
+    # the reward's extra numbers too: odd_prompts_vary returns each row's prompt index
+    indices = np.array([info["index"] for info in batch.non_tensor_batch["extra_info"]], dtype=float)
+    assert metrics["sampling/index"] == pytest.approx(float(indices[~guided].mean()))
+    assert metrics["reward/index"] == pytest.approx(float(indices.mean()))
 
 
 def test_dynamic_sampling_names_an_unknown_metric(tmp_path, tiny_model_dir):
