@@ -244,8 +244,8 @@ class Pipeline:
         out = self.out / "rl_data"
         if not (out / "train.parquet").exists():
             self.sh("RL data", ["-m", "scripts.data_process.qa_eval_sets", "--input_dir", questions.parent,
-                                "--sets", questions.stem, "--mode", RL_MODE, "--data_source", DATA_SOURCE,
-                                "--out", out])
+                                "--sets", questions.stem, "--split", "train", "--mode", RL_MODE,
+                                "--data_source", DATA_SOURCE, "--out", out])
         return out
 
     def run_sft(self, base: Path, data: list[Path]) -> Path:

@@ -80,6 +80,22 @@ def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
     assert len(open(args[args.index("--questions") + 1]).read().splitlines()) == 3
 
 
+def test_rl_data_rows_are_the_rl_modes_train_rows(pipeline, tmp_path):
+    import pandas as pd
+
+    from scripts.data_process import qa_eval_sets
+
+    questions = tmp_path / "rl_questions" / "train.jsonl"
+    questions.parent.mkdir()
+    questions.write_text('{"id": "q1", "question": "Who?", "golden_answers": ["Ann"], "supporting_ids": ["p1"]}\n')
+    args = command(lambda: pipeline.build_rl_data(questions))
+    assert args[:2] == ["-m", "scripts.data_process.qa_eval_sets"]
+    qa_eval_sets.main(args[2:])
+    rows = pd.read_parquet(pipeline.out / "rl_data" / "train.parquet")
+    assert list(rows["data_source"]) == [DATA_SOURCE]
+    assert rows["extra_info"][0]["split"] == "train" and rows["extra_info"][0]["question"] == "Who?"
+
+
 def test_rl_questions_balanced_over_types(pipeline, tmp_path):
     # 12 bridge rows and 3 comparisons: a plain draw of 6 would expect one comparison
     rows = [json.dumps({"id": f"{kind}{i}", "question": "q?", "golden_answers": ["a"], "type": kind})
