@@ -87,7 +87,6 @@ class PipelineConfig:
     # queries x 3 passages needs ~720 (median) on hotpotqa_closed; at 600, 18% of the multi-mode SFT
     # trajectories lose evidence to the cut.
     max_obs_length: int = AgentConfig.max_obs_length
-    ppo_temperature: float = 1.0
     # Evaluation on test.jsonl
     # model-mode pairs evaluated (model: base | sft | rl; mode: single | multi), in this order
     eval_runs: tuple[str, ...] = ("base-multi", "sft-single", "sft-multi", "rl-single", "rl-multi")
