@@ -324,8 +324,8 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
             parts += ["SFT loss per step: " + ", ".join(f"{v:.3g}" for v in curve(sft, "train/loss")[1]), ""]
         trend = reward_trend(rl)
         if trend:
-            parts += [f"RL reward{reward_label(out)} (mean over the policy's own samples, guides left out): first "
-                      f"quarter of the {trend['steps']} steps {trend['first_quarter']:.3f}, last quarter "
+            parts += [f"RL reward{reward_label(out)}, the mean over the policy's own samples (guides left out): "
+                      f"first quarter of the {trend['steps']} steps {trend['first_quarter']:.3f}, last quarter "
                       f"{trend['last_quarter']:.3f}.", ""]
         if rl:
             parts += [rl_table(rl), ""]
