@@ -158,9 +158,7 @@ def reward_trend(rl: list[dict], key: str = "sampling/score_mean") -> dict[str, 
 
 
 def reward_label(out: Path) -> str:
-    """The reward as the run's config.json names it, " (<scorer>[, round cost <c>])"; "" without one.
-
-    The scorer's extras are logged beside its score: `sampling/em` exists only when the score is not EM."""
+    """The reward as the run's config.json names it, " (<scorer>[, round cost <c>])"; "" without one."""
     config = out / "config.json"
     if not config.exists():
         return ""
@@ -264,6 +262,7 @@ def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[s
         means = [sum(v) / len(v) for v in em.values()]
         lines.append(f"- EM in multi mode rises untrained < SFT < SFT+RL ({' < '.join(f'{m:.3f}' for m in means)}): "
                      f"{verdict(means[0] < means[1] < means[2])}")
+    # a scorer logs its extras beside its score, so `sampling/em` exists only when the score is not EM
     for key, what in (("sampling/score_mean", f"RL reward{reward_label(out)}"),
                       ("sampling/em", "EM of the policy's own RL samples (the reward is not EM)")):
         trend = reward_trend(rl, key)
