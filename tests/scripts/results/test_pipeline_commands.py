@@ -132,3 +132,17 @@ def test_results_profiles_reward_f1_which_ranks_a_near_miss_above_a_wrong_entity
     assert score("Brett Scallions", **kwargs) == pytest.approx(0.8)  # precision 2/2, recall 2/3
     assert score("Ciaran Gribbin", **kwargs) == 0.0
     assert score("Brett Scallions") == 0.0  # the data source's own scorer, EM
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_results_profiles_sample_groups_of_8_at_the_pipelines_cost_per_step(pipeline, tmp_path, profile):
+    from verl.trainer.config import compose_config
+
+    pipeline.cfg = replace(PROFILES[profile], data_dir=pipeline.cfg.data_dir, out_dir=pipeline.cfg.out_dir)
+    args = command(lambda: pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", "http://127.0.0.1:1/retrieve"))
+    config = compose_config(args[2:])
+    n, batch = config.actor_rollout_ref.rollout.n, config.data.train_batch_size
+    own = PipelineConfig(data_dir=pipeline.cfg.data_dir, out_dir=pipeline.cfg.out_dir)
+    assert n == 8 and n * batch == own.rl_n * own.rl_batch == 16
+    # one question's group per optimizer step: two updates a step, as the pipeline's default makes
+    assert batch // config.actor_rollout_ref.actor.ppo_mini_batch_size == own.rl_batch // own.rl_mini_batch == 2
