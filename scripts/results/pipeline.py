@@ -91,6 +91,10 @@ class PipelineConfig:
     # model-mode pairs evaluated (model: base | sft | rl; mode: single | multi), in this order
     eval_runs: tuple[str, ...] = ("base-multi", "sft-single", "sft-multi", "rl-single", "rl-multi")
     eval_limit: int | None = 50  # a seeded sample of N test questions (~9 s each per model and mode); None = all
+    # Train questions that neither SFT nor RL drew, on which the SFT and RL models are evaluated in the RL
+    # mode too (eval/<model>-multi/dev): a held-out set to compare settings on, so that test.jsonl is read
+    # for the final numbers only. 0 = none (each model takes ~4 s a question).
+    dev_questions: int = 0
     eval_max_turns: int = 3
     eval_max_new_tokens: int = 96
     eval_batch_size: int = 16
@@ -141,6 +145,8 @@ class Pipeline:
             for run in self.cfg.eval_runs:
                 name, mode = run.split("-")
                 self.evaluate(name, models[name], mode, url)
+            for name in ("sft", "rl") if self.cfg.dev_questions else ():
+                self.evaluate(name, models[name], RL_MODE, url, split="dev")
         from scripts.results.report import write_results_readme
 
         readme = write_results_readme(self.out, wall_seconds=time.time() - started, command=command)
@@ -198,10 +204,12 @@ class Pipeline:
     def build_sft_data(self, url: str, mode: str) -> Path:
         out = self.out / "sft_data" / f"{mode}.jsonl"
         if not out.exists():
-            questions = self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.sft_questions,
-                                     self.out / "sft_data" / f"sft_{mode}_questions.jsonl")
-            self.evidence_trajectories(f"SFT data ({mode})", questions, url, mode, out)
+            self.evidence_trajectories(f"SFT data ({mode})", self.sft_questions(mode), url, mode, out)
         return out
+
+    def sft_questions(self, mode: str) -> Path:
+        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.sft_questions,
+                            self.out / "sft_data" / f"sft_{mode}_questions.jsonl")
 
     def build_guides(self, questions: Path, url: str) -> Path:
         """Gold trajectories of the RL questions in the RL mode, to mix into their groups."""
@@ -221,8 +229,13 @@ class Pipeline:
         itself when frontier_n is 0. Either is a file named train.jsonl: the RL data is named after it."""
         if self.cfg.frontier_n:
             return self.frontier(sft, url)
-        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions,
-                            self.out / "rl_questions" / "train.jsonl", by_type=self.cfg.rl_balance_types)
+        return self.rl_candidates()
+
+    def rl_candidates(self) -> Path:
+        """The seeded sample of train questions RL draws from: its questions, or the frontier's candidates."""
+        out = self.out / ("frontier/candidates.jsonl" if self.cfg.frontier_n else "rl_questions/train.jsonl")
+        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions, out,
+                            by_type=self.cfg.rl_balance_types)
 
     def frontier(self, model: Path, url: str) -> Path:
         """Train questions the SFT model answers right sometimes but not always (frontier/train.jsonl)."""
@@ -230,8 +243,7 @@ class Pipeline:
         if (out / "counts.json").exists():
             return out / "train.jsonl"
         c = self.cfg
-        candidates = self.sampled(c.data_dir / "train.jsonl", c.rl_questions, out / "candidates.jsonl",
-                                  by_type=c.rl_balance_types)
+        candidates = self.rl_candidates()
         self.sh("frontier", ["-m", "rag_r1.eval.frontier", "--model", model, "--questions", candidates,
                              "--retrieval-url", url, "--mode", RL_MODE, "--out", out, "--n", str(c.frontier_n),
                              "--temperature", str(c.rl_temperature), "--batch-size", str(c.eval_batch_size),
@@ -310,17 +322,39 @@ class Pipeline:
         shutil.copytree(latest_step_dir(run_dir) / "actor" / "huggingface", target, dirs_exist_ok=True)
         return target
 
-    def evaluate(self, name: str, model: Path, mode: str, url: str) -> Path:
-        out = self.out / "eval" / f"{name}-{mode}" / "test"
+    def evaluate(self, name: str, model: Path, mode: str, url: str, split: str = "test") -> Path:
+        """`model` in `mode` on the evaluated test questions, or (split "dev") on the dev questions."""
+        out = self.out / "eval" / f"{name}-{mode}" / split
         if (out / "summary.json").exists():
             return out
-        questions = self.sampled(self.cfg.data_dir / "test.jsonl", self.cfg.eval_limit,
-                                 self.out / "eval" / "test_questions.jsonl")
+        if split == "test":
+            questions = self.sampled(self.cfg.data_dir / "test.jsonl", self.cfg.eval_limit,
+                                     self.out / "eval" / "test_questions.jsonl")
+        else:
+            questions = self.dev_set()
         args = ["-m", "rag_r1.eval", "--model", model, "--questions", questions,
                 "--retrieval-url", url, "--mode", mode, "--out", out, "--batch-size", str(self.cfg.eval_batch_size),
                 *self.agent_flags(self.cfg.eval_max_turns, self.cfg.eval_max_new_tokens)]
-        self.sh(f"eval {name} ({mode})", args)
+        self.sh(f"eval {name} ({mode}{', dev' if split == 'dev' else ''})", args)
         return out
+
+    def dev_set(self) -> Path:
+        """A seeded sample of dev_questions train questions (eval/dev_questions.jsonl) whose ids no SFT
+        or RL sample holds."""
+        drawn = [self.sft_questions("multi"), self.sft_questions("single"), self.rl_candidates()]
+        seen = {json.loads(row).get("id") for path in drawn for row in path.read_text(encoding="utf-8").splitlines()}
+        rows = self.cfg.data_dir.joinpath("train.jsonl").read_text(encoding="utf-8").splitlines()
+        if None in seen or any("id" not in json.loads(row) for row in rows):
+            raise SystemExit("dev_questions: every train.jsonl row needs an `id` to tell the questions SFT and RL "
+                             "drew from the others")
+        left = [row for row in rows if json.loads(row)["id"] not in seen]
+        if len(left) < self.cfg.dev_questions:
+            raise SystemExit(f"dev_questions={self.cfg.dev_questions}: only {len(left)} train questions are left "
+                             "outside the SFT and RL samples (lower --sft-questions or --rl-questions)")
+        pool = self.out / "eval" / "dev_pool.jsonl"
+        pool.parent.mkdir(parents=True, exist_ok=True)
+        pool.write_text("".join(row + "\n" for row in left), encoding="utf-8")
+        return self.sampled(pool, self.cfg.dev_questions, self.out / "eval" / "dev_questions.jsonl")
 
     # ------------------------------------------------------------------ plumbing
     def agent_flags(self, max_turns: int, max_new_tokens: int) -> list[str]:

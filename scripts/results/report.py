@@ -169,17 +169,17 @@ def reward_label(out: Path) -> str:
     return f" ({pipeline['reward']}{f', round cost {cost:g}' if cost else ''})"
 
 
-def read_trajectories(out: Path, label: str) -> dict[str, dict]:
-    """The rows of eval/<label>/test/trajectories.jsonl by question id."""
-    return {row["id"]: row for row in read_jsonl(out / "eval" / label / "test" / "trajectories.jsonl")}
+def read_trajectories(out: Path, label: str, split: str = "test") -> dict[str, dict]:
+    """The rows of eval/<label>/<split>/trajectories.jsonl by question id."""
+    return {row["id"]: row for row in read_jsonl(out / "eval" / label / split / "trajectories.jsonl")}
 
 
-def rl_vs_sft(out: Path, modes=("single", "multi")) -> list[dict]:
+def rl_vs_sft(out: Path, modes=("single", "multi"), split: str = "test") -> list[dict]:
     """Per mode evaluated for both models: EM of each on the same questions, the RL - SFT difference
     with its 95 % paired-bootstrap interval, and the questions only one of them answered."""
     results = []
     for mode in modes:
-        sft, rl = read_trajectories(out, f"sft-{mode}"), read_trajectories(out, f"rl-{mode}")
+        sft, rl = read_trajectories(out, f"sft-{mode}", split), read_trajectories(out, f"rl-{mode}", split)
         ids = [i for i in sft if i in rl]
         if not ids:
             continue
@@ -281,7 +281,8 @@ def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[s
 
 def write_results_readme(out: Path, wall_seconds: float | None = None, command: str | None = None) -> Path:
     out = Path(out)
-    runs = pipeline_order(load_runs(out / "eval"))
+    # the dev split (PipelineConfig.dev_questions) is held-out train questions, not a dataset: its own section
+    runs = pipeline_order([run for run in load_runs(out / "eval") if run.dataset != "dev"])
     plot_report(runs, out / "eval.png")
     rl = read_jsonl(out / "runs" / "rl" / "metrics.jsonl")
     sft = read_jsonl(out / "runs" / "sft" / "metrics.jsonl")
@@ -308,6 +309,12 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
         parts += ["## Does RL improve on SFT?", "",
                   "EM of the SFT model and of the SFT+RL model on the same questions; the interval is a 95 % "
                   "paired bootstrap over questions (10,000 resamples).", "", rl_vs_sft_table(comparison), ""]
+    dev = rl_vs_sft(out, split="dev")
+    if dev:
+        parts += ["## RL vs SFT on held-out train questions (dev)", "",
+                  f"The same comparison on {dev[0]['n']} train questions that neither SFT nor RL drew "
+                  "(`eval/dev_questions.jsonl`): the set to compare settings on, so that the test questions above "
+                  "decide nothing.", "", rl_vs_sft_table(dev), ""]
     titles = corpus_titles(out)
     checks = learning_checks(out, rl, titles)
     if checks:

@@ -146,3 +146,34 @@ def test_results_profiles_sample_groups_of_8_at_the_pipelines_cost_per_step(pipe
     assert n == 8 and n * batch == own.rl_n * own.rl_batch == 16
     # one question's group per optimizer step: two updates a step, as the pipeline's default makes
     assert batch // config.actor_rollout_ref.actor.ppo_mini_batch_size == own.rl_batch // own.rl_mini_batch == 2
+
+
+@pytest.mark.parametrize("frontier_n", [0, 4])
+def test_dev_questions_are_train_questions_no_sft_or_rl_sample_holds(pipeline, frontier_n):
+    rows = [json.dumps({"id": f"q{i}", "question": f"q{i}?", "golden_answers": ["a"]}) for i in range(30)]
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(rows) + "\n")
+    c = pipeline.cfg
+    c.sft_questions, c.rl_questions, c.frontier_n, c.dev_questions = 6, 8, frontier_n, 10
+
+    def ids(path):
+        return {json.loads(row)["id"] for row in path.read_text().splitlines()}
+
+    dev = ids(pipeline.dev_set())
+    drawn = ids(pipeline.sft_questions("multi")) | ids(pipeline.sft_questions("single")) | ids(pipeline.rl_candidates())
+    assert len(dev) == 10 and not dev & drawn and len(drawn) >= 8
+    assert dev == ids(pipeline.dev_set())  # the same draw on a resumed run
+    c.dev_questions = 31 - len(drawn)
+    with pytest.raises(SystemExit, match=f"only {30 - len(drawn)} train questions are left"):
+        pipeline.dev_set()
+
+
+def test_dev_evaluation_runs_in_the_rl_mode_on_the_dev_questions(pipeline, tmp_path):
+    rows = [json.dumps({"id": f"q{i}", "question": f"q{i}?", "golden_answers": ["a"]}) for i in range(200)]
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(rows) + "\n")
+    pipeline.cfg.dev_questions = 20
+    args = command(lambda: pipeline.evaluate("rl", tmp_path / "rl", RL_MODE, "http://127.0.0.1:1/retrieve",
+                                             split="dev"))
+    out = pipeline.cfg.out_dir / "eval"
+    assert args[args.index("--questions") + 1] == str(out / "dev_questions.jsonl")
+    assert args[args.index("--out") + 1] == str(out / f"rl-{RL_MODE}" / "dev")
+    assert len((out / "dev_questions.jsonl").read_text().splitlines()) == 20

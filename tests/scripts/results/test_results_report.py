@@ -7,8 +7,8 @@ from scripts.results.pipeline import PipelineConfig, invocation, latest_step_dir
 from scripts.results.report import evidence_table, write_results_readme
 
 
-def write_summary(root: Path, label: str, **summary) -> None:
-    path = root / "eval" / label / "test" / "summary.json"
+def write_summary(root: Path, label: str, split: str = "test", **summary) -> None:
+    path = root / "eval" / label / split / "summary.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(summary))
 
@@ -19,8 +19,8 @@ def summary(em, rounds, qpr, recall_by_round):
                 retrieved_per_question=6.0)
 
 
-def write_trajectories(root: Path, label: str, rows: list[dict]) -> None:
-    path = root / "eval" / label / "test" / "trajectories.jsonl"
+def write_trajectories(root: Path, label: str, rows: list[dict], split: str = "test") -> None:
+    path = root / "eval" / label / split / "trajectories.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -186,3 +186,24 @@ def test_learning_checks_say_no_when_a_check_fails(tmp_path):
         "- EM of the policy's own RL samples (the reward is not EM) of the last quarter of the steps above the "
         "first (0.000 -> 0.250): **yes**"]
     assert learning_checks(tmp_path / "nothing", [], {}) == []
+
+
+def test_dev_split_gets_its_own_comparison_and_stays_out_of_the_test_tables(tmp_path):
+    for label, em in (("sft-multi", 0.5), ("rl-multi", 0.5)):
+        write_summary(tmp_path, label, **summary(em, 1.5, 1.5, [0.5]))
+        write_trajectories(tmp_path, label, [trajectory("t1", 1.0, [["a"]], "bridge"),
+                                            trajectory("t2", 0.0, [["b"]], "bridge")])
+    write_summary(tmp_path, "sft-multi", split="dev", **summary(0.0, 1.0, 2.0, [0.5]))
+    write_summary(tmp_path, "rl-multi", split="dev", **summary(0.67, 1.0, 2.0, [0.5]))
+    write_trajectories(tmp_path, "sft-multi", [trajectory(q, 0.0, [["a"]], "bridge") for q in ("d1", "d2", "d3")],
+                       split="dev")
+    write_trajectories(tmp_path, "rl-multi", [trajectory(q, em, [["a"]], "bridge")
+                                             for q, em in (("d1", 1.0), ("d2", 1.0), ("d3", 0.0))], split="dev")
+
+    readme = write_results_readme(tmp_path).read_text()
+
+    test_part, dev_part = readme.split("## RL vs SFT on held-out train questions (dev)")
+    assert "| multi | 2 | 0.500 | 0.500 | +0.000 | [+0.000, +0.000] | 0 / 0 |" in test_part
+    assert "The same comparison on 3 train questions that neither SFT nor RL drew" in dev_part
+    assert "| multi | 3 | 0.000 | 0.667 | +0.667 |" in dev_part and "| 2 / 0 |" in dev_part
+    assert "| Method | test | Avg. |" in test_part  # no dev column: the split is not one of the sets
