@@ -6,7 +6,8 @@
     make results ARGS="--rl-steps 200 --rl-batch 64 --model Qwen/Qwen2.5-3B-Instruct"   # scale up
 
 Outputs (git-ignored) under results/ (results-long/ for PROFILE=long): checkpoints/{base,sft,rl}/ (HF),
-frontier/ (the RL questions), eval/<model>-<mode>/test/ (trajectories.jsonl, summary.json),
+frontier/ (the RL questions), eval/<model>-<mode>/test/ (trajectories.jsonl, summary.json; dev/ beside it
+for --dev-questions, which PROFILE=long sets to 50),
 runs/{sft,rl}/ (metrics.jsonl), config.json (retrieval settings), commands.sh (every command run)
 and README.md + PNGs. Re-running resumes.
 """
@@ -35,7 +36,8 @@ DEFAULTS = PipelineConfig(
 # Each profile: the pipeline's defaults with these changes (flags given with ARGS still win).
 PROFILES = {
     "default": DEFAULTS,
-    "long": replace(DEFAULTS, out_dir=REPO / "results-long", rl_steps=24, rl_questions=128),
+    # with room in its budget for the dev comparison (~7 min), which the default's 90 minutes lack
+    "long": replace(DEFAULTS, out_dir=REPO / "results-long", rl_steps=24, rl_questions=128, dev_questions=50),
 }
 
 
