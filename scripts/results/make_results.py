@@ -28,7 +28,7 @@ DEFAULTS = PipelineConfig(
     reward="f1",
     # Groups of 8 over 2 questions a step: the pipeline's 16 trajectories a step, but a group of 4 holds
     # 3 own samples beside its guide, too few for a group baseline; on hotpotqa_closed such groups came
-    # out all equal and were refilled at 5 of 10 steps (a second generation batch), groups of 8 at none of 7.
+    # out all equal and were refilled at 5 of 10 steps (a second generation batch), groups of 8 at none of 17.
     rl_n=8,
     rl_batch=2,
     rl_mini_batch=1,
@@ -36,7 +36,7 @@ DEFAULTS = PipelineConfig(
 # Each profile: the pipeline's defaults with these changes (flags given with ARGS still win).
 PROFILES = {
     "default": DEFAULTS,
-    # with room in its budget for the dev comparison (~7 min), which the default's 90 minutes lack
+    # with room in its budget for the dev comparison (~10 min), which the default's 90 minutes lack
     "long": replace(DEFAULTS, out_dir=REPO / "results-long", rl_steps=24, rl_questions=128, dev_questions=50),
 }
 

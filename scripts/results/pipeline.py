@@ -93,7 +93,7 @@ class PipelineConfig:
     eval_limit: int | None = 50  # a seeded sample of N test questions (~9 s each per model and mode); None = all
     # Train questions that neither SFT nor RL drew, on which the SFT and RL models are evaluated in the RL
     # mode too (eval/<model>-multi/dev): a held-out set to compare settings on, so that test.jsonl is read
-    # for the final numbers only. 0 = none (each model takes ~4 s a question).
+    # for the final numbers only. 0 = none (each model takes 5-7 s a question on 2 cores).
     dev_questions: int = 0
     eval_max_turns: int = 3
     eval_max_new_tokens: int = 96
