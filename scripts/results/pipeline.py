@@ -341,13 +341,15 @@ class Pipeline:
     def dev_set(self) -> Path:
         """A seeded sample of dev_questions train questions (eval/dev_questions.jsonl) whose ids no SFT
         or RL sample holds."""
-        drawn = [self.sft_questions("multi"), self.sft_questions("single"), self.rl_candidates()]
-        seen = {json.loads(row).get("id") for path in drawn for row in path.read_text(encoding="utf-8").splitlines()}
         rows = self.cfg.data_dir.joinpath("train.jsonl").read_text(encoding="utf-8").splitlines()
-        if None in seen or any("id" not in json.loads(row) for row in rows):
+        ids = [json.loads(row).get("id") for row in rows]
+        if None in ids:
             raise SystemExit("dev_questions: every train.jsonl row needs an `id` to tell the questions SFT and RL "
                              "drew from the others")
-        left = [row for row in rows if json.loads(row)["id"] not in seen]
+        # the samples are rows of train.jsonl, so their ids exist once the rows' ids do
+        drawn = [self.sft_questions("multi"), self.sft_questions("single"), self.rl_candidates()]
+        seen = {json.loads(row)["id"] for path in drawn for row in path.read_text(encoding="utf-8").splitlines()}
+        left = [row for row, qid in zip(rows, ids) if qid not in seen]
         if len(left) < self.cfg.dev_questions:
             raise SystemExit(f"dev_questions={self.cfg.dev_questions}: only {len(left)} train questions are left "
                              "outside the SFT and RL samples (lower --sft-questions or --rl-questions)")

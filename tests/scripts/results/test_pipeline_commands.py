@@ -115,14 +115,20 @@ def test_rl_questions_balanced_over_types(pipeline, tmp_path):
         pipeline.pick_rl_questions(tmp_path / "sft", "u")
 
 
-@pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_results_profiles_reward_f1_which_ranks_a_near_miss_above_a_wrong_entity(pipeline, tmp_path, profile):
-    from rag_r1.reward import compute_score
+def profile_rl_config(pipeline: Pipeline, tmp_path, profile: str):
+    """The trainer config a results profile's RL stage composes."""
     from verl.trainer.config import compose_config
 
     pipeline.cfg = replace(PROFILES[profile], data_dir=pipeline.cfg.data_dir, out_dir=pipeline.cfg.out_dir)
     args = command(lambda: pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", "http://127.0.0.1:1/retrieve"))
-    kwargs = compose_config(args[2:]).custom_reward_function.reward_kwargs
+    return compose_config(args[2:])
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_results_profiles_reward_f1_which_ranks_a_near_miss_above_a_wrong_entity(pipeline, tmp_path, profile):
+    from rag_r1.reward import compute_score
+
+    kwargs = profile_rl_config(pipeline, tmp_path, profile).custom_reward_function.reward_kwargs
     gold = {"target": ["Brett Allen Scallions"]}
 
     def score(answer: str, **scoring) -> float:
@@ -136,11 +142,7 @@ def test_results_profiles_reward_f1_which_ranks_a_near_miss_above_a_wrong_entity
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_results_profiles_sample_groups_of_8_at_the_pipelines_cost_per_step(pipeline, tmp_path, profile):
-    from verl.trainer.config import compose_config
-
-    pipeline.cfg = replace(PROFILES[profile], data_dir=pipeline.cfg.data_dir, out_dir=pipeline.cfg.out_dir)
-    args = command(lambda: pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", "http://127.0.0.1:1/retrieve"))
-    config = compose_config(args[2:])
+    config = profile_rl_config(pipeline, tmp_path, profile)
     n, batch = config.actor_rollout_ref.rollout.n, config.data.train_batch_size
     own = PipelineConfig(data_dir=pipeline.cfg.data_dir, out_dir=pipeline.cfg.out_dir)
     assert n == 8 and n * batch == own.rl_n * own.rl_batch == 16
@@ -164,6 +166,9 @@ def test_dev_questions_are_train_questions_no_sft_or_rl_sample_holds(pipeline, f
     assert dev == ids(pipeline.dev_set())  # the same draw on a resumed run
     c.dev_questions = 31 - len(drawn)
     with pytest.raises(SystemExit, match=f"only {30 - len(drawn)} train questions are left"):
+        pipeline.dev_set()
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(rows + ['{"question": "no id?"}']) + "\n")
+    with pytest.raises(SystemExit, match="every train.jsonl row needs an `id`"):
         pipeline.dev_set()
 
 
