@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rag_r1.reward.evidence import evidence_by_round, evidence_metrics
-from rag_r1.reward.qa_em import em_check, f1_check
+from rag_r1.reward.qa_em import em_check, f1_check, information_text, normalize_answer
+
+_YES_NO = {"yes", "no"}
 
 
 def answer_scores(answer: str | None, golden_answers: str | Sequence[str]) -> dict[str, float]:
@@ -59,6 +61,44 @@ def summarize(rows: Sequence[dict]) -> dict[str, float | int | list[float]]:
     }
     summary.update(evidence_metrics(rows))
     return summary
+
+
+def answer_was_retrieved(row: dict) -> bool:
+    """Whether what the trajectory retrieved holds its answer: a golden answer occurs, as whole words, in
+    the text of its `<information>` blocks (both normalized). A yes/no answer is in no passage, so
+    for those it is whether every supporting passage was retrieved (False without `supporting_ids`)."""
+    golden = [normalize_answer(g) for g in row["golden_answers"]]
+    if set(golden) <= _YES_NO:
+        support = row.get("supporting_ids") or []
+        return bool(support) and set(support) <= {pid for ids in row["retrieved"] for pid in ids}
+    retrieved = f" {normalize_answer(information_text(row['text']))} "
+    return any(g and f" {g} " in retrieved for g in golden)
+
+
+def answer_outcomes(rows: Sequence[dict]) -> dict[str, int]:
+    """Where a set's answers went wrong, to tell a search failure from a reading one. Counts of:
+
+    - `right`: exact match;
+    - `missed_retrieved`: wrong, though the answer was in what the agent retrieved (`answer_was_retrieved`);
+    - `missed_not_retrieved`: wrong, and the answer was never retrieved;
+    - `unanswered`: no `<answer>`;
+    - `copied_question`: of the wrong answers, those that are a span of the question (normalized; a
+      comparison's answer is one of the entities it names, so a copy is sometimes right, never counted here).
+
+    Rows need `text` (the response with its `<information>` blocks), `question`, `answer`, `em`,
+    `golden_answers` and `retrieved`.
+    """
+    counts = dict.fromkeys(("right", "missed_retrieved", "missed_not_retrieved", "unanswered", "copied_question"), 0)
+    for row in rows:
+        if row["answer"] is None:
+            counts["unanswered"] += 1
+        elif row["em"]:
+            counts["right"] += 1
+        else:
+            counts["missed_retrieved" if answer_was_retrieved(row) else "missed_not_retrieved"] += 1
+            answer = normalize_answer(row["answer"])
+            counts["copied_question"] += bool(answer) and f" {answer} " in f" {normalize_answer(row['question'])} "
+    return counts
 
 
 def paired_bootstrap(before: Sequence[float], after: Sequence[float], samples: int = 10_000, seed: int = 0,

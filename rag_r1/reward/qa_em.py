@@ -42,6 +42,15 @@ def strip_information(text: str) -> str:
     return _INFORMATION.sub("", text)
 
 
+def information_text(text: str) -> str:
+    """Everything retrieved into a response: the contents of its `<information>` blocks, joined.
+
+    >>> information_text("<search> q </search><information> a </information> x <information> b </information>")
+    ' a \\n b '
+    """
+    return "\n".join(block[len("<information>"):-len("</information>")] for block in _INFORMATION.findall(text))
+
+
 def _golden_list(golden_answers: str | Sequence[str]) -> list[str]:
     return [golden_answers] if isinstance(golden_answers, str) else [str(g) for g in golden_answers]
 

@@ -15,7 +15,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from rag_r1.eval.metrics import paired_bootstrap
+from rag_r1.eval.metrics import answer_outcomes, paired_bootstrap
 from rag_r1.eval.report import load_runs, markdown_report, plot_report
 
 # (metric key in the RL log, panel title); a key missing from the log leaves its panel out.
@@ -247,6 +247,20 @@ def type_table(out: Path, runs, titles: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def outcome_table(out: Path, runs) -> str | None:
+    """Per evaluated model-mode: right answers, wrong ones whose answer was or was not in what the agent
+    retrieved, unanswered ones, and wrong answers copied from the question; None when no run kept its text."""
+    lines = ["| model-mode | questions | right | wrong, answer retrieved | wrong, answer never retrieved | "
+             "no answer | wrong answers copied from the question |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        rows = list(read_trajectories(out, run.label).values())
+        if rows and all("text" in r for r in rows):
+            c = answer_outcomes(rows)
+            lines.append(f"| {run.label} | {len(rows)} | {c['right']} | {c['missed_retrieved']} | "
+                         f"{c['missed_not_retrieved']} | {c['unanswered']} | {c['copied_question']} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[str]:
     """What shows RL teaching the agent, each as a line that says whether it holds: EM in multi mode
     rising untrained < SFT < SFT+RL, the RL reward of the last quarter of the steps above the first,
@@ -321,6 +335,12 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
         parts += ["## Does the agent learn?", "", *checks, ""]
     if any(read_trajectories(out, r.label) for r in runs):
         parts += ["## By question type", "", type_table(out, runs, titles), ""]
+    outcomes = outcome_table(out, runs)
+    if outcomes:
+        parts += ["## Where the answers went wrong", "",
+                  "A wrong answer whose answer was in the retrieved passages is a reading miss; one never retrieved is "
+                  "a search miss (a yes/no answer counts as retrieved when every supporting passage was).", "",
+                  outcomes, ""]
     if by_round:
         parts += ["## Evidence recall by retrieval round", "", evidence_table(by_round), ""]
         parts += [f"![evidence by round]({evidence_png.name})", ""]

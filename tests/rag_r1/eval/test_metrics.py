@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag_r1.eval.metrics import answer_scores, evidence_by_round, summarize
+from rag_r1.eval.metrics import answer_outcomes, answer_scores, answer_was_retrieved, evidence_by_round, summarize
 from rag_r1.reward.evidence import evidence_metrics
 
 BASE_KEYS = {"n", "em", "f1", "answered", "turns", "rounds", "queries", "queries_per_round", "tokens",
@@ -84,3 +84,32 @@ def test_evidence_only_over_rows_that_have_ids(rows):
 def test_summarize_refuses_an_empty_set():
     with pytest.raises(ValueError, match="no trajectories"):
         summarize([])
+
+
+def outcome_row(question, answer, golden, text, retrieved=(), supporting=None):
+    r = {"question": question, "answer": answer, "golden_answers": golden, "text": text,
+         "retrieved": [list(retrieved)], **answer_scores(answer, golden)}
+    if supporting is not None:
+        r["supporting_ids"] = supporting
+    return r
+
+
+def test_answer_outcomes_tell_reading_misses_from_search_misses():
+    info = "<search> q </search><information> Doc 1(Title: Jim Cummings) voiced Sonic the Hedgehog. </information>"
+    rows = [
+        outcome_row("Who voiced what hedgehog?", "Sonic", ["Sonic"], info),  # right
+        # wrong, a span of the question, and the answer was retrieved: a reading miss
+        outcome_row("Who voiced what hedgehog?", "what hedgehog", ["Sonic"], info),
+        # wrong, the answer never retrieved ("Son" is in "Sonic" but not as a word)
+        outcome_row("Who voiced what hedgehog?", "Knuckles", ["Son"], info),
+        # yes/no: retrieved means every supporting passage was; p1 alone is not enough
+        outcome_row("Are both A and B films?", "no", ["yes"], info, retrieved=["p1"], supporting=["p1", "p2"]),
+        outcome_row("Are both A and B films?", "no", ["yes"], info, retrieved=["p1", "p2"], supporting=["p1", "p2"]),
+        # part of a question's word is no copy; the answer was retrieved
+        outcome_row("Who voiced Sonic?", "Soni", ["Jim Cummings"], info),
+        outcome_row("Who voiced what hedgehog?", None, ["Sonic"], info),  # unanswered
+    ]
+    assert answer_outcomes(rows) == {"right": 1, "missed_retrieved": 3, "missed_not_retrieved": 2,
+                                     "unanswered": 1, "copied_question": 1}
+    # the answer in the policy's own words only (no <information>) was not retrieved
+    assert not answer_was_retrieved(outcome_row("q", "x", ["Sonic"], "<answer> Sonic </answer>"))

@@ -207,3 +207,27 @@ def test_dev_split_gets_its_own_comparison_and_stays_out_of_the_test_tables(tmp_
     assert "The same comparison on 3 train questions that neither SFT nor RL drew" in dev_part
     assert "| multi | 3 | 0.000 | 0.667 | +0.667 |" in dev_part and "| 2 / 0 |" in dev_part
     assert "| Method | test | Avg. |" in test_part  # no dev column: the split is not one of the sets
+
+
+def test_outcome_table_splits_wrong_answers_into_reading_and_search_misses(tmp_path):
+    info = "<information> Doc 1(Title: Kaiser) founded by Henry J. Kaiser </information>"
+
+    def answered(qid, answer, em, text=info):
+        return {"id": qid, "question": "Who founded Kaiser Ventures?", "answer": answer, "em": em,
+                "golden_answers": ["Henry J. Kaiser"], "text": text, "retrieved": [["p1"]], "searches": 1,
+                "queries": [["q"]]}
+
+    write_summary(tmp_path, "sft-multi", **summary(0.0, 1.0, 1.0, [0.5]))
+    write_trajectories(tmp_path, "sft-multi", [answered("q1", "Kaiser Ventures", 0.0),
+                                              answered("q2", "Kaiser Ventures", 0.0, text="<information> x </information>")])
+    write_summary(tmp_path, "rl-multi", **summary(0.5, 1.0, 1.0, [0.5]))
+    write_trajectories(tmp_path, "rl-multi", [answered("q1", "Henry J. Kaiser", 1.0), answered("q2", None, 0.0)])
+    write_summary(tmp_path, "base-multi", **summary(0.0, 1.0, 1.0, [0.5]))
+    write_trajectories(tmp_path, "base-multi", [trajectory("q1", 0.0, [], "bridge")])  # no text kept: no row
+
+    readme = write_results_readme(tmp_path).read_text()
+
+    assert "## Where the answers went wrong" in readme
+    assert "| sft-multi | 2 | 0 | 1 | 1 | 0 | 2 |" in readme
+    assert "| rl-multi | 2 | 1 | 0 | 0 | 1 | 0 |" in readme
+    assert "| base-multi | 1 |" not in readme
