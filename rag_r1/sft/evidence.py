@@ -31,10 +31,14 @@ from rag_r1.eval.runner import load_questions
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN, Retriever, observation_budget
 from rag_r1.llm_agent.modes import AgentMode, format_doc
+from rag_r1.search.corpus import split_title
 
 Cut = Callable[[str], str]  # formatted results -> what fits in one <information> block
 _QUALIFIER = re.compile(r"\s*\([^)]*\)\s*$")  # "Kiss and Tell (1945 film)" -> "Kiss and Tell"
 FINAL_THOUGHT = "The passages I found give the answer."
+FINAL_THOUGHTS = ("fixed", "quote")  # the answer turn's thought: FINAL_THOUGHT, or the sentence holding the answer
+QUOTE_WORDS = 30  # a longer sentence is quoted as this many words around the answer
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass(frozen=True)
@@ -174,14 +178,45 @@ class CountingCut:
         return kept
 
 
-def answer_turn(answer: str) -> str:
-    return f"<think> {FINAL_THOUGHT} </think>\n<answer> {answer} </answer>"
+def evidence_quote(answer: str, passages: list[dict]) -> str | None:
+    """`<title> says: <sentence>`: the first sentence of the passages (in their order) that holds the
+    answer as whole words, a long one cut to QUOTE_WORDS words around it; None when no sentence does
+    (a yes/no answer never does). Copying the line that holds the answer before answering splits
+    reading into two easier steps: find the sentence, then take the answer out of it.
+
+    >>> evidence_quote("Sonic", [{"contents": '"Jim Cummings"\\nHe is a voice actor. He voiced Sonic the Hedgehog.'}])
+    'Jim Cummings says: He voiced Sonic the Hedgehog.'
+    >>> evidence_quote("yes", [{"contents": '"A"\\nyes, it is.'}]) is None
+    True
+    """
+    target = _words(answer)
+    if not target or target in ("yes", "no"):
+        return None
+    for hit in passages:
+        title, text = split_title(hit["contents"])
+        for sentence in _SENTENCE_END.split(text):
+            if f" {target} " not in f" {_words(sentence)} ":
+                continue
+            words = sentence.split()
+            if len(words) > QUOTE_WORDS:
+                span = len(target.split()) + 1  # one word of slack: "Jean-Luc" is one word here, two in `target`
+                first = next(i for i in range(len(words)) if f" {target} " in f" {_words(' '.join(words[i:i + span]))} ")
+                start = max(0, min(first - QUOTE_WORDS // 2, len(words) - QUOTE_WORDS))
+                sentence = " ".join(words[start:start + QUOTE_WORDS])
+            return f"{title} says: {sentence}"
+    return None
+
+
+def answer_turn(answer: str, thought: str = FINAL_THOUGHT) -> str:
+    return f"<think> {thought} </think>\n<answer> {answer} </answer>"
 
 
 def conversation(question: EvidenceQuestion, rounds: list[list[str]], hits_of: dict[str, list[dict]],
-                 mode: AgentMode, cut: Cut | None = None) -> tuple[dict, set[str]]:
+                 mode: AgentMode, cut: Cut | None = None, final_thought: str = "fixed") -> tuple[dict, set[str]]:
     """The sharegpt conversation (human prompt, then per round a search and its observation, then the
-    answer) and the ids of the passages its observations show in full."""
+    answer) and the ids of the passages its observations show in full. `final_thought` "quote" thinks
+    the supporting sentence that holds the answer before answering (`evidence_quote`; FINAL_THOUGHT
+    when none does)."""
     turns = [{"from": "human", "value": mode.user_content(question.question)}]
     whole = mode.as_query(question.question)
     seen: set[str] = set()
@@ -190,7 +225,11 @@ def conversation(question: EvidenceQuestion, rounds: list[list[str]], hits_of: d
         turns.append({"from": "gpt", "value": search_turn(round_no, rounds, mode, whole)})
         turns.append({"from": "observation", "value": block})
         seen |= shown
-    turns.append({"from": "gpt", "value": answer_turn(question.answer)})
+    thought = None
+    if final_thought == "quote":
+        shown = {hit["id"]: hit for queries in rounds for q in queries for hit in hits_of[q] if hit["id"] in seen}
+        thought = evidence_quote(question.answer, [shown[pid] for pid in question.supporting_ids if pid in shown])
+    turns.append({"from": "gpt", "value": answer_turn(question.answer, thought or FINAL_THOUGHT)})
     return {"conversations": turns}, seen
 
 
@@ -231,23 +270,28 @@ def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retrieve
 
 
 def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: AgentMode,
-                  topk: int = AgentConfig.topk, batch_size: int = 256, cut: Cut | None = None
-                  ) -> tuple[list[dict], dict[str, int]]:
+                  topk: int = AgentConfig.topk, batch_size: int = 256, cut: Cut | None = None,
+                  final_thought: str = "fixed") -> tuple[list[dict], dict[str, int]]:
     """(conversations, counts): a question is dropped when its rounds did not retrieve all its
-    supporting passages, or retrieved them but the observation cut left one of them out."""
+    supporting passages, or retrieved them but the observation cut left one of them out.
+    `final_thought`: see `conversation`; with "quote", `quoted` counts the answers that quote one."""
+    if final_thought not in FINAL_THOUGHTS:
+        raise ValueError(f"final_thought={final_thought!r}: expected one of {FINAL_THOUGHTS}")
     plans, hits_of = plan_all(questions, titles, retriever, mode, topk, batch_size)
     samples = []
-    stats = {"questions": len(questions), "kept": 0, "dropped_missing_evidence": 0, "dropped_evidence_cut": 0}
+    stats = {"questions": len(questions), "kept": 0, "dropped_missing_evidence": 0, "dropped_evidence_cut": 0,
+             "quoted": 0}
     counting = CountingCut(cut if cut is not None else (lambda text: text))
     for q, rounds in zip(questions, plans):
         if not set(q.supporting_ids) <= retrieved_ids(rounds, hits_of):
             stats["dropped_missing_evidence"] += 1
             continue
-        sample, seen = conversation(q, rounds, hits_of, mode, counting)
+        sample, seen = conversation(q, rounds, hits_of, mode, counting, final_thought)
         if not set(q.supporting_ids) <= seen:
             stats["dropped_evidence_cut"] += 1
             continue
         samples.append(sample)
         stats["kept"] += 1
+        stats["quoted"] += FINAL_THOUGHT not in sample["conversations"][-1]["value"]
     stats["observations_cut"] = counting.count
     return samples, stats

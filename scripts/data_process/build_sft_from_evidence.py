@@ -29,7 +29,7 @@ from rag_r1.search.client import RetrievalClient
 from rag_r1.search.corpus import iter_passages, split_title
 from rag_r1.llm_agent.config import MODES, AgentConfig
 from rag_r1.llm_agent.modes import build_mode
-from rag_r1.sft.evidence import build_dataset, read_evidence_questions, token_cut
+from rag_r1.sft.evidence import FINAL_THOUGHTS, build_dataset, read_evidence_questions, token_cut
 
 
 def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
     parser.add_argument("--max-obs-length", type=int, default=AgentConfig.max_obs_length,
                         help="tokens of one <information> block, tags included, as agent.max_obs_length "
                              "(default %(default)s)")
+    parser.add_argument("--final-thought", choices=FINAL_THOUGHTS, default="fixed",
+                        help="the thought before the answer: fixed, or quote (the supporting sentence holding the "
+                             "answer, the fixed one when none does) (default %(default)s)")
     args = parser.parse_args(argv)
     for path in (args.questions, args.corpus):
         if not path.is_file():
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
 
         cut = token_cut(AutoTokenizer.from_pretrained(args.tokenizer), args.max_obs_length)
     mode = build_mode(args.mode, args.max_queries, args.delimiter)
-    samples, stats = build_dataset(questions, titles, retriever, mode, args.topk, args.batch_size, cut)
+    samples, stats = build_dataset(questions, titles, retriever, mode, args.topk, args.batch_size, cut,
+                                   args.final_thought)
     stats["skipped_no_supporting_ids"] = without
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rag_r1.llm_agent.config import AgentConfig
+from rag_r1.sft.evidence import FINAL_THOUGHTS
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_SOURCE = "closed_multihop"  # scored by exact match (rag_r1.reward.REWARDS)
@@ -44,6 +45,9 @@ class PipelineConfig:
     sft_batch: int = 8
     sft_lr: float = 1e-4
     sft_max_length: int = 2048
+    # The thought before the answer in SFT conversations and guides: "fixed" (one sentence for every
+    # answer) or "quote" (the supporting sentence that holds the answer; rag_r1.sft.evidence).
+    sft_thought: str = "fixed"
     # RL on top of SFT, multi-query mode. GRPO needs no critic and learns from groups of samples
     # of one question; ppo is the paper's GAE with a critic.
     algo: str = "grpo"  # grpo | ppo
@@ -110,6 +114,8 @@ class PipelineConfig:
         if unknown:
             raise SystemExit(f"eval_runs: unknown {sorted(unknown)}; expected model-mode pairs of base, sft, rl "
                              "and single, multi (e.g. rl-multi)")
+        if self.sft_thought not in FINAL_THOUGHTS:
+            raise SystemExit(f"sft_thought: expected one of {', '.join(FINAL_THOUGHTS)}, got {self.sft_thought!r}")
         if self.algo not in ("grpo", "ppo"):
             raise SystemExit(f"algo: expected grpo or ppo, got {self.algo!r}")
         if self.reward not in ("em", "f1", "format"):
@@ -222,7 +228,8 @@ class Pipeline:
         self.sh(title, ["-m", "scripts.data_process.build_sft_from_evidence", "--questions", questions,
                         "--corpus", self.cfg.data_dir / "corpus.jsonl", "--retrieval-url", url,
                         "--mode", mode, "--out", out, "--topk", str(self.cfg.topk),
-                        "--tokenizer", self.ckpt / "base", "--max-obs-length", str(self.cfg.max_obs_length)])
+                        "--tokenizer", self.ckpt / "base", "--max-obs-length", str(self.cfg.max_obs_length),
+                        "--final-thought", self.cfg.sft_thought])
 
     def pick_rl_questions(self, sft: Path, url: str) -> Path:
         """The RL questions: those of the seeded sample at the SFT model's frontier, or the sample

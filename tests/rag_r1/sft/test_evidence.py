@@ -12,7 +12,8 @@ from rag_r1.search.corpus import split_title
 from rag_r1.search.launcher import ServerProcess
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN
 from rag_r1.llm_agent.modes import build_mode
-from rag_r1.sft.evidence import EvidenceQuestion, build_dataset, conversation, observation, title_queries, token_cut
+from rag_r1.sft.evidence import (QUOTE_WORDS, EvidenceQuestion, build_dataset, conversation, evidence_quote, observation,
+                                 title_queries, token_cut)
 from scripts.data_process import build_sft_from_evidence
 
 
@@ -46,7 +47,7 @@ class StubRetriever:
 def counts(**given: int) -> dict[str, int]:
     """build_dataset's counts: the given ones, every other one 0."""
     return {key: given.get(key, 0) for key in
-            ("questions", "kept", "dropped_missing_evidence", "dropped_evidence_cut", "observations_cut")}
+            ("questions", "kept", "dropped_missing_evidence", "dropped_evidence_cut", "observations_cut", "quoted")}
 
 
 def stub_hit(pid: str) -> dict:
@@ -225,8 +226,7 @@ def test_observations_are_cut_to_the_agents_token_budget(tiny_model_dir):
         assert kept == tokenizer.decode(tokenizer.encode(body, add_special_tokens=False)[:12])
         assert body.startswith(kept) and len(kept) < len(body)
     samples, stats = build_dataset([ADA], TITLES, stub(), SINGLE, topk=1, cut=token_cut(tokenizer, tags + 12))
-    assert samples == [] and stats == {"questions": 1, "kept": 0, "dropped_missing_evidence": 0,
-                                       "dropped_evidence_cut": 1, "observations_cut": 2}
+    assert samples == [] and stats == counts(questions=1, dropped_evidence_cut=1, observations_cut=2)
     # A budget that holds everything changes nothing.
     roomy, stats = build_dataset([ADA], TITLES, stub(), SINGLE, topk=1, cut=token_cut(tokenizer, 1000))
     assert roomy == [full] and stats["observations_cut"] == 0
@@ -279,7 +279,7 @@ def test_cli_against_real_bm25_server(bm25_server, tmp_path, capsys):
                                           "--retrieval-url", url, "--mode", "multi", "--out", str(out), "--topk", "2"])
     # BM25 finds both of q1's passages and both of q2's ("Mount Everest", "Tenzing Norgay" are in their titles).
     assert stats == {"questions": 2, "kept": 2, "dropped_missing_evidence": 0, "dropped_evidence_cut": 0,
-                     "observations_cut": 0, "skipped_no_supporting_ids": 1}
+                     "observations_cut": 0, "quoted": 0, "skipped_no_supporting_ids": 1}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kept"] == 2
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     # "When was Everest first climbed?" names neither title in full: the question is searched as asked,
@@ -307,3 +307,42 @@ def test_cli_names_a_supporting_id_missing_from_the_corpus(tmp_path):
     with pytest.raises(ValueError, match=r"train.jsonl: question 'bad' names supporting_ids \['zz'\]"):
         build_sft_from_evidence.main(["--questions", str(questions), "--corpus", str(corpus), "--mode", "single",
                                       "--out", str(tmp_path / "o.jsonl")], retriever=stub())
+
+
+def test_quote_thought_quotes_the_supporting_sentence_that_holds_the_answer():
+    yes_no = EvidenceQuestion("q9", "Did Ada Lovelace program the Analytical Engine?", "yes", ("e0", "e1"))
+    samples, stats = build_dataset([ADA, yes_no], TITLES, stub(), MULTI, topk=2, final_thought="quote")
+    assert stats == counts(questions=2, kept=2, quoted=1)
+    assert samples[0]["conversations"][-1]["value"] == (
+        "<think> Analytical Engine says: The Analytical Engine was designed by Charles Babbage. </think>\n"
+        "<answer> Charles Babbage </answer>")
+    # no sentence holds "yes": the fixed thought
+    assert samples[1]["conversations"][-1]["value"] == (
+        "<think> The passages I found give the answer. </think>\n<answer> yes </answer>")
+    # everything before the answer turn is what the fixed thought gives
+    fixed, _ = build_dataset([ADA], TITLES, stub(), MULTI, topk=2)
+    assert samples[0]["conversations"][:-1] == fixed[0]["conversations"][:-1]
+    with pytest.raises(ValueError, match="final_thought='cite'"):
+        build_dataset([ADA], TITLES, stub(), MULTI, topk=2, final_thought="cite")
+
+
+def test_a_long_sentence_is_quoted_as_a_window_around_the_answer():
+    words = [f"w{i}" for i in range(40)]
+    words[34:36] = ["Jean-Luc", "Picard,"]
+    hit = {"contents": '"Star Trek"\nShort one. ' + " ".join(words) + "."}
+    quote = evidence_quote("Jean-Luc Picard", [hit])
+    body = quote.removeprefix("Star Trek says: ").split()
+    assert len(body) == QUOTE_WORDS and "Jean-Luc" in body and body[-1] == "w39."
+    assert evidence_quote("Kirk", [hit]) is None
+
+
+def test_cli_final_thought_quote(tmp_path, capsys):
+    corpus, questions = write_files(tmp_path)
+    out = tmp_path / "q.jsonl"
+    stats = build_sft_from_evidence.main(["--questions", str(questions), "--corpus", str(corpus), "--mode", "single",
+                                          "--out", str(out), "--topk", "1", "--final-thought", "quote"],
+                                         retriever=stub())
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert stats["quoted"] == stats["kept"] == 1  # EVEREST's evidence is incomplete with this stub
+    assert rows[0]["conversations"][-1]["value"].startswith(
+        "<think> Analytical Engine says: The Analytical Engine was designed by Charles Babbage. </think>")

@@ -182,3 +182,17 @@ def test_dev_evaluation_runs_in_the_rl_mode_on_the_dev_questions(pipeline, tmp_p
     assert args[args.index("--questions") + 1] == str(out / "dev_questions.jsonl")
     assert args[args.index("--out") + 1] == str(out / f"rl-{RL_MODE}" / "dev")
     assert len((out / "dev_questions.jsonl").read_text().splitlines()) == 20
+
+
+def test_sft_data_and_guides_think_the_same_final_thought(pipeline, tmp_path):
+    rows = [json.dumps({"id": f"q{i}", "question": f"q{i}?", "golden_answers": ["a"]}) for i in range(10)]
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(rows) + "\n")
+    url = "http://127.0.0.1:1/retrieve"
+    for thought in ("fixed", "quote"):
+        pipeline.cfg.sft_thought = thought
+        for args in (command(lambda: pipeline.build_sft_data(url, "single")),
+                     command(lambda: pipeline.build_guides(tmp_path / "rl_questions.jsonl", url))):
+            assert args[:2] == ["-m", "scripts.data_process.build_sft_from_evidence"]
+            assert args[args.index("--final-thought") + 1] == thought
+    with pytest.raises(SystemExit, match="sft_thought: expected one of fixed, quote, got 'cite'"):
+        replace(pipeline.cfg, sft_thought="cite").validate()
