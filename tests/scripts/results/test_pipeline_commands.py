@@ -196,3 +196,16 @@ def test_sft_data_and_guides_think_the_same_final_thought(pipeline, tmp_path):
             assert args[args.index("--final-thought") + 1] == thought
     with pytest.raises(SystemExit, match="sft_thought: expected one of fixed, quote, got 'cite'"):
         replace(pipeline.cfg, sft_thought="cite").validate()
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_results_profiles_sft_on_twice_the_pipelines_questions_and_leave_50_dev_questions(pipeline, tmp_path, profile):
+    # hotpotqa_closed's train.jsonl holds 403 questions; the profile's SFT, RL and dev draws come out of it
+    rows = [json.dumps({"id": f"q{i}", "question": f"q{i}?", "golden_answers": ["a"]}) for i in range(403)]
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join(rows) + "\n")
+    pipeline.cfg = replace(PROFILES[profile], data_dir=pipeline.cfg.data_dir, out_dir=tmp_path / profile,
+                           dev_questions=50)
+    own = PipelineConfig(data_dir=pipeline.cfg.data_dir, out_dir=pipeline.cfg.out_dir)
+    sft = {mode: pipeline.sft_questions(mode).read_text().splitlines() for mode in ("multi", "single")}
+    assert len(sft["multi"]) == len(sft["single"]) == 2 * own.sft_questions == 128
+    assert len(pipeline.dev_set().read_text().splitlines()) == 50
