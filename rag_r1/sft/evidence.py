@@ -181,8 +181,9 @@ class CountingCut:
 def evidence_quote(answer: str, passages: list[dict]) -> str | None:
     """`<title> says: <sentence>`: the first sentence of the passages (in their order) that holds the
     answer as whole words, a long one cut to QUOTE_WORDS words around it; None when no sentence does
-    (a yes/no answer never does). Copying the line that holds the answer before answering splits
-    reading into two easier steps: find the sentence, then take the answer out of it.
+    (a yes/no answer never does). The idea: copy the line that holds the answer, then take the answer
+    out of it. On hotpotqa_closed it made SFT worse (docs/results.md): the model learned to quote and
+    then answer with the quote's first words, which the quoted sentences often open with.
 
     >>> evidence_quote("Sonic", [{"contents": '"Jim Cummings"\\nHe is a voice actor. He voiced Sonic the Hedgehog.'}])
     'Jim Cummings says: He voiced Sonic the Hedgehog.'
