@@ -70,7 +70,8 @@ def answer_was_retrieved(row: dict) -> bool:
     golden = [normalize_answer(g) for g in row["golden_answers"]]
     if set(golden) <= _YES_NO:
         support = row.get("supporting_ids") or []
-        return bool(support) and set(support) <= {pid for ids in row["retrieved"] for pid in ids}
+        recall = evidence_by_round(row["retrieved"], support) if support else []
+        return bool(recall) and recall[-1] == 1.0
     retrieved = f" {normalize_answer(information_text(row['text']))} "
     return any(g and f" {g} " in retrieved for g in golden)
 

@@ -228,8 +228,9 @@ def conversation(question: EvidenceQuestion, rounds: list[list[str]], hits_of: d
         seen |= shown
     thought = None
     if final_thought == "quote":
-        shown = {hit["id"]: hit for queries in rounds for q in queries for hit in hits_of[q] if hit["id"] in seen}
-        thought = evidence_quote(question.answer, [shown[pid] for pid in question.supporting_ids if pid in shown])
+        shown_hits = {hit["id"]: hit for queries in rounds for q in queries for hit in hits_of[q] if hit["id"] in seen}
+        thought = evidence_quote(question.answer, [shown_hits[pid] for pid in question.supporting_ids
+                                                   if pid in shown_hits])
     turns.append({"from": "gpt", "value": answer_turn(question.answer, thought or FINAL_THOUGHT)})
     return {"conversations": turns}, seen
 
