@@ -218,8 +218,8 @@ def test_outcome_table_splits_wrong_answers_into_reading_and_search_misses(tmp_p
                 "queries": [["q"]]}
 
     write_summary(tmp_path, "sft-multi", **summary(0.0, 1.0, 1.0, [0.5]))
-    write_trajectories(tmp_path, "sft-multi", [answered("q1", "Kaiser Ventures", 0.0),
-                                              answered("q2", "Kaiser Ventures", 0.0, text="<information> x </information>")])
+    never_retrieved = answered("q2", "Kaiser Ventures", 0.0, text="<information> x </information>")
+    write_trajectories(tmp_path, "sft-multi", [answered("q1", "Kaiser Ventures", 0.0), never_retrieved])
     write_summary(tmp_path, "rl-multi", **summary(0.5, 1.0, 1.0, [0.5]))
     write_trajectories(tmp_path, "rl-multi", [answered("q1", "Henry J. Kaiser", 1.0), answered("q2", None, 0.0)])
     write_summary(tmp_path, "base-multi", **summary(0.0, 1.0, 1.0, [0.5]))
