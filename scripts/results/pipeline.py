@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.sft.evidence import FINAL_THOUGHTS
+from scripts.results.report import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_SOURCE = "closed_multihop"  # scored by exact match (rag_r1.reward.REWARDS)
@@ -239,10 +240,11 @@ class Pipeline:
         return self.rl_candidates()
 
     def rl_candidates(self) -> Path:
-        """The seeded sample of train questions RL draws from: its questions, or the frontier's candidates."""
-        out = self.out / ("frontier/candidates.jsonl" if self.cfg.frontier_n else "rl_questions/train.jsonl")
-        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions, out,
-                            by_type=self.cfg.rl_balance_types)
+        """The seeded sample of train questions RL draws from: its questions, or the frontier's candidates.
+        One draw either way, so runs with and without the frontier start from the same questions and
+        leave the same dev questions."""
+        return self.sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions,
+                            self.out / "rl_questions" / "train.jsonl", by_type=self.cfg.rl_balance_types)
 
     def frontier(self, model: Path, url: str) -> Path:
         """Train questions the SFT model answers right sometimes but not always (frontier/train.jsonl)."""
@@ -332,13 +334,13 @@ class Pipeline:
     def evaluate(self, name: str, model: Path, mode: str, url: str, split: str = "test") -> Path:
         """`model` in `mode` on the evaluated test questions, or (split "dev") on the dev questions."""
         out = self.out / "eval" / f"{name}-{mode}" / split
-        if (out / "summary.json").exists():
-            return out
         if split == "test":
             questions = self.sampled(self.cfg.data_dir / "test.jsonl", self.cfg.eval_limit,
                                      self.out / "eval" / "test_questions.jsonl")
         else:
             questions = self.dev_set()
+        if evaluated_on(out, questions):
+            return out
         args = ["-m", "rag_r1.eval", "--model", model, "--questions", questions,
                 "--retrieval-url", url, "--mode", mode, "--out", out, "--batch-size", str(self.cfg.eval_batch_size),
                 *self.agent_flags(self.cfg.eval_max_turns, self.cfg.eval_max_new_tokens)]
@@ -432,6 +434,15 @@ def evenly_by_type(kinds: list[str | None], limit: int, rng: random.Random, sour
             if queue and len(picked) < limit:
                 picked.append(queue.pop())
     return sorted(picked)
+
+
+def evaluated_on(out: Path, questions: Path) -> bool:
+    """Whether out/ holds a summary of exactly these questions. A resumed run whose sample changed
+    (another seed, eval limit or dev draw) evaluates again; rag_r1.eval reuses the rows it has."""
+    if not (out / "summary.json").exists():
+        return False
+    return ({row["id"] for row in read_jsonl(out / "trajectories.jsonl")}
+            == {row["id"] for row in read_jsonl(questions)})
 
 
 def latest_step_dir(run_dir: Path) -> Path:

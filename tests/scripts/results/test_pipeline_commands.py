@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -83,7 +84,8 @@ def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
     pipeline.cfg.frontier_n = 5
     args = command(lambda: pipeline.pick_rl_questions(tmp_path / "sft", "http://127.0.0.1:1/retrieve"))
     assert args[:2] == ["-m", "rag_r1.eval.frontier"] and args[args.index("--n") + 1] == "5"
-    assert len(open(args[args.index("--questions") + 1]).read().splitlines()) == 3
+    # the frontier filters the very sample a run without it trains on (and so leaves the same dev questions)
+    assert open(args[args.index("--questions") + 1]).read().splitlines() == picked
 
 
 def test_rl_data_rows_are_the_rl_modes_train_rows(pipeline, tmp_path):
@@ -186,6 +188,22 @@ def test_dev_evaluation_runs_in_the_rl_mode_on_the_dev_questions(pipeline, tmp_p
     assert args[args.index("--questions") + 1] == str(out / "dev_questions.jsonl")
     assert args[args.index("--out") + 1] == str(out / f"rl-{RL_MODE}" / "dev")
     assert len((out / "dev_questions.jsonl").read_text().splitlines()) == 20
+
+
+def test_evaluation_is_reused_only_for_the_questions_it_holds(pipeline, tmp_path):
+    url = "http://127.0.0.1:1/retrieve"
+    rows = [json.dumps({"id": f"t{i}", "question": f"t{i}?", "golden_answers": ["a"]}) for i in range(12)]
+    (pipeline.cfg.data_dir / "test.jsonl").write_text("\n".join(rows) + "\n")
+    pipeline.cfg.eval_limit = 5
+    args = command(lambda: pipeline.evaluate("sft", tmp_path / "sft", "multi", url))
+    out = pipeline.cfg.out_dir / "eval" / "sft-multi" / "test"
+    out.mkdir(parents=True)
+    (out / "trajectories.jsonl").write_text(Path(args[args.index("--questions") + 1]).read_text())
+    (out / "summary.json").write_text("{}")
+    assert pipeline.evaluate("sft", tmp_path / "sft", "multi", url) == out  # runs nothing
+    pipeline.cfg.eval_limit = 8  # a resumed run with a larger sample evaluates again (reusing the 5 rows)
+    args = command(lambda: pipeline.evaluate("sft", tmp_path / "sft", "multi", url))
+    assert len(Path(args[args.index("--questions") + 1]).read_text().splitlines()) == 8
 
 
 def test_sft_data_and_guides_think_the_same_final_thought(pipeline, tmp_path):
