@@ -22,8 +22,10 @@ from pathlib import Path
 from rag_r1.eval.agent import add_agent_arguments
 from rag_r1.eval.runner import evaluate, load_questions
 
-# Settings that change what a trajectory is; a resumed run must use the same ones.
-TRAJECTORY_SETTINGS = ("model", "questions", "mode", "max_turns", "max_new_tokens", "topk", "max_prompt_length",
+# Settings that change what a trajectory is; a resumed run must use the same ones. The questions file is
+# not one: rows are reused question by question (rag_r1.eval.runner.evaluate), so a larger or smaller
+# sample of the same set resumes.
+TRAJECTORY_SETTINGS = ("model", "mode", "max_turns", "max_new_tokens", "topk", "max_prompt_length",
                        "max_start_length", "max_obs_length", "sample", "temperature", "top_p", "seed")
 
 

@@ -142,12 +142,18 @@ def score_rows(batch: list[dict], outputs: list[dict], seconds: float) -> list[d
 
 def evaluate(questions: list[dict], solve: Solver, out_dir: str | Path, batch_size: int = 8) -> dict:
     """Solve every question not yet in `out_dir/trajectories.jsonl`, then write and return the
-    summary of all of `questions` (resumed rows included)."""
+    summary of all of `questions` (resumed rows included). A row is reused only for the same id and
+    question text: another set whose ids collide is refused, not silently scored with old answers."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
     writer = TrajectoryWriter(out_dir / "trajectories.jsonl")
     try:
+        clash = [q["id"] for q in questions if q["id"] in writer.rows
+                 and writer.rows[q["id"]].get("question") != q["question"]]
+        if clash:
+            raise ValueError(f"{out_dir / 'trajectories.jsonl'} holds other questions under {len(clash)} of these "
+                             f"ids (first: {clash[0]!r}); use another output directory")
         todo = [q for q in questions if q["id"] not in writer.rows]
         with tqdm(total=len(questions), initial=len(questions) - len(todo), desc="eval", unit="q") as bar:
             for start in range(0, len(todo), batch_size):

@@ -42,6 +42,30 @@ def test_cli_writes_the_contract_files_and_refuses_other_settings_on_resume(tiny
         run(parse_args([*argv[:argv.index("--mode")], "--mode", "single", *argv[argv.index("--mode") + 2:]]))
 
 
+def test_cli_resumes_a_larger_sample_question_by_question_and_refuses_colliding_ids(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(rag_r1.search.client, "RetrievalClient", FakeClient)
+
+    def write(name, texts):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": f"q{i}", "question": t, "golden_answers": ["x"]}) + "\n"
+                                for i, t in enumerate(texts)))
+        return path
+
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--retrieval-url", "http://x/retrieve", "--mode", "multi",
+            "--out", str(out), "--max-new-tokens", "6", "--max-turns", "1", "--batch-size", "2"]
+    assert run(parse_args([*argv, "--questions", str(write("two.jsonl", ["Who is 0?", "Who is 1?"]))]))["n"] == 2
+    first = (out / "trajectories.jsonl").read_text().splitlines()
+    # another file holding the same two questions and a third: only the third is solved
+    bigger = write("three.jsonl", ["Who is 0?", "Who is 1?", "Who is 2?"])
+    assert run(parse_args([*argv, "--questions", str(bigger)]))["n"] == 3
+    rows = (out / "trajectories.jsonl").read_text().splitlines()
+    assert rows[:2] == first and len(rows) == 3
+    with pytest.raises(ValueError, match="holds other questions under 1 of these ids \\(first: 'q1'\\)"):
+        run(parse_args([*argv, "--questions", str(write("other.jsonl", ["Who is 0?", "Where is 1?"]))]))
+
+
 def test_cli_rejects_sampling_options_without_sample(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--model", "m", "--questions", "q", "--retrieval-url", "u", "--mode", "multi", "--out", "o",
