@@ -7,7 +7,9 @@
 Writes `DIR/trajectories.jsonl` (one row per question), `DIR/summary.json` (EM, F1, rounds,
 queries per round, tokens, seconds per question, and evidence recall when the questions carry
 `supporting_ids`) and `DIR/config.json` (these settings). Running again into the same DIR
-continues where it stopped; DIR refuses settings other than the ones it was started with.
+continues where it stopped, question by question: a larger sample of the same set (another --limit or
+questions file) solves only the new questions, and the summary covers the questions asked this time.
+DIR refuses settings other than the ones it was started with, and rows whose id names another question.
 Defaults (`--help`) follow the paper's evaluation: its retrieval rounds (EVAL_MAX_TURNS in
 rag_r1/eval/agent.py), 1024 new tokens, the agent's topk and observation cap (AgentConfig), greedy
 decoding.
