@@ -35,10 +35,10 @@ def pipeline(tmp_path, monkeypatch) -> Pipeline:
                                    lora_rank=8, sft_epochs=2, sft_max_length=1024, round_cost=0.1))
 
 
-def write_train(pipeline: Pipeline, n: int, extra: tuple[str, ...] = ()) -> list[str]:
-    """train.jsonl of n questions q0..q{n-1} (and the `extra` rows after them); the question rows."""
+def write_questions(pipeline: Pipeline, n: int, extra: tuple[str, ...] = (), split: str = "train") -> list[str]:
+    """<split>.jsonl of n questions q0..q{n-1} (and the `extra` rows after them); the question rows."""
     rows = [json.dumps({"id": f"q{i}", "question": f"q{i}?", "golden_answers": ["a"]}) for i in range(n)]
-    (pipeline.cfg.data_dir / "train.jsonl").write_text("\n".join([*rows, *extra]) + "\n")
+    (pipeline.cfg.data_dir / f"{split}.jsonl").write_text("\n".join([*rows, *extra]) + "\n")
     return rows
 
 
@@ -74,7 +74,7 @@ def test_sft_command_repeats_no_default(pipeline, tmp_path):
 
 
 def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
-    rows = write_train(pipeline, 10)
+    rows = write_questions(pipeline, 10)
     pipeline.cfg.rl_questions, pipeline.cfg.frontier_n = 3, 0
     drawn = pipeline.pick_rl_questions(tmp_path / "sft", "http://127.0.0.1:1/retrieve")  # runs nothing
     picked = drawn.read_text().splitlines()
@@ -160,7 +160,7 @@ def test_results_profiles_sample_groups_of_8_at_the_pipelines_cost_per_step(pipe
 
 @pytest.mark.parametrize("frontier_n", [0, 4])
 def test_dev_questions_are_train_questions_no_sft_or_rl_sample_holds(pipeline, frontier_n):
-    write_train(pipeline, 30)
+    write_questions(pipeline, 30)
     c = pipeline.cfg
     c.sft_questions, c.rl_questions, c.frontier_n, c.dev_questions = 6, 8, frontier_n, 10
 
@@ -174,13 +174,13 @@ def test_dev_questions_are_train_questions_no_sft_or_rl_sample_holds(pipeline, f
     c.dev_questions = 31 - len(drawn)
     with pytest.raises(SystemExit, match=f"only {30 - len(drawn)} train questions are left"):
         pipeline.dev_set()
-    write_train(pipeline, 30, extra=('{"question": "no id?"}',))
+    write_questions(pipeline, 30, extra=('{"question": "no id?"}',))
     with pytest.raises(SystemExit, match="every train.jsonl row needs an `id`"):
         pipeline.dev_set()
 
 
 def test_dev_evaluation_runs_in_the_rl_mode_on_the_dev_questions(pipeline, tmp_path):
-    write_train(pipeline, 200)
+    write_questions(pipeline, 200)
     pipeline.cfg.dev_questions = 20
     args = command(lambda: pipeline.evaluate("rl", tmp_path / "rl", RL_MODE, "http://127.0.0.1:1/retrieve",
                                              split="dev"))
@@ -192,8 +192,7 @@ def test_dev_evaluation_runs_in_the_rl_mode_on_the_dev_questions(pipeline, tmp_p
 
 def test_evaluation_is_reused_only_for_the_questions_it_holds(pipeline, tmp_path):
     url = "http://127.0.0.1:1/retrieve"
-    rows = [json.dumps({"id": f"t{i}", "question": f"t{i}?", "golden_answers": ["a"]}) for i in range(12)]
-    (pipeline.cfg.data_dir / "test.jsonl").write_text("\n".join(rows) + "\n")
+    write_questions(pipeline, 12, split="test")
     pipeline.cfg.eval_limit = 5
     args = command(lambda: pipeline.evaluate("sft", tmp_path / "sft", "multi", url))
     out = pipeline.cfg.out_dir / "eval" / "sft-multi" / "test"
@@ -207,7 +206,7 @@ def test_evaluation_is_reused_only_for_the_questions_it_holds(pipeline, tmp_path
 
 
 def test_sft_data_and_guides_think_the_same_final_thought(pipeline, tmp_path):
-    write_train(pipeline, 10)
+    write_questions(pipeline, 10)
     url = "http://127.0.0.1:1/retrieve"
     for thought in ("fixed", "quote"):
         pipeline.cfg.sft_thought = thought
@@ -222,7 +221,7 @@ def test_sft_data_and_guides_think_the_same_final_thought(pipeline, tmp_path):
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_results_profiles_sft_on_twice_the_pipelines_questions_and_leave_50_dev_questions(pipeline, tmp_path, profile):
     # as many questions as hotpotqa_closed's train.jsonl; the profile's SFT, RL and dev draws come out of them
-    write_train(pipeline, 403)
+    write_questions(pipeline, 403)
     pipeline.cfg = replace(PROFILES[profile], data_dir=pipeline.cfg.data_dir, out_dir=tmp_path / profile,
                            dev_questions=50)
     own = PipelineConfig(data_dir=pipeline.cfg.data_dir, out_dir=pipeline.cfg.out_dir)
