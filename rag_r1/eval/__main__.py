@@ -8,7 +8,9 @@ Writes `DIR/trajectories.jsonl` (one row per question), `DIR/summary.json` (EM, 
 queries per round, tokens, seconds per question, and evidence recall when the questions carry
 `supporting_ids`) and `DIR/config.json` (these settings). Running again into the same DIR
 continues where it stopped, question by question: a larger sample of the same set (another --limit or
-questions file) solves only the new questions, and the summary covers the questions asked this time.
+questions file) solves only the new questions, and the summary covers the questions asked this time;
+trajectories.jsonl then holds just those (a smaller sample moves the other rows to
+trajectories.set_aside.jsonl, and a later, larger one takes them back).
 DIR refuses settings other than the ones it was started with, and rows whose id names another question.
 Defaults (`--help`) follow the paper's evaluation: its retrieval rounds (EVAL_MAX_TURNS in
 rag_r1/eval/agent.py), 1024 new tokens, the agent's topk and observation cap (AgentConfig), greedy

@@ -13,6 +13,7 @@ and the seconds.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from tqdm import tqdm
 from rag_r1.eval.metrics import answer_scores, summarize
 
 Solver = Callable[[list[dict]], list[dict]]
+# rows of questions a resumed, smaller sample left out (see evaluate)
+SET_ASIDE = "trajectories.set_aside.jsonl"
 SOLVER_KEYS = ("text", "answer", "turns", "searches", "queries", "retrieved", "tokens")
 
 
@@ -121,6 +124,20 @@ class TrajectoryWriter:
     def close(self) -> None:
         self._file.close()
 
+    @classmethod
+    def read(cls, path: Path) -> dict[str, dict]:
+        """The rows of a file the writer wrote, by id (a cut last line dropped, as on open)."""
+        writer = cls(path)
+        writer.close()
+        return writer.rows
+
+
+def write_rows(path: Path, rows: Sequence[dict]) -> None:
+    """Replace `path` with these rows in one step (a temporary file renamed over it)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
 
 def score_rows(batch: list[dict], outputs: list[dict], seconds: float) -> list[dict]:
     """Trajectory rows of a solved batch; each question is charged an equal share of the batch's
@@ -143,18 +160,23 @@ def score_rows(batch: list[dict], outputs: list[dict], seconds: float) -> list[d
 def evaluate(questions: list[dict], solve: Solver, out_dir: str | Path, batch_size: int = 8) -> dict:
     """Solve every question not yet in `out_dir/trajectories.jsonl`, then write and return the
     summary of all of `questions` (resumed rows included). A row is reused only for the same id and
-    question text: another set whose ids collide is refused, not silently scored with old answers."""
+    question text: another set whose ids collide is refused, not silently scored with old answers.
+    Afterwards trajectories.jsonl holds exactly the summarized questions, in their order; rows of
+    questions outside this sample (a resume on a smaller one) move to trajectories.set_aside.jsonl,
+    where a later, larger resume finds them again."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
+    aside_path = out_dir / SET_ASIDE
+    aside = TrajectoryWriter.read(aside_path) if aside_path.exists() else {}
     writer = TrajectoryWriter(out_dir / "trajectories.jsonl")
     try:
-        clash = [q["id"] for q in questions if q["id"] in writer.rows
-                 and writer.rows[q["id"]].get("question") != q["question"]]
+        known = {**aside, **writer.rows}
+        clash = [q["id"] for q in questions if q["id"] in known and known[q["id"]].get("question") != q["question"]]
         if clash:
             raise ValueError(f"{out_dir / 'trajectories.jsonl'} holds other questions under {len(clash)} of these "
                              f"ids (first: {clash[0]!r}); use another output directory")
-        todo = [q for q in questions if q["id"] not in writer.rows]
+        todo = [q for q in questions if q["id"] not in known]
         with tqdm(total=len(questions), initial=len(questions) - len(todo), desc="eval", unit="q") as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
@@ -162,9 +184,19 @@ def evaluate(questions: list[dict], solve: Solver, out_dir: str | Path, batch_si
                 outputs = solve(batch)
                 writer.write(score_rows(batch, outputs, time.perf_counter() - t0))
                 bar.update(len(batch))
-        rows = [writer.rows[q["id"]] for q in questions]
+        known.update(writer.rows)
+        rows = [known[q["id"]] for q in questions]
     finally:
         writer.close()
+    wanted = {q["id"] for q in questions}
+    others = [row for qid, row in known.items() if qid not in wanted]
+    if others or aside or len(writer.rows) != len(rows):
+        # set-aside rows first: a crash between the two writes leaves a row in both files, never in neither
+        if others:
+            write_rows(aside_path, others)
+        write_rows(writer.path, rows)
+        if not others:
+            aside_path.unlink(missing_ok=True)
     summary = summarize(rows)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from rag_r1.eval.runner import TrajectoryWriter, evaluate, load_questions
+from rag_r1.eval.runner import SET_ASIDE, TrajectoryWriter, evaluate, load_questions
 
 QUESTIONS = [
     {"id": f"q{i}", "question": f"question {i}?", "golden_answers": [f"answer {i}"], "supporting_ids": [f"p{i}", "px"]}
@@ -59,6 +59,31 @@ def test_a_second_run_skips_the_questions_already_written(tmp_path):
     again = FakeAgent(crash_on="q0")
     assert evaluate(QUESTIONS[:3], again, tmp_path)["n"] == 3
     assert again.seen == []
+
+
+def test_a_smaller_sample_sets_the_other_rows_aside_and_a_larger_one_takes_them_back(tmp_path):
+    def ids(name):
+        return [json.loads(line)["id"] for line in (tmp_path / name).read_text().splitlines()]
+
+    evaluate(QUESTIONS[:4], FakeAgent(), tmp_path, batch_size=2)
+    agent = FakeAgent()
+    summary = evaluate([QUESTIONS[2], QUESTIONS[0]], agent, tmp_path)
+    assert agent.seen == [] and summary["n"] == 2 and summary["em"] == 1.0
+    # trajectories.jsonl holds exactly the summarized questions, so readers of it agree with summary.json
+    assert ids("trajectories.jsonl") == ["q2", "q0"]
+    assert ids(SET_ASIDE) == ["q1", "q3"]
+
+    agent = FakeAgent()
+    summary = evaluate(QUESTIONS, agent, tmp_path, batch_size=2)
+    assert agent.seen == ["q4"]  # q1 and q3 come back from the set-aside file, not from the agent
+    assert ids("trajectories.jsonl") == ["q0", "q1", "q2", "q3", "q4"]
+    assert not (tmp_path / SET_ASIDE).exists()
+    assert summary["n"] == 5 and summary["em"] == pytest.approx(0.6)
+
+    # a set-aside row under an id that now names another question is refused like any other
+    evaluate(QUESTIONS[:1], FakeAgent(), tmp_path)
+    with pytest.raises(ValueError, match="holds other questions under 1 of these ids"):
+        evaluate([{**QUESTIONS[3], "question": "another?"}], FakeAgent(), tmp_path)
 
 
 def test_writer_cuts_a_partial_last_line_and_refuses_a_damaged_file(tmp_path):
