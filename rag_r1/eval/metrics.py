@@ -84,13 +84,23 @@ def answer_outcomes(rows: Sequence[dict]) -> dict[str, int]:
     - `missed_not_retrieved`: wrong, and the answer was never retrieved;
     - `unanswered`: no `<answer>`;
     - `copied_question`: of the wrong answers, those that are a span of the question (normalized; a
-      comparison's answer is one of the entities it names, so a copy is sometimes right, never counted here).
+      comparison's answer is one of the entities it names, so a copy is sometimes right, never counted here);
+    - `yes_no`, `yes_no_right`, `said_yes`, `gold_yes`: the questions answered by yes or no, those
+      answered right, and how often the agent and the golden answer said "yes": a model that says "no"
+      to every one of them scores the share of "no" questions without reading anything.
 
     Rows need `text` (the response with its `<information>` blocks), `question`, `answer`, `em`,
     `golden_answers` and `retrieved`.
     """
-    counts = dict.fromkeys(("right", "missed_retrieved", "missed_not_retrieved", "unanswered", "copied_question"), 0)
+    counts = dict.fromkeys(("right", "missed_retrieved", "missed_not_retrieved", "unanswered", "copied_question",
+                            "yes_no", "yes_no_right", "said_yes", "gold_yes"), 0)
     for row in rows:
+        golden = {normalize_answer(g) for g in row["golden_answers"]}
+        if golden <= _YES_NO:
+            counts["yes_no"] += 1
+            counts["yes_no_right"] += bool(row["em"])
+            counts["said_yes"] += row["answer"] is not None and normalize_answer(row["answer"]) == "yes"
+            counts["gold_yes"] += "yes" in golden
         if row["answer"] is None:
             counts["unanswered"] += 1
         elif row["em"]:

@@ -251,13 +251,15 @@ def outcome_table(out: Path, runs) -> str | None:
     """Per evaluated model-mode: right answers, wrong ones whose answer was or was not in what the agent
     retrieved, unanswered ones, and wrong answers copied from the question; None when no run kept its text."""
     lines = ["| model-mode | questions | right | wrong, answer retrieved | wrong, answer never retrieved | "
-             "no answer | wrong answers copied from the question |", "|---|---|---|---|---|---|---|"]
+             "no answer | wrong answers copied from the question | yes/no questions: right / answered yes / "
+             "yes is right |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         rows = list(read_trajectories(out, run.label).values())
         if rows and all("text" in r for r in rows):
             c = answer_outcomes(rows)
             lines.append(f"| {run.label} | {len(rows)} | {c['right']} | {c['missed_retrieved']} | "
-                         f"{c['missed_not_retrieved']} | {c['unanswered']} | {c['copied_question']} |")
+                         f"{c['missed_not_retrieved']} | {c['unanswered']} | {c['copied_question']} | "
+                         f"{c['yes_no_right']} of {c['yes_no']} / {c['said_yes']} / {c['gold_yes']} |")
     return "\n".join(lines) if len(lines) > 2 else None
 
 
@@ -339,7 +341,9 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
     if outcomes:
         parts += ["## Where the answers went wrong", "",
                   "A wrong answer whose answer was in the retrieved passages is a reading miss; one never retrieved is "
-                  "a search miss (a yes/no answer counts as retrieved when every supporting passage was).", "",
+                  "a search miss (a yes/no answer counts as retrieved when every supporting passage was). The last "
+                  "column tells reading from a fixed answer on yes/no questions: a model that answers \"no\" to all of "
+                  "them is right on every \"no\" question without reading.", "",
                   outcomes, ""]
     if by_round:
         parts += ["## Evidence recall by retrieval round", "", evidence_table(by_round), ""]

@@ -110,6 +110,12 @@ def test_answer_outcomes_tell_reading_misses_from_search_misses():
         outcome_row("Who voiced what hedgehog?", None, ["Sonic"], info),  # unanswered
     ]
     assert answer_outcomes(rows) == {"right": 1, "missed_retrieved": 3, "missed_not_retrieved": 2,
-                                     "unanswered": 1, "copied_question": 1}
+                                     "unanswered": 1, "copied_question": 1,
+                                     "yes_no": 2, "yes_no_right": 0, "said_yes": 0, "gold_yes": 2}
+    counts = answer_outcomes([outcome_row("Are both A and B films?", "Yes.", ["yes"], info),
+                              outcome_row("Are both A and B films?", "yes", ["no"], info),
+                              outcome_row("Are both A and B films?", "no", ["no"], info)])
+    assert {k: counts[k] for k in ("yes_no", "yes_no_right", "said_yes", "gold_yes")} == \
+        {"yes_no": 3, "yes_no_right": 2, "said_yes": 2, "gold_yes": 1}
     # the answer in the policy's own words only (no <information>) was not retrieved
     assert not answer_was_retrieved(outcome_row("q", "x", ["Sonic"], "<answer> Sonic </answer>"))

@@ -228,6 +228,6 @@ def test_outcome_table_splits_wrong_answers_into_reading_and_search_misses(tmp_p
     readme = write_results_readme(tmp_path).read_text()
 
     assert "## Where the answers went wrong" in readme
-    assert "| sft-multi | 2 | 0 | 1 | 1 | 0 | 2 |" in readme
-    assert "| rl-multi | 2 | 1 | 0 | 0 | 1 | 0 |" in readme
+    assert "| sft-multi | 2 | 0 | 1 | 1 | 0 | 2 | 0 of 0 / 0 / 0 |" in readme
+    assert "| rl-multi | 2 | 1 | 0 | 0 | 1 | 0 | 0 of 0 / 0 / 0 |" in readme
     assert "| base-multi | 1 |" not in readme
