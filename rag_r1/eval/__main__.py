@@ -30,7 +30,10 @@ from rag_r1.eval.runner import evaluate, load_questions
 # not one: rows are reused question by question (rag_r1.eval.runner.evaluate), so a larger or smaller
 # sample of the same set resumes.
 TRAJECTORY_SETTINGS = ("model", "mode", "max_turns", "max_new_tokens", "topk", "max_prompt_length",
-                       "max_start_length", "max_obs_length", "sample", "temperature", "top_p", "seed")
+                       "max_start_length", "max_obs_length", "sample", "temperature", "top_p", "seed",
+                       "unseen_passages")
+# settings added after evaluations were written: a config.json without one was run at this value
+ADDED_LATER = {"unseen_passages": False}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +54,7 @@ def check_resume(out: Path, settings: dict) -> None:
     """Write `out/config.json`, or refuse when it records other trajectory settings."""
     path = out / "config.json"
     if path.exists():
-        before = json.loads(path.read_text())
+        before = {**ADDED_LATER, **json.loads(path.read_text())}
         changed = {k: (before.get(k), settings[k]) for k in TRAJECTORY_SETTINGS if before.get(k) != settings[k]}
         if changed:
             raise SystemExit(f"{out} holds a run with other settings {changed} (before, now); "

@@ -75,6 +75,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topk", type=int, default=AgentConfig.topk, help="passages per query (default %(default)s)")
     parser.add_argument("--max-obs-length", type=int, default=AgentConfig.max_obs_length,
                         help="tokens of one <information> block at most, as agent.max_obs_length (default %(default)s)")
+    parser.add_argument("--unseen-passages", action="store_true",
+                        help="show each passage once per trajectory, as agent.unseen_passages")
     parser.add_argument("--max-prompt-length", type=int, default=8192,
                         help="tokens of the rolling context fed to each turn at most")
     parser.add_argument("--max-start-length", type=int, default=2048,
@@ -109,7 +111,7 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
                                                              enable_prefix_caching=args.prefix_cache))
     config = AgentConfig(max_prompt_length=args.max_prompt_length, max_start_length=args.max_start_length,
                          max_response_length=args.max_new_tokens, mode=args.mode, max_turns=args.max_turns,
-                         topk=args.topk, max_obs_length=args.max_obs_length)
+                         topk=args.topk, max_obs_length=args.max_obs_length, unseen_passages=args.unseen_passages)
     manager = GenerationManager(engine.generate_sequences, tokenizer, RetrievalClient(args.retrieval_url), config)
     sampling = {"do_sample": args.sample}
     if args.sample:

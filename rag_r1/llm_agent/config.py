@@ -24,6 +24,10 @@ class AgentConfig:
     query_delimiter: str = ","  # multi mode: separator of the queries inside <search>
     max_obs_length: int = 1000  # tokens of one <information> block, tags included
     topk: int = 3  # passages retrieved per query
+    # Show each passage once per trajectory: a search brings, per query, the best `topk` passages the
+    # trajectory has not been shown yet (in earlier rounds or for the same search's other queries).
+    # False = the paper's retrieval, where repeating a query repeats its passages.
+    unseen_passages: bool = False
     # Experiments only: adds weight x (share of the row's supporting_ids it retrieved) to the reward,
     # for rows whose extra_info carries supporting_ids. 0 = the paper's pure answer reward.
     evidence_reward_weight: float = 0.0
@@ -47,6 +51,8 @@ class AgentConfig:
             problems.append(f"agent.evidence_reward_weight={self.evidence_reward_weight!r}: expected a number >= 0")
         if self.guide_file is not None and not Path(self.guide_file).is_file():
             problems.append(f"agent.guide_file={self.guide_file!r}: no such file")
+        if not isinstance(self.unseen_passages, bool):
+            problems.append(f"agent.unseen_passages={self.unseen_passages!r}: expected true or false")
         if not isinstance(self.query_delimiter, str) or not self.query_delimiter:
             problems.append(f"agent.query_delimiter={self.query_delimiter!r}: expected a non-empty string")
         if isinstance(self.max_start_length, int) and isinstance(self.max_prompt_length, int) \

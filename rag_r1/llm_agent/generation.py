@@ -3,7 +3,8 @@
 Per turn, for every trajectory still running:
 1. generate (stop at `</search>` or `</answer>`, at most `max_response_length` new tokens);
 2. parse the action (`actions.parse_action`, queries by the mode);
-3. ONE retrieval request for the queries of all rows (each distinct query once);
+3. ONE retrieval request for the queries of all rows (each distinct query once); with
+   `unseen_passages` a search shows only passages its trajectory has not been shown yet;
 4. append `"\\n<information>\\n" + results + "\\n</information>\\n"` (info_mask 1) after a search, a
    short corrective note (info_mask 1: the policy did not write it either) after a turn with no
    complete action; an answer ends the trajectory.
@@ -37,6 +38,27 @@ def observation_budget(tokenizer, max_obs_length: int) -> int:
         raise ValueError(f"agent.max_obs_length={max_obs_length} leaves no room inside the "
                          f"<information> tags ({tags} tokens)")
     return max_obs_length - tags
+
+
+def shown_hits(query_hits: list[list[dict]], topk: int, seen: set[str] | None = None) -> list[list[dict]]:
+    """The passages one search shows, per query: each query's first `topk` hits; or, given `seen` (the
+    ids the trajectory was shown before, updated here), the first `topk` it has not been shown yet,
+    passages of the search's earlier queries included. The hits must then reach deep enough
+    (`unseen_depth`). The rollout and the SFT builders both show passages through this."""
+    if seen is None:
+        return [hits[:topk] for hits in query_hits]
+    shown = []
+    for hits in query_hits:
+        fresh = [hit for hit in hits if hit["id"] not in seen][:topk]
+        seen.update(hit["id"] for hit in fresh)
+        shown.append(fresh)
+    return shown
+
+
+def unseen_depth(topk: int, seen: int, queries: int) -> int:
+    """Hits to retrieve per query so that `shown_hits` still finds `topk` unseen ones for each of a
+    search's `queries` after `seen` passages were shown."""
+    return seen + topk * queries
 
 
 class Retriever(Protocol):
@@ -151,14 +173,19 @@ class GenerationManager:
     def _search(self, searching: list[tuple[Trajectory, list[str]]], stats: RolloutStats) -> None:
         """One retrieval request for every query of every searching row, each distinct query once."""
         distinct = list(dict.fromkeys(q for _, queries in searching for q in queries))
+        unseen = self.config.unseen_passages
+        seen_of = [{pid for ids in row.retrieved_ids for pid in ids} if unseen else None for row, _ in searching]
+        depth = self.config.topk if not unseen else max(
+            unseen_depth(self.config.topk, len(seen), len(queries)) for seen, (_, queries) in zip(seen_of, searching))
         tick = time.perf_counter()
-        hits = self.retriever.retrieve(distinct, self.config.topk)
+        hits = self.retriever.retrieve(distinct, depth)
         stats.retrieve_s += time.perf_counter() - tick
         stats.retrieval_requests += 1
         stats.queries_sent += len(distinct)
         stats.queries_asked += sum(len(q) for _, q in searching)
         hits_of = dict(zip(distinct, hits, strict=True))
-        row_hits = [[hits_of[q] for q in queries] for _, queries in searching]
+        row_hits = [shown_hits([hits_of[q] for q in queries], self.config.topk, seen)
+                    for (_, queries), seen in zip(searching, seen_of)]
         # One batched tokenizer call for all observations (fast tokenizers encode a batch in parallel).
         texts = [self.mode.format_observation(queries, h) for (_, queries), h in zip(searching, row_hits)]
         bodies = self.tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from rag_r1.eval.runner import load_questions
 from rag_r1.llm_agent.config import AgentConfig
-from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN, Retriever, observation_budget
+from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN, Retriever, observation_budget, shown_hits, unseen_depth
 from rag_r1.llm_agent.modes import AgentMode, format_doc
 from rag_r1.search.corpus import split_title
 
@@ -105,9 +105,19 @@ def title_queries(question: EvidenceQuestion, titles: dict[str, str], mode: Agen
     return mentioned_first(list(dict.fromkeys(k for k in keys if k)), question.question)
 
 
-def retrieved_ids(rounds: list[list[str]], hits_of: dict[str, list[dict]]) -> set[str]:
-    """Ids of every passage the rounds' queries brought back."""
-    return {hit["id"] for queries in rounds for query in queries for hit in hits_of[query]}
+Shown = list[list[list[dict]]]  # per search round, per query, the passages the agent is shown
+
+
+def shown_rounds(rounds: list[list[str]], hits_of: dict[str, list[dict]], topk: int, unseen: bool = False) -> Shown:
+    """What the agent is shown after each round's queries, as the rollout shows it (`shown_hits`;
+    with `unseen`, one trajectory's passages are never shown twice)."""
+    seen: set[str] | None = set() if unseen else None
+    return [shown_hits([hits_of[q] for q in queries], topk, seen) for queries in rounds]
+
+
+def retrieved_ids(shown: Shown) -> set[str]:
+    """Ids of every passage the rounds brought back."""
+    return {hit["id"] for round_hits in shown for hits in round_hits for hit in hits}
 
 
 def first_round(question: EvidenceQuestion, queries: list[str], mode: AgentMode) -> list[str]:
@@ -212,7 +222,7 @@ def answer_turn(answer: str, thought: str = FINAL_THOUGHT) -> str:
     return f"<think> {thought} </think>\n<answer> {answer} </answer>"
 
 
-def conversation(question: EvidenceQuestion, rounds: list[list[str]], hits_of: dict[str, list[dict]],
+def conversation(question: EvidenceQuestion, rounds: list[list[str]], shown: Shown,
                  mode: AgentMode, cut: Cut | None = None, final_thought: str = "fixed") -> tuple[dict, set[str]]:
     """The sharegpt conversation (human prompt, then per round a search and its observation, then the
     answer) and the ids of the passages its observations show in full. `final_thought` "quote" thinks
@@ -221,16 +231,15 @@ def conversation(question: EvidenceQuestion, rounds: list[list[str]], hits_of: d
     turns = [{"from": "human", "value": mode.user_content(question.question)}]
     whole = mode.as_query(question.question)
     seen: set[str] = set()
-    for round_no, queries in enumerate(rounds):
-        block, shown = observation(queries, [hits_of[q] for q in queries], mode, cut)
+    for round_no, (queries, round_hits) in enumerate(zip(rounds, shown, strict=True)):
+        block, in_full = observation(queries, round_hits, mode, cut)
         turns.append({"from": "gpt", "value": search_turn(round_no, rounds, mode, whole)})
         turns.append({"from": "observation", "value": block})
-        seen |= shown
+        seen |= in_full
     thought = None
     if final_thought == "quote":
-        shown_hits = {hit["id"]: hit for queries in rounds for q in queries for hit in hits_of[q] if hit["id"] in seen}
-        thought = evidence_quote(question.answer, [shown_hits[pid] for pid in question.supporting_ids
-                                                   if pid in shown_hits])
+        read = {hit["id"]: hit for round_hits in shown for hits in round_hits for hit in hits if hit["id"] in seen}
+        thought = evidence_quote(question.answer, [read[pid] for pid in question.supporting_ids if pid in read])
     turns.append({"from": "gpt", "value": answer_turn(question.answer, thought or FINAL_THOUGHT)})
     return {"conversations": turns}, seen
 
@@ -246,21 +255,27 @@ def retrieve_all(retriever: Retriever, queries: list[str], topk: int, batch_size
 
 
 def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: AgentMode,
-             topk: int = AgentConfig.topk, batch_size: int = 256) -> tuple[list[list[list[str]]], dict[str, list[dict]]]:
-    """(the search rounds of each question, the hits of every query). Round 1 comes from the question
+             topk: int = AgentConfig.topk, batch_size: int = 256, unseen: bool = False
+             ) -> tuple[list[list[list[str]]], list[Shown]]:
+    """(the search rounds of each question, what each round shows it). Round 1 comes from the question
     (`first_round`); each later round searches supporting titles the rounds so far did not bring back
     (`next_round`), so a question whose first round already found all its evidence is answered after
-    it. The queries of every question's next round go to the server together, in batches."""
+    it. The queries of every question's next round go to the server together, in batches. `unseen`:
+    as agent.unseen_passages."""
     queries = [title_queries(q, titles, mode) for q in questions]
     plans = [[first_round(q, qs, mode)] for q, qs in zip(questions, queries)]
+    depth = topk
+    if unseen:  # every round but the first searches a title not searched before: at most 1 + titles rounds
+        rounds = 1 + max((len(qs) for qs in queries), default=0)
+        depth = unseen_depth(topk, topk * mode.queries_per_search * (rounds - 1), mode.queries_per_search)
     hits_of: dict[str, list[dict]] = {}
     open_rows = list(range(len(questions)))
     while open_rows:
         wanted = [query for i in open_rows for query in plans[i][-1] if query not in hits_of]
-        hits_of.update(retrieve_all(retriever, wanted, topk, batch_size))
+        hits_of.update(retrieve_all(retriever, wanted, depth, batch_size))
         still_open = []
         for i in open_rows:
-            found = retrieved_ids(plans[i], hits_of)
+            found = retrieved_ids(shown_rounds(plans[i], hits_of, topk, unseen))
             missing = [mode.as_query(titles[pid]) for pid in questions[i].supporting_ids if pid not in found]
             searched = [query for r in plans[i] for query in r]
             following = next_round(queries[i], searched, missing, mode)
@@ -268,27 +283,28 @@ def plan_all(questions: list[EvidenceQuestion], titles: dict[str, str], retrieve
                 plans[i].append(following)
                 still_open.append(i)
         open_rows = still_open
-    return plans, hits_of
+    return plans, [shown_rounds(plan, hits_of, topk, unseen) for plan in plans]
 
 
 def build_dataset(questions: list[EvidenceQuestion], titles: dict[str, str], retriever: Retriever, mode: AgentMode,
                   topk: int = AgentConfig.topk, batch_size: int = 256, cut: Cut | None = None,
-                  final_thought: str = "fixed") -> tuple[list[dict], dict[str, int]]:
+                  final_thought: str = "fixed", unseen: bool = False) -> tuple[list[dict], dict[str, int]]:
     """(conversations, counts): a question is dropped when its rounds did not retrieve all its
     supporting passages, or retrieved them but the observation cut left one of them out.
-    `final_thought`: see `conversation`; with "quote", `quoted` counts the answers that quote one."""
+    `final_thought`: see `conversation`; with "quote", `quoted` counts the answers that quote one.
+    `unseen`: as agent.unseen_passages (a passage is shown once per conversation)."""
     if final_thought not in FINAL_THOUGHTS:
         raise ValueError(f"final_thought={final_thought!r}: expected one of {FINAL_THOUGHTS}")
-    plans, hits_of = plan_all(questions, titles, retriever, mode, topk, batch_size)
+    plans, shown = plan_all(questions, titles, retriever, mode, topk, batch_size, unseen)
     samples = []
     stats = {"questions": len(questions), "kept": 0, "dropped_missing_evidence": 0, "dropped_evidence_cut": 0,
              "quoted": 0}
     counting = CountingCut(cut if cut is not None else (lambda text: text))
-    for q, rounds in zip(questions, plans):
-        if not set(q.supporting_ids) <= retrieved_ids(rounds, hits_of):
+    for q, rounds, rounds_shown in zip(questions, plans, shown):
+        if not set(q.supporting_ids) <= retrieved_ids(rounds_shown):
             stats["dropped_missing_evidence"] += 1
             continue
-        sample, seen = conversation(q, rounds, hits_of, mode, counting, final_thought)
+        sample, seen = conversation(q, rounds, rounds_shown, mode, counting, final_thought)
         if not set(q.supporting_ids) <= seen:
             stats["dropped_evidence_cut"] += 1
             continue

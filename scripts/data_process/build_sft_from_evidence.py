@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
     parser.add_argument("--final-thought", choices=FINAL_THOUGHTS, default="fixed",
                         help="the thought before the answer: fixed, or quote (the supporting sentence holding the "
                              "answer, the fixed one when none does) (default %(default)s)")
+    parser.add_argument("--unseen-passages", action="store_true",
+                        help="show each passage once per conversation, as agent.unseen_passages")
     args = parser.parse_args(argv)
     for path in (args.questions, args.corpus):
         if not path.is_file():
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None, retriever=None) -> dict[str, int]:
         cut = token_cut(AutoTokenizer.from_pretrained(args.tokenizer), args.max_obs_length)
     mode = build_mode(args.mode, args.max_queries, args.delimiter)
     samples, stats = build_dataset(questions, titles, retriever, mode, args.topk, args.batch_size, cut,
-                                   args.final_thought)
+                                   args.final_thought, args.unseen_passages)
     stats["skipped_no_supporting_ids"] = without
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:

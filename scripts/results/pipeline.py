@@ -92,6 +92,9 @@ class PipelineConfig:
     # queries x 3 passages needs ~720 (median) on hotpotqa_closed; at 600, 18% of the multi-mode SFT
     # trajectories lose evidence to the cut.
     max_obs_length: int = AgentConfig.max_obs_length
+    # agent.unseen_passages for SFT data, guides, RL and evaluation alike: a search shows only passages
+    # its trajectory has not been shown yet, so a second round always brings new text.
+    unseen_passages: bool = AgentConfig.unseen_passages
     # Evaluation on test.jsonl
     # model-mode pairs evaluated (model: base | sft | rl; mode: single | multi), in this order
     eval_runs: tuple[str, ...] = ("base-multi", "sft-single", "sft-multi", "rl-single", "rl-multi")
@@ -230,6 +233,7 @@ class Pipeline:
                         "--corpus", self.cfg.data_dir / "corpus.jsonl", "--retrieval-url", url,
                         "--mode", mode, "--out", out, "--topk", str(self.cfg.topk),
                         "--tokenizer", self.ckpt / "base", "--max-obs-length", str(self.cfg.max_obs_length),
+                        *(["--unseen-passages"] if self.cfg.unseen_passages else []),
                         "--final-thought", self.cfg.sft_thought])
 
     def pick_rl_questions(self, sft: Path, url: str) -> Path:
@@ -318,6 +322,8 @@ class Pipeline:
         ]
         if guides is not None:
             overrides.append(f"agent.guide_file={guides}")
+        if c.unseen_passages:
+            overrides.append("agent.unseen_passages=true")
         if c.round_cost:
             overrides.append(f"+custom_reward_function.reward_kwargs.round_cost={c.round_cost}")
         if c.algo == "grpo":
@@ -371,7 +377,8 @@ class Pipeline:
     def agent_flags(self, max_turns: int, max_new_tokens: int) -> list[str]:
         """The rag_r1.eval flags of the agent's shape, shared by evaluation and the frontier."""
         return ["--topk", str(self.cfg.topk), "--max-turns", str(max_turns), "--max-new-tokens", str(max_new_tokens),
-                "--max-obs-length", str(self.cfg.max_obs_length)]
+                "--max-obs-length", str(self.cfg.max_obs_length),
+                *(["--unseen-passages"] if self.cfg.unseen_passages else [])]
 
     def encoder_path(self) -> str:
         if self.cfg.encoder == "minilm":

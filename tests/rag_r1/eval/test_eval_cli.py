@@ -40,6 +40,12 @@ def test_cli_writes_the_contract_files_and_refuses_other_settings_on_resume(tiny
 
     with pytest.raises(SystemExit, match="other settings.*'mode': \\('multi', 'single'\\)"):
         run(parse_args([*argv[:argv.index("--mode")], "--mode", "single", *argv[argv.index("--mode") + 2:]]))
+    with pytest.raises(SystemExit, match="other settings.*'unseen_passages': \\(False, True\\)"):
+        run(parse_args([*argv, "--unseen-passages"]))
+    # a config.json written before unseen_passages existed was run without it: it resumes
+    config.pop("unseen_passages")
+    (out / "config.json").write_text(json.dumps(config))
+    assert run(parse_args(argv))["n"] == 2
 
 
 def test_cli_resumes_a_larger_sample_question_by_question_and_refuses_colliding_ids(tiny_model_dir, tmp_path,

@@ -17,6 +17,7 @@ def test_defaults_are_the_papers():
     a = agent_config(cfg())
     assert (a.mode, a.max_turns, a.max_queries, a.query_delimiter, a.max_obs_length, a.topk) == (
         "multi", 4, 3, ",", 1000, 3)
+    assert a.unseen_passages is False  # a repeated query repeats its passages, as in the paper
     assert (a.max_prompt_length, a.max_start_length, a.max_response_length) == (8192, 2048, 500)
 
 
@@ -26,6 +27,7 @@ def test_defaults_are_the_papers():
     ({"topk": "3"}, DATA, "agent.topk='3'"),
     ({"query_delimiter": ""}, DATA, "agent.query_delimiter=''"),
     ({"max_obs_length": 4}, DATA, "agent.max_obs_length=4"),
+    ({"unseen_passages": "yes"}, DATA, "agent.unseen_passages='yes'"),
     ({"max_querys": 2}, DATA, "unknown key.*agent.max_querys"),
     ({}, {**DATA, "max_start_length": 9000}, "data.max_start_length=9000 exceeds data.max_prompt_length=8192"),
     ({}, {**DATA, "max_response_length": 0}, "data.max_response_length=0"),

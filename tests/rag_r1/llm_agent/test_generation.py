@@ -133,3 +133,36 @@ def test_real_engine_rollout_shapes(tiny_model_dir):
         assert response_mask[i].tolist() == [1] * (6 + len(note) + 6) + [0] * (response_mask.shape[1] - 12 - len(note))
         assert info_mask[i].tolist()[: 12 + len(note)] == [0] * 6 + [1] * len(note) + [0] * 6
         assert out.batch["responses"][i, 6 : 6 + len(note)].tolist() == note
+
+
+class RankedRetriever:
+    """Each query's passages in a fixed rank order (a passage's title is its id)."""
+
+    RANKS = {"fox": ["a", "b", "c", "e", "f", "g", "h"], "dog": ["b", "c", "d", "a", "e", "h", "i"]}
+
+    def __init__(self):
+        self.depths: list[int] = []
+
+    def retrieve(self, queries, topk):
+        self.depths.append(topk)
+        return [[{"id": pid, "contents": f'"{pid}"\nabout {pid}', "score": 1.0} for pid in self.RANKS[q][:topk]]
+                for q in queries]
+
+
+@pytest.mark.parametrize("unseen", [False, True])
+def test_unseen_passages_never_shows_a_trajectory_a_passage_twice(tokenizer, unseen):
+    policy = ScriptedPolicy(tokenizer, {"Q1": ["<search> fox, dog </search>", "<search> fox </search>",
+                                               "<answer> e </answer>"]})
+    retriever = RankedRetriever()
+    manager = GenerationManager(policy, tokenizer, retriever, config(unseen_passages=unseen))
+    [row], _ = manager.run([encode(tokenizer, "Q1 ")])
+    second = tokenizer.decode([t for t, m in zip(row.response, row.info_mask) if m]).split(INFO_CLOSE)[1]
+    if unseen:
+        # dog skips a and b, which fox showed in the same search; the repeated fox search goes deeper
+        assert row.retrieved_ids == [["a", "b", "c", "d"], ["e", "f"]]
+        assert retriever.depths == [4, 6]  # seen + topk x queries: 0 + 2 x 2, then 4 + 2 x 1
+        assert "Doc 1(Title: e) about e" in second and "Title: a" not in second
+    else:  # the paper's retrieval: a repeated query repeats its passages
+        assert row.retrieved_ids == [["a", "b", "b", "c"], ["a", "b"]]
+        assert retriever.depths == [2, 2]
+        assert "Doc 1(Title: a) about a" in second

@@ -210,11 +210,11 @@ def test_observations_are_cut_to_the_agents_token_budget(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tags = len(tokenizer.encode(INFO_OPEN, add_special_tokens=False)) + \
         len(tokenizer.encode(INFO_CLOSE, add_special_tokens=False))
-    hits_of = {"Ada Lovelace": [stub_hit("e0")], "Analytical Engine": [stub_hit("e1")]}
+    shown = [[[stub_hit("e0")]], [[stub_hit("e1")]]]
     rounds = [["Ada Lovelace"], ["Analytical Engine"]]
-    full, seen = conversation(ADA, rounds, hits_of, SINGLE)
+    full, seen = conversation(ADA, rounds, shown, SINGLE)
     assert seen == {"e0", "e1"}
-    short, seen = conversation(ADA, rounds, hits_of, SINGLE, cut=token_cut(tokenizer, tags + 12))
+    short, seen = conversation(ADA, rounds, shown, SINGLE, cut=token_cut(tokenizer, tags + 12))
     assert seen == set()  # no passage line survives whole
     for whole, cut in zip(full["conversations"], short["conversations"]):
         if whole["from"] != "observation":
@@ -346,3 +346,19 @@ def test_cli_final_thought_quote(tmp_path, capsys):
     assert stats["quoted"] == stats["kept"] == 1  # EVEREST's evidence is incomplete with this stub
     assert rows[0]["conversations"][-1]["value"].startswith(
         "<think> Analytical Engine says: The Analytical Engine was designed by Charles Babbage. </think>")
+
+
+def test_unseen_passages_shows_the_second_hop_a_repeated_first_hit_would_hide():
+    retriever = stub()
+    retriever.results["Ada Lovelace"] = ["e1", "e0"]  # round 2's best hit is round 1's passage again
+    _, stats = build_dataset([BRIDGE], TITLES, retriever, SINGLE, topk=1)
+    assert stats == counts(questions=1, dropped_missing_evidence=1)
+
+    retriever.calls.clear()
+    samples, stats = build_dataset([BRIDGE], TITLES, retriever, SINGLE, topk=1, unseen=True)
+    assert stats == counts(questions=1, kept=1)
+    assert search_rounds(samples[0]) == ["Analytical Engine", "Ada Lovelace"]
+    second = samples[0]["conversations"][4]["value"]
+    assert "Doc 1(Title: Ada Lovelace)" in second and "Analytical Engine was designed" not in second
+    # deep enough for 1 passage after the 2 of at most two earlier rounds (1 + two titles)
+    assert [depth for _, depth in retriever.calls] == [3, 3]

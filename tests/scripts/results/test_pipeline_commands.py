@@ -218,6 +218,23 @@ def test_sft_data_and_guides_think_the_same_final_thought(pipeline, tmp_path):
         replace(pipeline.cfg, sft_thought="cite").validate()
 
 
+def test_unseen_passages_reaches_sft_data_guides_rl_and_evaluation(pipeline, tmp_path):
+    from rag_r1.llm_agent.loop import agent_config
+    from verl.trainer.config import compose_config
+
+    write_questions(pipeline, 10)
+    write_questions(pipeline, 10, split="test")
+    url = "http://127.0.0.1:1/retrieve"
+    for unseen in (False, True):
+        pipeline.cfg.unseen_passages = unseen
+        builders = [command(lambda: pipeline.build_sft_data(url, "multi")),
+                    command(lambda: pipeline.build_guides(tmp_path / "rl_questions.jsonl", url)),
+                    command(lambda: pipeline.evaluate("sft", tmp_path / "sft", "multi", url))]
+        assert [("--unseen-passages" in args) for args in builders] == [unseen] * 3
+        rl = command(lambda: pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", url))
+        assert agent_config(compose_config(rl[2:])).unseen_passages is unseen
+
+
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_results_profiles_sft_on_twice_the_pipelines_questions_and_leave_50_dev_questions(pipeline, tmp_path, profile):
     # as many questions as hotpotqa_closed's train.jsonl; the profile's SFT, RL and dev draws come out of them
