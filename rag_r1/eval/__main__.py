@@ -50,17 +50,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def settings_of(args: argparse.Namespace) -> dict:
+    """The run's settings as config.json records them (paths resolved)."""
+    return {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def changed_settings(out: Path, settings: dict, ignore: tuple[str, ...] = ()) -> dict:
+    """The trajectory settings `out/config.json` records other than `settings`, as {key: (before, now)};
+    {} when it records none other or does not exist."""
+    path = out / "config.json"
+    if not path.exists():
+        return {}
+    before = {**ADDED_LATER, **json.loads(path.read_text())}
+    return {k: (before.get(k), settings[k]) for k in TRAJECTORY_SETTINGS
+            if k not in ignore and before.get(k) != settings[k]}
+
+
 def check_resume(out: Path, settings: dict) -> None:
     """Write `out/config.json`, or refuse when it records other trajectory settings."""
-    path = out / "config.json"
-    if path.exists():
-        before = {**ADDED_LATER, **json.loads(path.read_text())}
-        changed = {k: (before.get(k), settings[k]) for k in TRAJECTORY_SETTINGS if before.get(k) != settings[k]}
-        if changed:
-            raise SystemExit(f"{out} holds a run with other settings {changed} (before, now); "
-                             f"use another --out or delete it")
+    changed = changed_settings(out, settings)
+    if changed:
+        raise SystemExit(f"{out} holds a run with other settings {changed} (before, now); "
+                         f"use another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -68,8 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     from rag_r1.eval.agent import build_solver
 
     questions = load_questions(args.questions, args.limit)
-    settings = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    check_resume(args.out, settings)
+    check_resume(args.out, settings_of(args))
     solve = build_solver(args)
     summary = evaluate(questions, solve, args.out, args.batch_size)
     return summary

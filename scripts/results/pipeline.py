@@ -345,11 +345,11 @@ class Pipeline:
                                      self.out / "eval" / "test_questions.jsonl")
         else:
             questions = self.dev_set()
-        if evaluated_on(out, questions):
-            return out
         args = ["-m", "rag_r1.eval", "--model", model, "--questions", questions,
                 "--retrieval-url", url, "--mode", mode, "--out", out, "--batch-size", str(self.cfg.eval_batch_size),
                 *self.agent_flags(self.cfg.eval_max_turns, self.cfg.eval_max_new_tokens)]
+        if evaluated_on(out, questions, args[2:]):
+            return out
         self.sh(f"eval {name} ({mode}{', dev' if split == 'dev' else ''})", args)
         return out
 
@@ -443,10 +443,17 @@ def evenly_by_type(kinds: list[str | None], limit: int, rng: random.Random, sour
     return sorted(picked)
 
 
-def evaluated_on(out: Path, questions: Path) -> bool:
-    """Whether out/ holds a summary of exactly these questions. A resumed run whose sample changed
-    (another seed, eval limit or dev draw) evaluates again; rag_r1.eval reuses the rows it has."""
+def evaluated_on(out: Path, questions: Path, eval_args: list) -> bool:
+    """Whether out/ holds a summary of exactly these questions, made with the agent settings of these
+    rag_r1.eval arguments. A resumed run whose sample changed (another seed, eval limit or dev draw)
+    evaluates again, and rag_r1.eval reuses the rows it has; one whose agent settings changed is
+    handed to rag_r1.eval too, which refuses it by name instead of the old numbers passing for new
+    ones. The checkpoint's path may differ (a run's stages copied into another directory)."""
+    from rag_r1.eval.__main__ import changed_settings, parse_args, settings_of
+
     if not (out / "summary.json").exists():
+        return False
+    if changed_settings(out, settings_of(parse_args([str(a) for a in eval_args])), ignore=("model",)):
         return False
     return ({row["id"] for row in read_jsonl(out / "trajectories.jsonl")}
             == {row["id"] for row in read_jsonl(questions)})

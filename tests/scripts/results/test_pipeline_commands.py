@@ -205,6 +205,25 @@ def test_evaluation_is_reused_only_for_the_questions_it_holds(pipeline, tmp_path
     assert len(Path(args[args.index("--questions") + 1]).read_text().splitlines()) == 8
 
 
+def test_an_evaluation_made_with_other_agent_settings_is_handed_to_rag_r1_eval(pipeline, tmp_path):
+    from rag_r1.eval.__main__ import parse_args, settings_of
+
+    url = "http://127.0.0.1:1/retrieve"
+    write_questions(pipeline, 5, split="test")
+    args = command(lambda: pipeline.evaluate("sft", tmp_path / "sft", "multi", url))
+    out = pipeline.cfg.out_dir / "eval" / "sft-multi" / "test"
+    out.mkdir(parents=True)
+    (out / "trajectories.jsonl").write_text(Path(args[args.index("--questions") + 1]).read_text())
+    (out / "summary.json").write_text("{}")
+    # written by the same run from another directory: the checkpoint path differs, nothing else
+    settings = settings_of(parse_args([str(a) for a in args[2:]]))
+    (out / "config.json").write_text(json.dumps({**settings, "model": "/elsewhere/sft"}))
+    assert pipeline.evaluate("sft", tmp_path / "sft", "multi", url) == out  # runs nothing
+    # the same questions under unseen passages: rag_r1.eval gets the call (and refuses the directory by name)
+    pipeline.cfg.unseen_passages = True
+    assert "--unseen-passages" in command(lambda: pipeline.evaluate("sft", tmp_path / "sft", "multi", url))
+
+
 def test_sft_data_and_guides_think_the_same_final_thought(pipeline, tmp_path):
     write_questions(pipeline, 10)
     url = "http://127.0.0.1:1/retrieve"
