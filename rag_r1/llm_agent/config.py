@@ -25,7 +25,8 @@ class AgentConfig:
     max_obs_length: int = 1000  # tokens of one <information> block, tags included
     topk: int = 3  # passages retrieved per query
     # Show each passage once per trajectory: a search brings, per query, the best `topk` passages the
-    # trajectory has not been shown yet (in earlier rounds or for the same search's other queries).
+    # trajectory has not been shown yet (in earlier rounds or for the same search's other queries; a
+    # passage that max_obs_length cut from its block counts as shown).
     # False = the paper's retrieval, where repeating a query repeats its passages.
     unseen_passages: bool = False
     # Experiments only: adds weight x (share of the row's supporting_ids it retrieved) to the reward,
