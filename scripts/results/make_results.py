@@ -1,7 +1,7 @@
 """`make results`: SFT then RL on a real multi-hop closed corpus, evaluated before and after.
 
     make results                                   # ../shared/data/hotpotqa_closed (see docs/results.md)
-    make results PROFILE=long                      # more RL steps and questions (about 150 min on 2 cores)
+    make results PROFILE=long                      # the default carried on to 24 RL steps (about 140 min on 2 cores)
     make results DATA=path/to/set                  # any closed_corpus.py output (corpus/train/test.jsonl)
     make results ARGS="--rl-steps 200 --rl-batch 64 --model Qwen/Qwen2.5-3B-Instruct"   # scale up
 
