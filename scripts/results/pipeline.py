@@ -289,12 +289,17 @@ class Pipeline:
         return target
 
     def run_rl(self, sft: Path, rl_data: Path, url: str, guides: Path | None = None) -> Path:
-        """GRPO or PPO from the SFT model; saves every step, so a rerun resumes at the last one."""
+        """GRPO or PPO from the SFT model; saves every step, so a rerun resumes at the last one. A
+        finished run asked for more steps (PROFILE=long on a default run) carries on from its last
+        step; the evaluations of the model it had exported move aside (`set_aside_rl_evaluations`)."""
         target = self.ckpt / "rl"
-        if (target / "config.json").exists():
-            return target
         run_dir = self.out / "runs" / "rl"
         c = self.cfg
+        if (target / "config.json").exists():
+            done = trained_steps(run_dir)
+            if done is None or done >= c.rl_steps:
+                return target
+            set_aside_rl_evaluations(self.out / "eval", done)
         overrides = [
             f"data.train_files={rl_data / 'train.parquet'}", f"data.val_files={rl_data / 'train.parquet'}",
             f"data.train_batch_size={c.rl_batch}", "data.max_prompt_length=4096", "data.max_start_length=1024",
@@ -457,6 +462,23 @@ def evaluated_on(out: Path, questions: Path, eval_args: list) -> bool:
         return False
     return ({row["id"] for row in read_jsonl(out / "trajectories.jsonl")}
             == {row["id"] for row in read_jsonl(questions)})
+
+
+def trained_steps(run_dir: Path) -> int | None:
+    """The step of the RL run's last checkpoint; None without one (an exported model copied alone)."""
+    from verl.utils.checkpoint import latest_step_dir as latest
+
+    last = latest(run_dir) if run_dir.is_dir() else None
+    return None if last is None else int(last.name.rsplit("_", 1)[1])
+
+
+def set_aside_rl_evaluations(eval_dir: Path, step: int) -> None:
+    """eval/rl-<mode>/ becomes eval/rl-<mode>@step<step>/: the evaluations of the RL model a run had
+    exported at `step`, kept (the report lists them as their own rows) instead of passing for the
+    model that more steps will export under the same path."""
+    for old in sorted(eval_dir.glob("rl-*")):
+        if old.is_dir() and "@" not in old.name:
+            old.rename(old.with_name(f"{old.name}@step{step}"))
 
 
 def latest_step_dir(run_dir: Path) -> Path:

@@ -65,6 +65,27 @@ def test_rl_command_composes_in_the_rl_mode_and_repeats_no_default(pipeline, tmp
                                                                           "algorithm.adv_estimator=gae"}
 
 
+def test_a_finished_rl_run_asked_for_more_steps_carries_on_and_sets_its_evaluations_aside(pipeline, tmp_path):
+    from verl.utils.checkpoint import mark_latest, save_trainer_state
+
+    out = pipeline.cfg.out_dir
+    (out / "checkpoints" / "rl").mkdir(parents=True)
+    (out / "checkpoints" / "rl" / "config.json").write_text("{}")
+    save_trainer_state(out / "runs" / "rl" / "global_step_10", 10, {})
+    mark_latest(out / "runs" / "rl", 10)
+    (out / "eval" / "rl-multi" / "test").mkdir(parents=True)
+    (out / "eval" / "sft-multi" / "test").mkdir(parents=True)
+    url = "http://127.0.0.1:1/retrieve"
+    pipeline.cfg.rl_steps = 10
+    assert pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", url) == out / "checkpoints" / "rl"
+    assert (out / "eval" / "rl-multi").is_dir()  # nothing to add: the evaluations stand
+
+    pipeline.cfg.rl_steps = 24
+    args = command(lambda: pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", url))
+    assert "trainer.total_training_steps=24" in args and f"trainer.default_local_dir={out / 'runs' / 'rl'}" in args
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["rl-multi@step10", "sft-multi"]
+
+
 def test_sft_command_repeats_no_default(pipeline, tmp_path):
     from verl.trainer.fsdp_sft_trainer import compose_config
 
