@@ -161,7 +161,7 @@ def evaluate(questions: list[dict], solve: Solver, out_dir: str | Path, batch_si
     """Solve every question not yet in `out_dir/trajectories.jsonl`, then write and return the
     summary of all of `questions` (resumed rows included). A row is reused only for the same id and
     question text: another set whose ids collide is refused, not silently scored with old answers.
-    Afterwards trajectories.jsonl holds exactly the summarized questions, in their order; rows of
+    Afterwards trajectories.jsonl holds exactly the summarized questions; rows of
     questions outside this sample (a resume on a smaller one) move to trajectories.set_aside.jsonl,
     where a later, larger resume finds them again."""
     if batch_size < 1:
@@ -190,7 +190,7 @@ def evaluate(questions: list[dict], solve: Solver, out_dir: str | Path, batch_si
         writer.close()
     wanted = {q["id"] for q in questions}
     others = [row for qid, row in known.items() if qid not in wanted]
-    if others or aside or len(writer.rows) != len(rows):
+    if others or aside:  # otherwise trajectories.jsonl already holds exactly these rows
         # set-aside rows first: a crash between the two writes leaves a row in both files, never in neither
         if others:
             write_rows(aside_path, others)

@@ -233,7 +233,7 @@ class Pipeline:
                         "--corpus", self.cfg.data_dir / "corpus.jsonl", "--retrieval-url", url,
                         "--mode", mode, "--out", out, "--topk", str(self.cfg.topk),
                         "--tokenizer", self.ckpt / "base", "--max-obs-length", str(self.cfg.max_obs_length),
-                        *(["--unseen-passages"] if self.cfg.unseen_passages else []),
+                        *self.unseen_flag(),
                         "--final-thought", self.cfg.sft_thought])
 
     def pick_rl_questions(self, sft: Path, url: str) -> Path:
@@ -382,8 +382,11 @@ class Pipeline:
     def agent_flags(self, max_turns: int, max_new_tokens: int) -> list[str]:
         """The rag_r1.eval flags of the agent's shape, shared by evaluation and the frontier."""
         return ["--topk", str(self.cfg.topk), "--max-turns", str(max_turns), "--max-new-tokens", str(max_new_tokens),
-                "--max-obs-length", str(self.cfg.max_obs_length),
-                *(["--unseen-passages"] if self.cfg.unseen_passages else [])]
+                "--max-obs-length", str(self.cfg.max_obs_length), *self.unseen_flag()]
+
+    def unseen_flag(self) -> list[str]:
+        """`--unseen-passages` when the run sets it: rag_r1.eval and build_sft_from_evidence spell it alike."""
+        return ["--unseen-passages"] if self.cfg.unseen_passages else []
 
     def encoder_path(self) -> str:
         if self.cfg.encoder == "minilm":
@@ -465,11 +468,10 @@ def evaluated_on(out: Path, questions: Path, eval_args: list) -> bool:
 
 
 def trained_steps(run_dir: Path) -> int | None:
-    """The step of the RL run's last checkpoint; None without one (an exported model copied alone)."""
-    from verl.utils.checkpoint import latest_step_dir as latest
-
-    last = latest(run_dir) if run_dir.is_dir() else None
-    return None if last is None else int(last.name.rsplit("_", 1)[1])
+    """The step of the checkpoint `latest_step_dir` would export; None without one (an exported model
+    copied alone)."""
+    steps = step_dirs(run_dir)
+    return step_of(steps[-1]) if steps else None
 
 
 def set_aside_rl_evaluations(eval_dir: Path, step: int) -> None:
@@ -481,8 +483,17 @@ def set_aside_rl_evaluations(eval_dir: Path, step: int) -> None:
             old.rename(old.with_name(f"{old.name}@step{step}"))
 
 
+def step_of(step_dir: Path) -> int:
+    return int(step_dir.name.rsplit("_", 1)[1])
+
+
+def step_dirs(run_dir: Path) -> list[Path]:
+    """run_dir's global_step_* checkpoints, in step order."""
+    return sorted(run_dir.glob("global_step_*"), key=step_of)
+
+
 def latest_step_dir(run_dir: Path) -> Path:
-    steps = sorted(run_dir.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    steps = step_dirs(run_dir)
     if not steps:
         raise SystemExit(f"no global_step_* checkpoint under {run_dir}")
     return steps[-1]
