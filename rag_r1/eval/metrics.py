@@ -63,17 +63,21 @@ def summarize(rows: Sequence[dict]) -> dict[str, float | int | list[float]]:
     return summary
 
 
+def is_yes_no(golden_answers: Sequence[str]) -> bool:
+    """Whether a question is answered by "yes" or "no" (every golden answer, normalized, is one of them)."""
+    return {normalize_answer(g) for g in golden_answers} <= _YES_NO
+
+
 def answer_was_retrieved(row: dict) -> bool:
     """Whether what the trajectory retrieved holds its answer: a golden answer occurs, as whole words, in
     the text of its `<information>` blocks (both normalized). A yes/no answer is in no passage, so
     for those it is whether every supporting passage was retrieved (False without `supporting_ids`)."""
-    golden = [normalize_answer(g) for g in row["golden_answers"]]
-    if set(golden) <= _YES_NO:
+    if is_yes_no(row["golden_answers"]):
         support = row.get("supporting_ids") or []
         recall = evidence_by_round(row["retrieved"], support) if support else []
         return bool(recall) and recall[-1] == 1.0
     retrieved = f" {normalize_answer(information_text(row['text']))} "
-    return any(g and f" {g} " in retrieved for g in golden)
+    return any(g and f" {g} " in retrieved for g in map(normalize_answer, row["golden_answers"]))
 
 
 def answer_outcomes(rows: Sequence[dict]) -> dict[str, int]:
@@ -95,12 +99,11 @@ def answer_outcomes(rows: Sequence[dict]) -> dict[str, int]:
     counts = dict.fromkeys(("right", "missed_retrieved", "missed_not_retrieved", "unanswered", "copied_question",
                             "yes_no", "yes_no_right", "said_yes", "gold_yes"), 0)
     for row in rows:
-        golden = {normalize_answer(g) for g in row["golden_answers"]}
-        if golden <= _YES_NO:
+        if is_yes_no(row["golden_answers"]):
             counts["yes_no"] += 1
             counts["yes_no_right"] += bool(row["em"])
             counts["said_yes"] += row["answer"] is not None and normalize_answer(row["answer"]) == "yes"
-            counts["gold_yes"] += "yes" in golden
+            counts["gold_yes"] += "yes" in map(normalize_answer, row["golden_answers"])
         if row["answer"] is None:
             counts["unanswered"] += 1
         elif row["em"]:

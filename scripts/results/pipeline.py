@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rag_r1.eval.metrics import is_yes_no
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.sft.evidence import FINAL_THOUGHTS
 from scripts.results.report import read_jsonl
@@ -85,6 +86,11 @@ class PipelineConfig:
     # Draw the RL questions evenly over the rows' `type` (e.g. bridge / comparison) instead of in the
     # train set's proportions, so a rare type still teaches its own search pattern.
     rl_balance_types: bool = False
+    # Whether the RL questions may be answered by "yes" or "no". A one-bit answer scores a fixed guess
+    # half the time, and dynamic sampling keeps only the groups whose guess was sometimes wrong, so on
+    # those RL mostly teaches which guess to make, not to read (the long profile's model answers "yes"
+    # to 8 of 10 such test questions). False drops them from the draw; the dev questions stay the same.
+    rl_yes_no: bool = True
     rl_token_budget: int = 2048  # padded tokens per micro-batch in every RL pass (use_dynamic_bsz)
     # Mix the gold evidence trajectory of each RL question into its group (rag_r1.llm_agent.guides).
     guides: bool = True
@@ -224,7 +230,7 @@ class Pipeline:
     def build_guides(self, questions: Path, url: str) -> Path:
         """Gold trajectories of the RL questions in the RL mode, to mix into their groups."""
         out = self.out / "rl_data" / "guides.jsonl"
-        if not out.exists():
+        if not built_from(out, questions):
             self.evidence_trajectories("guides", questions, url, RL_MODE, out)
         return out
 
@@ -241,7 +247,20 @@ class Pipeline:
         itself when frontier_n is 0. Either is a file named train.jsonl: the RL data is named after it."""
         if self.cfg.frontier_n:
             return self.frontier(sft, url)
-        return self.rl_candidates()
+        return self.rl_draw()
+
+    def rl_draw(self) -> Path:
+        """The seeded sample (rl_candidates), less its yes/no questions unless rl_yes_no."""
+        drawn = self.rl_candidates()
+        if self.cfg.rl_yes_no:
+            return drawn
+        rows = drawn.read_text(encoding="utf-8").splitlines()
+        kept = "".join(row + "\n" for row in rows if not is_yes_no(json.loads(row)["golden_answers"]))
+        out = self.out / "rl_questions" / "open" / "train.jsonl"
+        if not out.exists() or out.read_text(encoding="utf-8") != kept:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(kept, encoding="utf-8")
+        return out
 
     def rl_candidates(self) -> Path:
         """The seeded sample of train questions RL draws from: its questions, or the frontier's candidates.
@@ -253,10 +272,10 @@ class Pipeline:
     def frontier(self, model: Path, url: str) -> Path:
         """Train questions the SFT model answers right sometimes but not always (frontier/train.jsonl)."""
         out = self.out / "frontier"
-        if (out / "counts.json").exists():
-            return out / "train.jsonl"
         c = self.cfg
-        candidates = self.rl_candidates()
+        candidates = self.rl_draw()
+        if built_from(out / "counts.json", candidates):
+            return out / "train.jsonl"
         self.sh("frontier", ["-m", "rag_r1.eval.frontier", "--model", model, "--questions", candidates,
                              "--retrieval-url", url, "--mode", RL_MODE, "--out", out, "--n", str(c.frontier_n),
                              "--temperature", str(c.rl_temperature), "--batch-size", str(c.eval_batch_size),
@@ -266,7 +285,7 @@ class Pipeline:
 
     def build_rl_data(self, questions: Path) -> Path:
         out = self.out / "rl_data"
-        if not (out / "train.parquet").exists():
+        if not built_from(out / "train.parquet", questions):
             self.sh("RL data", ["-m", "scripts.data_process.qa_eval_sets", "--input_dir", questions.parent,
                                 "--sets", questions.stem, "--split", "train", "--mode", RL_MODE,
                                 "--data_source", DATA_SOURCE, "--out", out])
@@ -449,6 +468,13 @@ def evenly_by_type(kinds: list[str | None], limit: int, rng: random.Random, sour
             if queue and len(picked) < limit:
                 picked.append(queue.pop())
     return sorted(picked)
+
+
+def built_from(product: Path, source: Path) -> bool:
+    """Whether `product` exists and was made after `source` last changed. The question samples are
+    rewritten only when their rows change, so a resumed run with another draw (seed, sizes, rl_yes_no)
+    rebuilds what was made from the old one instead of training on it."""
+    return product.exists() and product.stat().st_mtime >= source.stat().st_mtime
 
 
 def evaluated_on(out: Path, questions: Path, eval_args: list) -> bool:

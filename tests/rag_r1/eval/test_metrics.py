@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag_r1.eval.metrics import answer_outcomes, answer_scores, answer_was_retrieved, evidence_by_round, summarize
+from rag_r1.eval.metrics import (answer_outcomes, answer_scores, answer_was_retrieved, evidence_by_round, is_yes_no,
+                                 summarize)
 from rag_r1.reward.evidence import evidence_metrics
 
 BASE_KEYS = {"n", "em", "f1", "answered", "turns", "rounds", "queries", "queries_per_round", "tokens",
@@ -92,6 +93,11 @@ def outcome_row(question, answer, golden, text, retrieved=(), supporting=None):
     if supporting is not None:
         r["supporting_ids"] = supporting
     return r
+
+
+def test_is_yes_no_needs_every_golden_answer_to_be_yes_or_no():
+    assert is_yes_no(["Yes."]) and is_yes_no(["no", "NO"]) and is_yes_no(["yes", "no"])
+    assert not is_yes_no(["yes", "Yes, it is"]) and not is_yes_no(["Noah"]) and not is_yes_no(["yes sir"])
 
 
 def test_answer_outcomes_tell_reading_misses_from_search_misses():

@@ -109,6 +109,43 @@ def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
     assert open(args[args.index("--questions") + 1]).read().splitlines() == picked
 
 
+def test_rl_questions_without_yes_no_answers_leave_the_draw_and_the_dev_questions_as_they_were(pipeline, tmp_path):
+    answers = ["Yes", "a", "no", "b", "yes.", "c", "NO", "d"]
+    (pipeline.cfg.data_dir / "train.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "question": f"q{i}?", "golden_answers": [a]}) + "\n" for i, a in enumerate(answers)))
+    c = pipeline.cfg
+    c.sft_questions, c.rl_questions, c.frontier_n, c.dev_questions = 1, 6, 0, 1
+    drawn = pipeline.pick_rl_questions(tmp_path / "sft", "u").read_text().splitlines()
+    dev = pipeline.dev_set().read_text()
+    c.rl_yes_no = False
+    kept = pipeline.pick_rl_questions(tmp_path / "sft", "u")
+    assert kept.name == "train.jsonl" and kept.parent != pipeline.rl_candidates().parent
+    assert kept.read_text().splitlines() == [r for r in drawn if json.loads(r)["golden_answers"][0] in "abcd"]
+    assert 0 < len(kept.read_text().splitlines()) < len(drawn)
+    assert pipeline.dev_set().read_text() == dev
+    c.frontier_n = 4  # the frontier samples only the questions RL may train on
+    args = command(lambda: pipeline.pick_rl_questions(tmp_path / "sft", "u"))
+    assert args[args.index("--questions") + 1] == str(kept)
+
+
+def test_rl_data_and_guides_are_rebuilt_when_their_questions_change(pipeline, tmp_path):
+    import os
+
+    questions = pipeline.out / "rl_questions" / "train.jsonl"
+    questions.parent.mkdir(parents=True)
+    questions.write_text('{"id": "q1", "question": "Who?", "golden_answers": ["Ann"]}\n')
+    for product in (pipeline.out / "rl_data" / "train.parquet", pipeline.out / "rl_data" / "guides.jsonl"):
+        product.parent.mkdir(exist_ok=True)
+        product.write_text("built")
+    assert pipeline.build_rl_data(questions) == pipeline.out / "rl_data"  # made after its questions: reused
+    assert pipeline.build_guides(questions, "u") == pipeline.out / "rl_data" / "guides.jsonl"
+    later = questions.stat().st_mtime + 10
+    os.utime(questions, (later, later))
+    assert command(lambda: pipeline.build_rl_data(questions))[:2] == ["-m", "scripts.data_process.qa_eval_sets"]
+    assert command(lambda: pipeline.build_guides(questions, "u"))[:2] == [
+        "-m", "scripts.data_process.build_sft_from_evidence"]
+
+
 def test_rl_data_rows_are_the_rl_modes_train_rows(pipeline, tmp_path):
     import pandas as pd
 
