@@ -15,7 +15,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from rag_r1.eval.metrics import answer_outcomes, paired_bootstrap
+from rag_r1.eval.metrics import answer_outcomes, is_yes_no, paired_bootstrap
 from rag_r1.eval.report import load_runs, markdown_report, plot_report
 
 # (metric key in the RL log, panel title); a key missing from the log leaves its panel out.
@@ -176,17 +176,22 @@ def read_trajectories(out: Path, label: str, split: str = "test") -> dict[str, d
 
 def rl_vs_sft(out: Path, modes=("single", "multi"), split: str = "test") -> list[dict]:
     """Per mode evaluated for both models: EM of each on the same questions, the RL - SFT difference
-    with its 95 % paired-bootstrap interval, and the questions only one of them answered."""
+    with its 95 % paired-bootstrap interval, and the questions only one of them answered. Where some of
+    the questions are answered by yes or no, a second row leaves those out: there a model scores by
+    the answer it always gives, so the row tells reading gains from a changed guess."""
     results = []
     for mode in modes:
         sft, rl = read_trajectories(out, f"sft-{mode}", split), read_trajectories(out, f"rl-{mode}", split)
         ids = [i for i in sft if i in rl]
         if not ids:
             continue
-        before, after = [sft[i]["em"] for i in ids], [rl[i]["em"] for i in ids]
-        results.append({"mode": mode, "sft": sum(before) / len(ids), "rl": sum(after) / len(ids),
-                        "gained": sum(a > b for a, b in zip(after, before)),
-                        "lost": sum(a < b for a, b in zip(after, before)), **paired_bootstrap(before, after)})
+        open_ids = [i for i in ids if not is_yes_no(sft[i].get("golden_answers") or ["?"])]
+        for label, subset in ((mode, ids), (f"{mode}, without yes/no", open_ids)):
+            if subset and (label == mode or len(subset) < len(ids)):
+                before, after = [sft[i]["em"] for i in subset], [rl[i]["em"] for i in subset]
+                results.append({"mode": label, "sft": sum(before) / len(subset), "rl": sum(after) / len(subset),
+                                "gained": sum(a > b for a, b in zip(after, before)),
+                                "lost": sum(a < b for a, b in zip(after, before)), **paired_bootstrap(before, after)})
     return results
 
 

@@ -201,6 +201,7 @@ def test_dev_split_gets_its_own_comparison_and_stays_out_of_the_test_tables(tmp_
                                              for q, em in (("d1", 1.0), ("d2", 1.0), ("d3", 0.0))], split="dev")
 
     readme = write_results_readme(tmp_path).read_text()
+    assert "without yes/no" not in readme  # no question here is answered by yes or no
 
     test_part, dev_part = readme.split("## RL vs SFT on held-out train questions (dev)")
     assert "| multi | 2 | 0.500 | 0.500 | +0.000 | [+0.000, +0.000] | 0 / 0 |" in test_part
@@ -231,3 +232,19 @@ def test_outcome_table_splits_wrong_answers_into_reading_and_search_misses(tmp_p
     assert "| sft-multi | 2 | 0 | 1 | 1 | 0 | 2 | 0 of 0 / 0 / 0 |" in readme
     assert "| rl-multi | 2 | 1 | 0 | 0 | 1 | 0 | 0 of 0 / 0 / 0 |" in readme
     assert "| base-multi | 1 |" not in readme
+
+
+def test_rl_vs_sft_has_a_row_without_the_yes_no_questions(tmp_path):
+    def row(qid, gold, em):
+        return {**trajectory(qid, em, [["a"]], "comparison"), "golden_answers": [gold]}
+
+    sft = [row("y1", "yes", 0.0), row("n1", "No", 1.0), row("o1", "Paris", 0.0), row("o2", "Lyon", 1.0)]
+    rl = [row("y1", "yes", 1.0), row("n1", "No", 0.0), row("o1", "Paris", 1.0), row("o2", "Lyon", 1.0)]
+    for label, rows in (("sft-multi", sft), ("rl-multi", rl)):
+        write_summary(tmp_path, label, **summary(0.5, 1.0, 1.0, [0.5]))
+        write_trajectories(tmp_path, label, rows)
+
+    readme = write_results_readme(tmp_path).read_text()
+
+    assert "| multi | 4 | 0.500 | 0.750 | +0.250 |" in readme and "| 2 / 1 |" in readme
+    assert "| multi, without yes/no | 2 | 0.500 | 1.000 | +0.500 | [+0.000, +1.000] | 1 / 0 |" in readme
