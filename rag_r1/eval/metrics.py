@@ -64,8 +64,9 @@ def summarize(rows: Sequence[dict]) -> dict[str, float | int | list[float]]:
 
 
 def is_yes_no(golden_answers: Sequence[str]) -> bool:
-    """Whether a question is answered by "yes" or "no" (every golden answer, normalized, is one of them)."""
-    return {normalize_answer(g) for g in golden_answers} <= _YES_NO
+    """Whether a question is answered by "yes" or "no": it has golden answers and each, normalized, is one of them."""
+    golden = {normalize_answer(g) for g in golden_answers}
+    return bool(golden) and golden <= _YES_NO
 
 
 def answer_was_retrieved(row: dict) -> bool:

@@ -256,11 +256,7 @@ class Pipeline:
             return drawn
         rows = drawn.read_text(encoding="utf-8").splitlines()
         kept = "".join(row + "\n" for row in rows if not is_yes_no(json.loads(row)["golden_answers"]))
-        out = self.out / "rl_questions" / "open" / "train.jsonl"
-        if not out.exists() or out.read_text(encoding="utf-8") != kept:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(kept, encoding="utf-8")
-        return out
+        return write_if_changed(self.out / "rl_questions" / "open" / "train.jsonl", kept)
 
     def rl_candidates(self) -> Path:
         """The seeded sample of train questions RL draws from: its questions, or the frontier's candidates.
@@ -429,11 +425,7 @@ class Pipeline:
             picked = evenly_by_type([json.loads(row).get("type") for row in rows], limit, rng, questions)
         else:
             picked = sorted(rng.sample(range(len(rows)), limit))
-        text = "".join(rows[i] + "\n" for i in picked)
-        if not out.exists() or out.read_text(encoding="utf-8") != text:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
-        return out
+        return write_if_changed(out, "".join(rows[i] + "\n" for i in picked))
 
     def record(self, args: list) -> None:
         line = " ".join(shlex.quote(str(a)) for a in args)
@@ -470,10 +462,19 @@ def evenly_by_type(kinds: list[str | None], limit: int, rng: random.Random, sour
     return sorted(picked)
 
 
+def write_if_changed(path: Path, text: str) -> Path:
+    """Write `text` to `path` unless it already holds it: a question sample keeps its modification time
+    while its rows stay the same, which is what `built_from` reads."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
 def built_from(product: Path, source: Path) -> bool:
     """Whether `product` exists and was made after `source` last changed. The question samples are
-    rewritten only when their rows change, so a resumed run with another draw (seed, sizes, rl_yes_no)
-    rebuilds what was made from the old one instead of training on it."""
+    rewritten only when their rows change (`write_if_changed`), so a resumed run with another draw
+    (seed, sizes, rl_yes_no) rebuilds what was made from the old one instead of training on it."""
     return product.exists() and product.stat().st_mtime >= source.stat().st_mtime
 
 

@@ -185,7 +185,7 @@ def rl_vs_sft(out: Path, modes=("single", "multi"), split: str = "test") -> list
         ids = [i for i in sft if i in rl]
         if not ids:
             continue
-        open_ids = [i for i in ids if not is_yes_no(sft[i].get("golden_answers") or ["?"])]
+        open_ids = [i for i in ids if not is_yes_no(sft[i].get("golden_answers", ()))]
         for label, subset in ((mode, ids), (f"{mode}, without yes/no", open_ids)):
             if subset and (label == mode or len(subset) < len(ids)):
                 before, after = [sft[i]["em"] for i in subset], [rl[i]["em"] for i in subset]

@@ -98,6 +98,7 @@ def outcome_row(question, answer, golden, text, retrieved=(), supporting=None):
 def test_is_yes_no_needs_every_golden_answer_to_be_yes_or_no():
     assert is_yes_no(["Yes."]) and is_yes_no(["no", "NO"]) and is_yes_no(["yes", "no"])
     assert not is_yes_no(["yes", "Yes, it is"]) and not is_yes_no(["Noah"]) and not is_yes_no(["yes sir"])
+    assert not is_yes_no([])
 
 
 def test_answer_outcomes_tell_reading_misses_from_search_misses():
