@@ -185,14 +185,19 @@ def rl_vs_sft(out: Path, modes=("single", "multi"), split: str = "test") -> list
         ids = [i for i in sft if i in rl]
         if not ids:
             continue
+        results.append(paired_em(mode, sft, rl, ids))
         open_ids = [i for i in ids if not is_yes_no(sft[i].get("golden_answers", ()))]
-        for label, subset in ((mode, ids), (f"{mode}, without yes/no", open_ids)):
-            if subset and (label == mode or len(subset) < len(ids)):
-                before, after = [sft[i]["em"] for i in subset], [rl[i]["em"] for i in subset]
-                results.append({"mode": label, "sft": sum(before) / len(subset), "rl": sum(after) / len(subset),
-                                "gained": sum(a > b for a, b in zip(after, before)),
-                                "lost": sum(a < b for a, b in zip(after, before)), **paired_bootstrap(before, after)})
+        if 0 < len(open_ids) < len(ids):
+            results.append(paired_em(f"{mode}, without yes/no", sft, rl, open_ids))
     return results
+
+
+def paired_em(label: str, sft: dict[str, dict], rl: dict[str, dict], ids: list[str]) -> dict:
+    """One row of `rl_vs_sft`: both models' EM on `ids`, the paired bootstrap, questions gained and lost."""
+    before, after = [sft[i]["em"] for i in ids], [rl[i]["em"] for i in ids]
+    return {"mode": label, "sft": sum(before) / len(ids), "rl": sum(after) / len(ids),
+            "gained": sum(a > b for a, b in zip(after, before)),
+            "lost": sum(a < b for a, b in zip(after, before)), **paired_bootstrap(before, after)}
 
 
 def rl_vs_sft_table(results: list[dict]) -> str:
