@@ -74,6 +74,9 @@ class PipelineConfig:
     # Share of a rewarded score lost per search round after the first (rag_r1.reward); 0 = the paper's
     # reward, which pays one parallel round and several sequential ones alike.
     round_cost: float = 0.0
+    # Share of a below-average sample's negative advantage kept (algorithm.negative_advantage_scale):
+    # 1 = GRPO/PPO as published, 0 = learn only from samples better than their group.
+    rl_negative_scale: float = 1.0
     # DAPO's dynamic sampling: groups whose samples all score the same are dropped and the batch
     # refilled, at most max_gen_batches generation batches per step.
     filter_groups: bool = True
@@ -132,6 +135,8 @@ class PipelineConfig:
             raise SystemExit(f"reward: expected em, f1 or format, got {self.reward!r}")
         if self.rl_batch % self.rl_mini_batch:
             raise SystemExit(f"rl_mini_batch={self.rl_mini_batch} must divide rl_batch={self.rl_batch}")
+        if not 0.0 <= self.rl_negative_scale <= 1.0:
+            raise SystemExit(f"rl_negative_scale={self.rl_negative_scale}: expected a share between 0 and 1")
         if self.algo == "grpo" and self.rl_n < 2:
             raise SystemExit("rl_n: GRPO compares samples of one question, so it needs rl_n >= 2")
 
@@ -346,6 +351,8 @@ class Pipeline:
             overrides.append("agent.unseen_passages=true")
         if c.round_cost:
             overrides.append(f"+custom_reward_function.reward_kwargs.round_cost={c.round_cost}")
+        if c.rl_negative_scale != 1.0:
+            overrides.append(f"algorithm.negative_advantage_scale={c.rl_negative_scale}")
         if c.algo == "grpo":
             overrides += ["algorithm.adv_estimator=grpo"]
         else:  # the paper's PPO: GAE with a critic (named, as grpo is above), KL to the reference in the reward

@@ -209,6 +209,11 @@ class AlgorithmConfig:
     gamma: float = 1.0
     lam: float = 1.0
     norm_adv_by_std_in_grpo: bool = True
+    # Share of a below-average sample's (negative) advantage that is kept: 1 is the estimator as
+    # published; 0 learns only from samples better than their group (positive sample reinforcement,
+    # RAFT-like). Negatives push down whatever the policy sampled; when its samples are near copies of
+    # its greedy answer, that moves greedy answers from one wrong answer to another.
+    negative_advantage_scale: float = 1.0
     kl_penalty: str = "kl"  # estimator of the in-reward KL (core_algos.KL_ESTIMATORS): kl | abs | mse | low_var_kl
     use_kl_in_reward: bool = False
     kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
@@ -325,6 +330,9 @@ def check_config(config: DictConfig) -> None:
         with_critic = True
     if algo.adv_estimator == "grpo" and arr.rollout.n < 2:
         problems.append("actor_rollout_ref.rollout.n must be >= 2 for algorithm.adv_estimator=grpo")
+    if not 0.0 <= algo.negative_advantage_scale <= 1.0:
+        problems.append(f"algorithm.negative_advantage_scale={algo.negative_advantage_scale}: expected a share "
+                        "between 0 and 1")
     problems += _not_registered(config, "algorithm.kl_ctrl.type", core_algos.KL_CONTROLLERS)
     for key in ("algorithm.kl_penalty", "actor_rollout_ref.actor.kl_loss_type"):
         problems += _not_registered(config, key, core_algos.KL_ESTIMATORS)

@@ -32,7 +32,8 @@ def pipeline(tmp_path, monkeypatch) -> Pipeline:
     # fields the commands pass through, set apart from the trainers' defaults: an override that
     # still repeats a default is then a constant of the pipeline
     return Pipeline(PipelineConfig(data_dir=data, out_dir=tmp_path / "out", topk=2, max_obs_length=600,
-                                   lora_rank=8, sft_epochs=2, sft_max_length=1024, round_cost=0.1))
+                                   lora_rank=8, sft_epochs=2, sft_max_length=1024, round_cost=0.1,
+                                   rl_negative_scale=0.5))
 
 
 def write_questions(pipeline: Pipeline, n: int, extra: tuple[str, ...] = (), split: str = "train") -> list[str]:
@@ -60,6 +61,10 @@ def test_rl_command_composes_in_the_rl_mode_and_repeats_no_default(pipeline, tmp
     agent = agent_config(compose_config(overrides))
     assert (agent.mode, agent.topk, agent.max_obs_length) == (RL_MODE, pipeline.cfg.topk, pipeline.cfg.max_obs_length)
     assert compose_config(overrides).custom_reward_function.reward_kwargs.round_cost == 0.1
+    assert compose_config(overrides).algorithm.negative_advantage_scale == 0.5
+    # refused before any stage runs, not at the RL stage after SFT
+    with pytest.raises(SystemExit, match="rl_negative_scale=1.5: expected a share between 0 and 1"):
+        replace(pipeline.cfg, rl_negative_scale=1.5).validate()
     # named on purpose: the mode the RL data is built in, and the algorithm of the GAE branch
     assert set(repeated_defaults(overrides, compose_config, ppo_value)) <= {f"agent.mode={RL_MODE}",
                                                                           "algorithm.adv_estimator=gae"}

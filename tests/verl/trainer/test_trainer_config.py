@@ -44,6 +44,10 @@ def test_missing_keys_and_wrong_values_are_named():
                                "actor_rollout_ref.rollout.n=2"])
     with pytest.raises(ConfigCompositionException, match="clip_ratio"):
         compose_config(REQUIRED + ["actor_rollout_ref.actor.clip_ratio=abc"])
+    for share in ("-0.1", "1.5"):
+        with pytest.raises(ValueError, match=f"algorithm.negative_advantage_scale={share}: expected a share"):
+            compose_config(REQUIRED + [f"algorithm.negative_advantage_scale={share}"])
+    assert compose_config(REQUIRED + ["algorithm.negative_advantage_scale=0"]).algorithm.negative_advantage_scale == 0
 
 
 def test_command_line_fails_at_start_naming_the_key():

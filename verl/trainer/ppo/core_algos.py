@@ -167,6 +167,15 @@ def compute_grpo_outcome_advantage(
     return adv, adv
 
 
+def scale_negative_advantages(advantages: torch.Tensor, scale: float) -> torch.Tensor:
+    """Negative advantages times `scale`, the others as they are (any shape).
+
+    >>> scale_negative_advantages(torch.tensor([[1.5, 1.5], [-0.5, -0.5]]), 0.5).tolist()
+    [[1.5, 1.5], [-0.25, -0.25]]
+    """
+    return torch.where(advantages < 0, advantages * scale, advantages)
+
+
 def varied_groups(index: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Rows of the groups worth training on (DAPO's dynamic sampling): a group whose rows all have the
     same `values` gets zero group-relative advantage everywhere and only dilutes the batch.

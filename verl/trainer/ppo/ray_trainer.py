@@ -264,6 +264,8 @@ class RayPPOTrainer:
             token_level_rewards=batch.batch["token_level_rewards"], values=batch.batch.get("values"),
             response_mask=mask, index=batch.non_tensor_batch["uid"],
             gamma=algo.gamma, lam=algo.lam, norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
+        # the critic's targets stay the returns as estimated; only the policy's step is shaped
+        advantages = core_algos.scale_negative_advantages(advantages, algo.negative_advantage_scale)
         batch.batch["advantages"], batch.batch["returns"] = advantages, returns
 
     def validate(self) -> dict[str, float]:
