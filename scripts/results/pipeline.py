@@ -24,6 +24,7 @@ from rag_r1.eval.metrics import is_yes_no
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.sft.evidence import FINAL_THOUGHTS
 from scripts.results.report import read_jsonl
+from verl.trainer.config import share_problems
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_SOURCE = "closed_multihop"  # scored by exact match (rag_r1.reward.REWARDS)
@@ -135,8 +136,8 @@ class PipelineConfig:
             raise SystemExit(f"reward: expected em, f1 or format, got {self.reward!r}")
         if self.rl_batch % self.rl_mini_batch:
             raise SystemExit(f"rl_mini_batch={self.rl_mini_batch} must divide rl_batch={self.rl_batch}")
-        if not 0.0 <= self.rl_negative_scale <= 1.0:
-            raise SystemExit(f"rl_negative_scale={self.rl_negative_scale}: expected a share between 0 and 1")
+        if problems := share_problems("rl_negative_scale", self.rl_negative_scale):
+            raise SystemExit("; ".join(problems))
         if self.algo == "grpo" and self.rl_n < 2:
             raise SystemExit("rl_n: GRPO compares samples of one question, so it needs rl_n >= 2")
 

@@ -330,9 +330,7 @@ def check_config(config: DictConfig) -> None:
         with_critic = True
     if algo.adv_estimator == "grpo" and arr.rollout.n < 2:
         problems.append("actor_rollout_ref.rollout.n must be >= 2 for algorithm.adv_estimator=grpo")
-    if not 0.0 <= algo.negative_advantage_scale <= 1.0:
-        problems.append(f"algorithm.negative_advantage_scale={algo.negative_advantage_scale}: expected a share "
-                        "between 0 and 1")
+    problems += share_problems("algorithm.negative_advantage_scale", algo.negative_advantage_scale)
     problems += _not_registered(config, "algorithm.kl_ctrl.type", core_algos.KL_CONTROLLERS)
     for key in ("algorithm.kl_penalty", "actor_rollout_ref.actor.kl_loss_type"):
         problems += _not_registered(config, key, core_algos.KL_ESTIMATORS)
@@ -354,6 +352,12 @@ def check_config(config: DictConfig) -> None:
     problems += _unsupported(config)
     if problems:
         raise ValueError("config: " + "; ".join(problems))
+
+
+def share_problems(name: str, value: float) -> list[str]:
+    """[] when `value` is a share (0 to 1), else the problem naming `name`; the pipeline checks its own
+    flag for algorithm.negative_advantage_scale with it before any stage runs."""
+    return [] if 0.0 <= value <= 1.0 else [f"{name}={value}: expected a share between 0 and 1"]
 
 
 def _not_registered(config: DictConfig, key: str, registry: dict) -> list[str]:
