@@ -53,7 +53,7 @@ PROFILES = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--profile", choices=sorted(PROFILES), default="default")
     known, rest = pre.parse_known_args(argv)
     config = parse_config(PROFILES[known.profile], rest, __doc__.splitlines()[0])

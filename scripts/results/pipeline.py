@@ -547,6 +547,14 @@ def optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
+def flag_bool(text: str) -> bool:
+    """true/false (also yes/no, 1/0); anything else is refused, so a misspelled value is not read as false."""
+    value = text.lower()
+    if value not in ("true", "yes", "1", "false", "no", "0"):
+        raise ValueError(text)
+    return value in ("true", "yes", "1")
+
+
 def invocation(module: str, argv: list[str] | None) -> str:
     """The command line that ran `module` with `argv` (None: this process's arguments), with the
     DATA/OUT variables that parse_config reads."""
@@ -561,7 +569,8 @@ def parse_config(defaults: PipelineConfig, argv: list[str] | None, description: 
     import argparse
     import dataclasses
 
-    parser = argparse.ArgumentParser(description=description)
+    # no abbreviations: a flag cut short or misspelled at its end is refused by name, not read as another
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     for f in dataclasses.fields(PipelineConfig):
         if f.name == "python":
             continue
@@ -570,7 +579,7 @@ def parse_config(defaults: PipelineConfig, argv: list[str] | None, description: 
         if isinstance(value, tuple):
             parser.add_argument(flag, nargs="+", default=value, help=f"default: {' '.join(value)}")
         elif isinstance(value, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
+            parser.add_argument(flag, type=flag_bool, default=value)
         else:
             # Fields whose default is None still take a typed value on the command line.
             kind = {"model": str, "sft_steps": optional_int, "eval_limit": optional_int,

@@ -106,6 +106,15 @@ def test_parse_config_flags_and_env(tmp_path, monkeypatch):
     assert config.rl_questions is None
     assert config.sft_lr == defaults.sft_lr and config.model is None
     assert parse_config(defaults, ["--eval-limit", "all"], "x").eval_limit is None
+    assert parse_config(defaults, ["--guides", "no"], "x").guides is False
+
+
+@pytest.mark.parametrize("argv", [["--rl-negative-scal", "0"], ["--guides", "flase"]])
+def test_parse_config_refuses_a_shortened_flag_and_a_misspelled_bool(tmp_path, argv, capsys):
+    defaults = PipelineConfig(data_dir=tmp_path / "d", out_dir=tmp_path / "o")
+    with pytest.raises(SystemExit):
+        parse_config(defaults, argv, "x")
+    assert argv[0] in capsys.readouterr().err
 
 
 def test_missing_data_names_the_file(tmp_path):
