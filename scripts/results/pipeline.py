@@ -24,7 +24,7 @@ from rag_r1.eval.metrics import is_yes_no
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.sft.evidence import FINAL_THOUGHTS
 from scripts.results.report import read_jsonl
-from verl.trainer.config import share_problems
+from verl.trainer.config import AlgorithmConfig, share_problems
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_SOURCE = "closed_multihop"  # scored by exact match (rag_r1.reward.REWARDS)
@@ -77,7 +77,7 @@ class PipelineConfig:
     round_cost: float = 0.0
     # Share of a below-average sample's negative advantage kept (algorithm.negative_advantage_scale):
     # 1 = GRPO/PPO as published, 0 = learn only from samples better than their group.
-    rl_negative_scale: float = 1.0
+    rl_negative_scale: float = AlgorithmConfig.negative_advantage_scale
     # DAPO's dynamic sampling: groups whose samples all score the same are dropped and the batch
     # refilled, at most max_gen_batches generation batches per step.
     filter_groups: bool = True
@@ -352,7 +352,7 @@ class Pipeline:
             overrides.append("agent.unseen_passages=true")
         if c.round_cost:
             overrides.append(f"+custom_reward_function.reward_kwargs.round_cost={c.round_cost}")
-        if c.rl_negative_scale != 1.0:
+        if c.rl_negative_scale != AlgorithmConfig.negative_advantage_scale:
             overrides.append(f"algorithm.negative_advantage_scale={c.rl_negative_scale}")
         if c.algo == "grpo":
             overrides += ["algorithm.adv_estimator=grpo"]
