@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup test demo results bench-retrieval bench-rollout bench-prefix-cache bench-ppo bench-index clean-venv model
+.PHONY: setup test demo results bench-retrieval bench-rollout bench-prefix-cache bench-ppo bench-index bench-learning clean-venv model
 
 setup: $(STAMP)
 
@@ -54,3 +54,7 @@ bench-ppo: setup
 
 bench-index: setup
 	$(PY) -m scripts.bench.index_bench $(ARGS)
+
+# Does RL learn? GRPO on 8 fixed demo questions for 20 steps (about 30 min on 2 cores).
+bench-learning: setup
+	$(PY) -m scripts.bench.learning_bench $(ARGS)

@@ -29,7 +29,9 @@ Scorer = Callable[[str, object, dict], dict]
 
 
 def _em(solution_str: str, ground_truth, extra_info: dict) -> dict:
-    return {"score": compute_score_em(solution_str, ground_truth),
+    em = compute_score_em(solution_str, ground_truth)
+    # "em" survives a round cost, which lowers only "score"
+    return {"score": em, "em": em,
             "f1": compute_score_f1(solution_str, ground_truth),
             "answered": float(extract_solution(solution_str) is not None)}
 

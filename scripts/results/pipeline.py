@@ -321,6 +321,13 @@ class Pipeline:
             if done is None or done >= c.rl_steps:
                 return target
             set_aside_rl_evaluations(self.out / "eval", done)
+        self.sh(f"RL ({c.algo})", ["-m", "verl.trainer.main_ppo", *self.rl_overrides(sft, rl_data, url, run_dir, guides)])
+        shutil.copytree(latest_step_dir(run_dir) / "actor" / "huggingface", target, dirs_exist_ok=True)
+        return target
+
+    def rl_overrides(self, sft: Path, rl_data: Path, url: str, run_dir: Path, guides: Path | None = None) -> list[str]:
+        """The trainer's `key=value` overrides of the RL stage (also the learning benchmark's base)."""
+        c = self.cfg
         overrides = [
             f"data.train_files={rl_data / 'train.parquet'}", f"data.val_files={rl_data / 'train.parquet'}",
             f"data.train_batch_size={c.rl_batch}", "data.max_prompt_length=4096", "data.max_start_length=1024",
@@ -361,9 +368,7 @@ class Pipeline:
                 "algorithm.adv_estimator=gae", "algorithm.use_kl_in_reward=true",
                 f"critic.optim.lr={c.rl_critic_lr}", f"critic.ppo_mini_batch_size={c.rl_mini_batch}",
                 "critic.use_dynamic_bsz=true", f"critic.ppo_max_token_len_per_gpu={c.rl_token_budget}"]
-        self.sh(f"RL ({c.algo})", ["-m", "verl.trainer.main_ppo", *overrides])
-        shutil.copytree(latest_step_dir(run_dir) / "actor" / "huggingface", target, dirs_exist_ok=True)
-        return target
+        return overrides
 
     def evaluate(self, name: str, model: Path, mode: str, url: str, split: str = "test") -> Path:
         """`model` in `mode` on the evaluated test questions, or (split "dev") on the dev questions."""

@@ -12,7 +12,11 @@ from rag_r1.reward.format import FormatWeights, format_reward
 
 def test_dispatch_by_data_source():
     r = compute_score("hotpotqa", "<answer> Paris </answer>", {"target": ["paris"]}, None)
-    assert r == {"score": 1.0, "f1": 1.0, "answered": 1.0}
+    assert r == {"score": 1.0, "em": 1.0, "f1": 1.0, "answered": 1.0}
+    # a round cost lowers the score of a two-round answer; its exact match stays what it is
+    r = compute_score("hotpotqa", "<search> a </search><search> b </search><answer> Paris </answer>",
+                      {"target": ["paris"]}, round_cost=0.1)
+    assert (r["score"], r["em"]) == (pytest.approx(0.9), 1.0)
     r = compute_score("nq", "<answer> Paris France </answer>", {"target": "Paris"}, {"reward": "f1"})
     assert r["score"] == pytest.approx(2 / 3) and r["em"] == 0.0
     with pytest.raises(KeyError, match="no reward registered for data_source='mystery'"):

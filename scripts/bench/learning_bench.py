@@ -1,0 +1,132 @@
+"""`make bench-learning`: does RL learn? GRPO on a fixed set of train questions, revisited every step.
+
+    make bench-learning                                   # 8 demo questions, 20 steps
+    make bench-learning ARGS="--questions 16 --steps 30"
+    make bench-learning ARGS="--set actor_rollout_ref.actor.optim.lr=1e-4"   # any trainer key
+
+The demo's SFT model (outputs/demo/checkpoints/sft, built with the demo's own stages when missing)
+is trained with the RL settings of the demo recipe on the same questions every step, without
+guides (no gold trajectory in the groups: whatever is learnt, the policy found itself), with the
+demo's multi-turn search agent and retrieval server. The trainer's greedy validation on the same
+questions before the first step and after the last gives the exact match before and after.
+
+Because every step samples the same questions, the reward of the first quarter of the steps and
+of the last quarter compare like with like; their standard error is that of the difference of two
+means of per-step rewards. The last line printed (and written to OUT/summary.txt) is
+
+    learning: reward first-quarter A last-quarter B (s.e. S) | greedy EM on the set before C after D | entropy E0 -> E1 | steps N in M min
+
+and the run learns when B - A > 2 S and D > C. OUT (default outputs/bench_learning/) holds the
+questions, the trainer's metrics.jsonl and summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from scripts.quickstart.demo import DEFAULTS as DEMO
+from scripts.results.pipeline import REPO, Pipeline, evenly_by_type, read_jsonl, write_if_changed
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--questions", type=int, default=8, help="train questions revisited every step")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="draw of the questions")
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_learning")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a trainer key (verl/trainer/config.py) over the recipe's; repeatable")
+    return p.parse_args(argv)
+
+
+def draw_questions(train: Path, count: int, seed: int, out: Path) -> Path:
+    """`count` train questions, as many of each type as there are, in a seeded draw."""
+    rows = train.read_text(encoding="utf-8").splitlines()
+    kinds = [json.loads(row).get("type") for row in rows]
+    picked = evenly_by_type(kinds, count, random.Random(f"bench-learning:{seed}"), train)
+    return write_if_changed(out / "train.jsonl", "".join(rows[i] + "\n" for i in picked))
+
+
+def with_overrides(base: list[str], changes: list[str]) -> list[str]:
+    """`base` with every key that `changes` sets replaced (Hydra refuses a key given twice)."""
+    keys = {change.split("=", 1)[0].lstrip("+") for change in changes}
+    return [o for o in base if o.split("=", 1)[0].lstrip("+") not in keys] + changes
+
+
+def bench_overrides(questions: int, steps: int, run_dir: Path, rl_data: Path) -> list[str]:
+    """What the benchmark changes in the recipe's RL stage: every question in every step, greedy
+    validation on the same questions before and after, no guides, no checkpoints."""
+    return [f"data.train_batch_size={questions}", f"data.val_files={rl_data / 'train.parquet'}",
+            f"trainer.total_training_steps={steps}", f"trainer.test_freq={steps}", "trainer.val_before_train=true",
+            "trainer.save_freq=-1", "trainer.resume_mode=disable", f"trainer.default_local_dir={run_dir}",
+            "algorithm.filter_groups.enable=false"]
+
+
+def quarter_means(values: list[float]) -> tuple[float, float, float]:
+    """(mean of the first quarter, mean of the last quarter, standard error of their difference) of
+    per-step values; a quarter holds at least one step."""
+    k = max(1, len(values) // 4)
+    first, last = values[:k], values[-k:]
+
+    def var(xs: list[float]) -> float:
+        if len(xs) < 2:
+            return 0.0
+        mean = sum(xs) / len(xs)
+        return sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+
+    se = math.sqrt(var(first) / len(first) + var(last) / len(last))
+    return sum(first) / k, sum(last) / k, se
+
+
+def summarize(metrics: list[dict], seconds: float) -> dict:
+    """The benchmark's numbers from the trainer's metrics.jsonl rows."""
+    steps = [row for row in metrics if "sampling/score_mean" in row]
+    vals = [row for row in metrics if "val/reward/em" in row]
+    if not steps or len(vals) < 2:
+        raise SystemExit("bench-learning: the run logged no training step or lacks the validation before and after")
+    first, last, se = quarter_means([row["sampling/score_mean"] for row in steps])
+    entropy = [row["actor/entropy"] for row in steps if "actor/entropy" in row]
+    return {"reward_first_quarter": first, "reward_last_quarter": last, "reward_se": se,
+            "em_before": vals[0]["val/reward/em"], "em_after": vals[-1]["val/reward/em"],
+            "entropy_first": entropy[0], "entropy_last": entropy[-1], "steps": len(steps),
+            "minutes": seconds / 60, "learns": last - first > 2 * se and vals[-1]["val/reward/em"] > vals[0]["val/reward/em"]}
+
+
+def summary_line(s: dict) -> str:
+    return (f"learning: reward first-quarter {s['reward_first_quarter']:.3f} last-quarter {s['reward_last_quarter']:.3f} "
+            f"(s.e. {s['reward_se']:.3f}) | greedy EM on the set before {s['em_before']:.3f} after {s['em_after']:.3f} | "
+            f"entropy {s['entropy_first']:.3f} -> {s['entropy_last']:.3f} | steps {s['steps']} in {s['minutes']:.1f} min")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    demo = Pipeline(DEMO)  # the demo's stages and outputs: its SFT model is the demo's
+    bench = Pipeline(replace(DEMO, out_dir=args.out))  # the benchmark's own files and commands
+    run_dir = args.out / "run"
+    base = demo.base_model()
+    with demo.retrieval_server(demo.build_index()) as url:
+        sft = demo.run_sft(base, [demo.build_sft_data(url, mode) for mode in ("multi", "single")])
+        questions = draw_questions(DEMO.data_dir / "train.jsonl", args.questions, args.seed, args.out / "questions")
+        rl_data = bench.build_rl_data(questions)
+        overrides = with_overrides(bench.rl_overrides(sft, rl_data, url, run_dir),
+                                   bench_overrides(args.questions, args.steps, run_dir, rl_data) + args.overrides)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        started = time.time()
+        bench.sh("learning benchmark", ["-m", "verl.trainer.main_ppo", *overrides])
+        seconds = time.time() - started
+    summary = summarize(read_jsonl(run_dir / "metrics.jsonl"), seconds)
+    summary["overrides"] = args.overrides
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    line = summary_line(summary)
+    (args.out / "summary.txt").write_text(line + "\n")
+    print(line, flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
