@@ -53,7 +53,7 @@ def test_corrective_note_is_never_an_answer(mode):
     # found by the CPU PPO run: a note that spelled out "<answer> and </answer>" scored "and" as an answer
     response = "<think> hmm" + invalid_action_note(mode) + "still nothing"
     assert parse_action(invalid_action_note(mode)) == (None, "")
-    assert compute_score("hotpotqa", response, {"target": "and"}) == {"score": 0.0, "f1": 0.0, "answered": 0.0}
+    assert compute_score("hotpotqa", response, {"target": "and"}) == {"score": 0.0, "em": 0.0, "f1": 0.0, "answered": 0.0}
 
 
 def test_answer_tags_inside_retrieved_text_do_not_score():
