@@ -20,8 +20,8 @@ DATA_SUFFIX=$([ "$MODE" = multi ] && echo _mq || echo "")
 
 if [ "$PROFILE" = cpu ]; then
     # CPU: the real pipeline at toy size; hotpotqa_closed (../shared/data) is the data that fits,
-    # built with: python -m scripts.data_process.qa_eval_sets --input_dir ../shared/data/hotpotqa_closed \
-    #   --sets train test --data_source hotpotqa_closed --mode $MODE --out data/hotpotqa_closed$DATA_SUFFIX
+    # built with: python -m scripts.data_process.qa_eval_sets --input-dir ../shared/data/hotpotqa_closed \
+    #   --sets train test --data-source hotpotqa_closed --mode $MODE --out data/hotpotqa_closed$DATA_SUFFIX
     MODEL_PATH=${MODEL_PATH:-$($PYTHON -m rag_r1.models.smollm2)}
     DATA_DIR=${DATA_DIR:-data/hotpotqa_closed$DATA_SUFFIX}
     DEVICE=${DEVICE:-cpu}; N_GPUS=${N_GPUS:-1}; ROLLOUT=${ROLLOUT:-hf}

@@ -108,7 +108,7 @@ def check_instruction(prompts: list[str], mode: AgentMode, split: str = "trainin
         f"{len(wrong)} of the first {len(prompts)} {split} prompts lack the instruction that agent.mode={mode.name}, "
         f"agent.max_queries={mode.max_queries}, agent.query_delimiter={mode.delimiter!r} ask for: the agent "
         f"expects {search_part(mode.instruction)!r}, the data's prompt has {has}. Build the data with the agent's "
-        "settings (scripts/data_process: --mode, --max_queries, --query_delimiter) or set agent.* to the data's.")
+        "settings (scripts/data_process: --mode, --max-queries, --query-delimiter) or set agent.* to the data's.")
 
 
 def with_evidence_reward(extra_info, rows: list[Trajectory], weight: float) -> list:

@@ -1,6 +1,6 @@
 """RAG-R1's HotpotQA RL split -> train/test parquet with the MULTI-query instruction.
 
-    python -m scripts.data_process.hotpotqa_search_mq --input_dir ../shared/data/ragr1_rl/hotpotqa_train_filter_mq \
+    python -m scripts.data_process.hotpotqa_search_mq --input-dir ../shared/data/ragr1_rl/hotpotqa_train_filter_mq \
         --out data/hotpotqa_mq
 
 Same arguments and output as `hotpotqa_search` (which holds the implementation).

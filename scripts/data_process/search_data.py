@@ -18,12 +18,24 @@ from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.modes import AgentMode, build_mode
 
 
+class AliasHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that names an option's value once after all its spellings: `--input-dir, --input_dir
+    INPUT_DIR`. The data scripts take dashed flags and still accept the underscore spelling that
+    earlier commands used; argparse before Python 3.13 would repeat the value after each spelling."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if len(action.option_strings) < 2 or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        value = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {value}"
+
+
 def add_query_arguments(parser: argparse.ArgumentParser) -> None:
-    """--max_queries and --query_delimiter: the multi-mode instruction states them (as agent.*)."""
-    parser.add_argument("--max_queries", type=int, default=AgentConfig.max_queries,
+    """--max-queries and --query-delimiter: the multi-mode instruction states them (as agent.*)."""
+    parser.add_argument("--max-queries", "--max_queries", type=int, default=AgentConfig.max_queries,
                         help="multi mode: queries per search the instruction allows, as agent.max_queries "
                              "(default %(default)s)")
-    parser.add_argument("--query_delimiter", default=AgentConfig.query_delimiter,
+    parser.add_argument("--query-delimiter", "--query_delimiter", default=AgentConfig.query_delimiter,
                         help="multi mode: query separator, as agent.query_delimiter (default %(default)r)")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,7 +24,7 @@ def write_split(directory, items):
 def test_rows_schema_and_prompt_text(tmp_path, mode, instruction):
     write_split(tmp_path / "in", [{"question": "  Who wrote Hamlet ", "golden_answers": "William Shakespeare"},
                                   {"question": "Which is older, A or B?", "golden_answers": "A"}])
-    counts = hotpotqa_search.main(["--input_dir", str(tmp_path / "in"), "--out", str(tmp_path / "out")], mode=mode)
+    counts = hotpotqa_search.main(["--input-dir", str(tmp_path / "in"), "--out", str(tmp_path / "out")], mode=mode)
     assert counts == {"train": 2, "test": 2}
     frame = pd.read_parquet(tmp_path / "out" / "train.parquet")
     assert list(frame.columns) == COLUMNS
@@ -51,7 +52,7 @@ def test_real_rl_split_reads_back_through_the_trainer_dataset(shared_data, tmp_p
     from verl.trainer.config import schema_node
 
     source = shared_data / "ragr1_rl" / "hotpotqa_train_filter_mq"
-    counts = hotpotqa_search.main(["--input_dir", str(source), "--out", str(tmp_path), "--limit", "20"], mode="multi")
+    counts = hotpotqa_search.main(["--input-dir", str(source), "--out", str(tmp_path), "--limit", "20"], mode="multi")
     assert counts == {"train": 20, "test": 20}
     first = json.loads((source / "train_data.json").read_text())[0]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -66,8 +67,8 @@ def test_real_rl_split_reads_back_through_the_trainer_dataset(shared_data, tmp_p
 
 
 def test_eval_sets_keep_ids_and_supporting_ids(shared_data, tmp_path):
-    counts = qa_eval_sets.main(["--input_dir", str(shared_data / "hotpotqa_closed"), "--sets", "test",
-                                "--data_source", "hotpotqa_closed", "--out", str(tmp_path)])
+    counts = qa_eval_sets.main(["--input-dir", str(shared_data / "hotpotqa_closed"), "--sets", "test",
+                                "--data-source", "hotpotqa_closed", "--out", str(tmp_path)])
     assert counts == {"test": 97}
     first = json.loads((shared_data / "hotpotqa_closed" / "test.jsonl").read_text().splitlines()[0])
     row = pd.read_parquet(tmp_path / "test.parquet").iloc[0]
@@ -79,15 +80,39 @@ def test_eval_sets_keep_ids_and_supporting_ids(shared_data, tmp_path):
 
 def test_eval_sets_name_missing_files(tmp_path):
     with pytest.raises(SystemExit, match="no nq.jsonl"):
-        qa_eval_sets.main(["--input_dir", str(tmp_path), "--sets", "nq", "--out", str(tmp_path / "o")])
+        qa_eval_sets.main(["--input-dir", str(tmp_path), "--sets", "nq", "--out", str(tmp_path / "o")])
 
 
 def test_the_instruction_states_the_agents_query_settings(tmp_path):
     from rag_r1.llm_agent.prompts import instruction
 
     (tmp_path / "nq.jsonl").write_text(json.dumps({"id": "1", "question": "Who?", "golden_answers": ["A"]}) + "\n")
-    qa_eval_sets.main(["--input_dir", str(tmp_path), "--sets", "nq", "--out", str(tmp_path / "o"), "--mode", "multi",
-                       "--max_queries", "2", "--query_delimiter", ";"])
+    qa_eval_sets.main(["--input-dir", str(tmp_path), "--sets", "nq", "--out", str(tmp_path / "o"), "--mode", "multi",
+                       "--max-queries", "2", "--query-delimiter", ";"])
     prompt = pd.read_parquet(tmp_path / "o" / "nq.parquet").iloc[0]["prompt"][0]["content"]
     assert prompt == instruction("multi", 2, ";") + "Who?"
     assert "up to two short queries, separated by semicolons" in prompt
+
+
+# the underscore spellings that earlier commands used, each still accepted beside the dashed flag
+UNDERSCORE_ALIASES = {"--input-dir": "--input_dir", "--data-source": "--data_source",
+                      "--max-queries": "--max_queries", "--query-delimiter": "--query_delimiter"}
+
+
+@pytest.mark.parametrize("script", [hotpotqa_search, qa_eval_sets])
+def test_dashed_flags_and_their_underscore_aliases_parse_alike(script):
+    dashed = ["--input-dir", "in", "--out", "o", "--data-source", "src", "--max-queries", "2", "--query-delimiter", ";"]
+    underscored = [UNDERSCORE_ALIASES.get(word, word) for word in dashed]
+    assert underscored != dashed
+    args = script.build_parser().parse_args(dashed)
+    assert (args.input_dir, args.data_source, args.max_queries, args.query_delimiter) == (Path("in"), "src", 2, ";")
+    assert vars(script.build_parser().parse_args(underscored)) == vars(args)
+
+
+@pytest.mark.parametrize("script", [hotpotqa_search, qa_eval_sets])
+def test_help_lists_both_spellings_of_a_flag_on_one_line(script):
+    lines = script.build_parser().format_help().splitlines()
+    for dashed, underscored in UNDERSCORE_ALIASES.items():
+        value = dashed.removeprefix("--").replace("-", "_").upper()
+        assert f"  {dashed}, {underscored} {value}" in lines
+        assert not any(line.lstrip().startswith(underscored) for line in lines)  # no entry of its own
