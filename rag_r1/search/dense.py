@@ -11,8 +11,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rag_r1.search.encoder import TextEncoder
 from rag_r1.search.retriever import pad_hits
+from rag_r1.search.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rag_r1.search.encoder import TextEncoder
 from rag_r1.search.onnx_export import EXPORT_META, FP32_FILE, INT8_FILE, TOKENIZER_FILE
+from rag_r1.search.text_encoder import TextEncoder
 
 
 class OnnxEncoder(TextEncoder):

@@ -27,7 +27,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from rag_r1.search.encoder import model_label
+from rag_r1.search.text_encoder import model_label
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ from rag_r1.llm_agent.modes import build_mode
 from rag_r1.search.bm25 import BM25Retriever, build_bm25
 from rag_r1.search.corpus import iter_passages, split_title
 from rag_r1.search.dense import set_search_params
-from rag_r1.search.encoder import ENCODER_BACKENDS, default_minilm_path, load_encoder, model_label
+from rag_r1.search.encoder import ENCODER_BACKENDS, default_minilm_path, load_encoder
 from rag_r1.search.rerank import RerankedIndex, parse_index_spec
+from rag_r1.search.text_encoder import model_label
 from rag_r1.sft.evidence import read_evidence_questions, title_queries
 from scripts.build_corpus.build_corpus_embedding import build_embeddings
 from scripts.build_corpus.build_corpus_index import index_bytes, train_template

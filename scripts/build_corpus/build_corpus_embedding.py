@@ -32,9 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rag_r1.search.corpus import count_passages, iter_passages
-from rag_r1.search.encoder import (
-    ENCODER_BACKENDS, TextEncoder, default_minilm_path, default_query_instruction, load_encoder,
-)
+from rag_r1.search.encoder import ENCODER_BACKENDS, default_minilm_path, load_encoder
+from rag_r1.search.text_encoder import TextEncoder, default_query_instruction
 from scripts.build_corpus.embedding_store import (
     chunk_dir, chunk_path, read_meta, shard_bounds, shard_path, write_meta,
 )

@@ -4,12 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rag_r1.search.encoder import (
-    BGE_QUERY_INSTRUCTION,
-    Encoder,
-    default_minilm_path,
-    default_query_instruction,
-)
+from rag_r1.search.encoder import Encoder, default_minilm_path
+from rag_r1.search.text_encoder import BGE_QUERY_INSTRUCTION, default_query_instruction
 
 
 def test_default_minilm_path_is_the_shipped_model(minilm_path):
