@@ -11,7 +11,9 @@ Per turn, for every trajectory still running:
 After `max_turns` turns every row still running gets one more turn whose searches are not run.
 
 State is plain token lists per row (`Trajectory`); the engine sees one left-padded batch per turn
-through verl's `build_prompt_batch` / `response_token_lists`.
+through verl's `build_prompt_batch` / `response_token_lists`. Beside each generated token the row
+keeps the log-prob the engine sampled it with (`rollout_log_probs`; 0 on tokens the policy did not
+write), which the trainer compares with its own.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ class Trajectory:
     prompt: list[int]  # initial prompt tokens, unpadded
     response: list[int] = field(default_factory=list)  # everything after the prompt
     info_mask: list[int] = field(default_factory=list)  # 1 per response token the policy did not write
+    log_probs: list[float] = field(default_factory=list)  # per response token: sampled log-prob, 0 if not the policy's
     done: bool = False
     turns: int = 0  # generation calls this row took part in
     search_calls: int = 0  # <information> blocks received
@@ -81,9 +84,19 @@ class Trajectory:
     queries: list[list[str]] = field(default_factory=list)  # per search round
     retrieved_ids: list[list[str]] = field(default_factory=list)  # per search round, all queries' hits
 
-    def append(self, tokens: list[int], from_policy: bool) -> None:
+    def append_generated(self, tokens: list[int], log_probs: list[float]) -> None:
+        """Tokens the policy sampled, with the log-probs it sampled them with."""
+        if len(log_probs) != len(tokens):
+            raise ValueError(f"{len(tokens)} generated tokens with {len(log_probs)} log-probs")
         self.response.extend(tokens)
-        self.info_mask.extend([0 if from_policy else 1] * len(tokens))
+        self.info_mask.extend([0] * len(tokens))
+        self.log_probs.extend(log_probs)
+
+    def append_observation(self, tokens: list[int]) -> None:
+        """Tokens the policy did not write (retrieved blocks, notes): info_mask 1, log-prob 0."""
+        self.response.extend(tokens)
+        self.info_mask.extend([1] * len(tokens))
+        self.log_probs.extend([0.0] * len(tokens))
 
 
 @dataclass
@@ -149,9 +162,10 @@ class GenerationManager:
         stats.generate_s += time.perf_counter() - tick
         searching = []
         turns = response_token_lists(output)
+        log_probs = response_log_prob_lists(output)
         texts = self.tokenizer.batch_decode(turns, skip_special_tokens=True)
-        for row, tokens, text in zip(active, turns, texts, strict=True):
-            row.append(tokens, from_policy=True)
+        for row, tokens, token_log_probs, text in zip(active, turns, log_probs, texts, strict=True):
+            row.append_generated(tokens, token_log_probs)
             row.turns += 1
             action, content = parse_action(text)
             queries = self.mode.queries_of(content) if action == "search" else []
@@ -167,7 +181,7 @@ class GenerationManager:
             elif final:
                 row.done = True
             else:
-                row.append(self._note_ids, from_policy=False)
+                row.append_observation(self._note_ids)
         return searching
 
     def _search(self, searching: list[tuple[Trajectory, list[str]]], stats: RolloutStats) -> None:
@@ -194,10 +208,17 @@ class GenerationManager:
                 # cut the results, never the tags, so the block always closes
                 body = body[: self._obs_budget]
                 row.obs_truncated += 1
-            row.append(self._open_ids + body + self._close_ids, from_policy=False)
+            row.append_observation(self._open_ids + body + self._close_ids)
             row.search_calls += 1
             row.queries.append(queries)
             row.retrieved_ids.append([hit["id"] for hits in query_hits for hit in hits])
+
+
+def response_log_prob_lists(output: DataProto) -> list[list[float]]:
+    """Per row, the engine's `rollout_log_probs` of its real response tokens (aligned with
+    `response_token_lists`)."""
+    log_probs, mask = output.batch["rollout_log_probs"], output.batch["response_mask"].bool()
+    return [row[keep].tolist() for row, keep in zip(log_probs, mask)]
 
 
 def trajectory_metrics(rows: list[Trajectory], stats: RolloutStats) -> dict[str, float]:

@@ -6,11 +6,19 @@ GRPO the guide, which reaches the gold answer from real retrieved passages, then
 advantage whenever the group's own samples fail, so a question the policy never solves still
 teaches it something, and a group the policy always solves is contrasted with nothing worse
 (its advantages stay 0). This is the cheap form of LUFFY's mixing (Yan et al. 2025, "Learning to
-Reason under Off-Policy Guidance", arXiv:2504.14945): the guide's old log-probs are the current
-policy's, so its importance ratio starts at 1 and PPO's clipping bounds its update as any other.
+Reason under Off-Policy Guidance", arXiv:2504.14945), without its importance weighting: the
+guide's old log-probs are the current policy's, not those of whatever wrote it, so its ratio is 1
+at the first mini-batch (and at the only one of an on-policy update). PPO's clip then does not
+engage, and the guide gets the plain advantage-weighted likelihood gradient of its tokens:
+imitation, weighted by how much better it scored than the group. Only later mini-batches of the
+same batch, after the weights moved, can clip it. The trainer's `algorithm.guides` switches
+(weight of the policy's own rows, keeping a guide only in unsolved groups) and its
+`adv/guide_positive_share` metric tell how much of a run's learning comes from them.
 
 A guide's tokens are the SFT tokenization of its conversation (verl's render_pieces): the retrieved
 `<information>` blocks get info_mask 1, as in a rollout, so state masking leaves them out of the loss.
+The policy sampled none of them: their `rollout_log_probs` are 0, and the trainer leaves rows marked
+`guided` out of its sampler/trainer log-prob comparison.
 """
 from __future__ import annotations
 
@@ -54,7 +62,7 @@ def as_trajectory(prompt: list[int], guide: Guide) -> Trajectory:
     """A finished trajectory that answered after the guide's searches."""
     searches = len(guide.queries)
     return Trajectory(prompt=list(prompt), response=list(guide.response), info_mask=list(guide.info_mask),
-                      done=True, turns=searches + 1, search_calls=searches, valid_actions=searches + 1,
+                      log_probs=[0.0] * len(guide.response), done=True, turns=searches + 1, search_calls=searches, valid_actions=searches + 1,
                       answered=True, queries=[list(q) for q in guide.queries],
                       retrieved_ids=[[] for _ in guide.queries])
 

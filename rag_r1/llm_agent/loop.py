@@ -6,7 +6,8 @@ training, and of validation) carry the instruction `agent.*` asks for (the data 
 prompts, the config sets the agent: nothing else ties them), runs GenerationManager on the batch and
 returns the trajectory batch of docs/architecture.md: the original left-padded `prompts`, the
 right-padded `responses` (generated and retrieved tokens), `info_mask` over the retrieved ones,
-the prompts' non-tensor keys plus per-trajectory counts, and `env/*` metrics.
+`rollout_log_probs` (the engine's log-prob of each generated token, 0 elsewhere), the prompts'
+non-tensor keys plus per-trajectory counts, and `env/*` metrics.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def with_evidence_reward(extra_info, rows: list[Trajectory], weight: float) -> l
 
 def evidence_step_metrics(extra_info, rows: list[Trajectory]) -> dict[str, float]:
     """`env/evidence_recall`, `env/evidence_all` and `env/evidence_recall_round_k` of one rollout, for
-    rows whose `extra_info` carries `supporting_ids` (issue 9): a metric of search quality, not a reward.
+    rows whose `extra_info` carries `supporting_ids`: a metric of search quality, not a reward.
     Empty when no row has them."""
     if extra_info is None:
         return {}
@@ -145,15 +146,18 @@ def to_dataproto(prompts: DataProto, rows: list[Trajectory], pad_token_id: int) 
     responses = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     response_mask = torch.zeros((len(rows), width), dtype=torch.long)
     info_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    log_probs = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, row in enumerate(rows):
         n = len(row.response)
         responses[i, :n] = torch.as_tensor(row.response, dtype=torch.long)
         response_mask[i, :n] = 1
         info_mask[i, :n] = torch.as_tensor(row.info_mask, dtype=torch.long)
+        log_probs[i, :n] = torch.as_tensor(row.log_probs, dtype=torch.float32)
     prompt_part = prompts.select(batch_keys=["input_ids", "attention_mask", "position_ids"],
                                  non_tensor_batch_keys=[], meta_info_keys=[])
     trajectory = assemble_output(prompt_part, responses, response_mask)
     trajectory.batch["info_mask"] = info_mask
+    trajectory.batch["rollout_log_probs"] = log_probs
     return trajectory
 
 

@@ -35,7 +35,10 @@ class ScriptedPolicy:
             tokens = self.tokenizer.encode(self.next_text(context), add_special_tokens=False)[:width]
             responses[i, : len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
             response_mask[i, : len(tokens)] = 1
-        return assemble_output(prompts, responses, response_mask)
+        output = assemble_output(prompts, responses, response_mask)
+        # a script's next text is certain: probability 1, log-prob 0 (the rollout contract's key)
+        output.batch["rollout_log_probs"] = torch.zeros(responses.shape, dtype=torch.float32)
+        return output
 
     def next_text(self, context: str) -> str:
         keys = [k for k in self.scripts if k in context]

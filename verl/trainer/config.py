@@ -203,6 +203,27 @@ class FilterGroupsConfig:
     max_num_gen_batches: int = 0  # generation batches per step at most (0 = no cap); then train on what was kept
 
 
+GUIDE_KEEP_MODES = ("always", "unsolved")
+
+
+@dataclass
+class GuidesConfig:
+    """Rows a rollout loop marks in the non-tensor column `guided`: demonstrations it put in a GRPO
+    group (RAG-R1's gold trajectories, agent.guide_file). Not in veRL. A guide's ratio is 1 at the
+    first mini-batch, so it is learnt by plain advantage-weighted imitation; these switch its share
+    of the learning, so that RL on the policy's own samples can be told from imitation."""
+
+    # Weight of the advantages of the rows the policy sampled itself, applied after the estimator:
+    # 1 trains on them as on the guides; 0 trains on the guides alone (their advantages still
+    # measured against the group), the imitation control an RL result is compared with.
+    sampled_weight: float = 1.0
+    # When a guide stays in its group: always; or unsolved, only when none of the group's own samples
+    # scored above 0. Otherwise it is dropped after scoring, before advantages, so it neither
+    # teaches nor lowers the baseline of samples that found the answer themselves (the batch then
+    # has fewer rows).
+    keep: str = "always"
+
+
 @dataclass
 class AlgorithmConfig:
     adv_estimator: str = "gae"  # gae | grpo
@@ -218,6 +239,7 @@ class AlgorithmConfig:
     use_kl_in_reward: bool = False
     kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
     filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
+    guides: GuidesConfig = field(default_factory=GuidesConfig)
 
 
 @dataclass
@@ -331,6 +353,7 @@ def check_config(config: DictConfig) -> None:
     if algo.adv_estimator == "grpo" and arr.rollout.n < 2:
         problems.append("actor_rollout_ref.rollout.n must be >= 2 for algorithm.adv_estimator=grpo")
     problems += share_problems("algorithm.negative_advantage_scale", algo.negative_advantage_scale)
+    problems += guides_problems(config)
     problems += _not_registered(config, "algorithm.kl_ctrl.type", core_algos.KL_CONTROLLERS)
     for key in ("algorithm.kl_penalty", "actor_rollout_ref.actor.kl_loss_type"):
         problems += _not_registered(config, key, core_algos.KL_ESTIMATORS)
@@ -352,6 +375,22 @@ def check_config(config: DictConfig) -> None:
     problems += _unsupported(config)
     if problems:
         raise ValueError("config: " + "; ".join(problems))
+
+
+def guides_problems(config: DictConfig) -> list[str]:
+    """Problems of algorithm.guides: its weight is a share, its keep mode one of GUIDE_KEEP_MODES, and
+    keep=unsolved (a batch whose row count varies) runs on one worker: the worker group pads a batch
+    to a multiple of the workers with repeated rows, which an update would train on twice."""
+    guides = config.algorithm.guides
+    problems = share_problems("algorithm.guides.sampled_weight", guides.sampled_weight)
+    if guides.keep not in GUIDE_KEEP_MODES:
+        problems.append(f"algorithm.guides.keep={guides.keep!r}: expected one of {', '.join(GUIDE_KEEP_MODES)}")
+    world = config.trainer.nnodes * config.trainer.n_gpus_per_node
+    if guides.keep == "unsolved" and world > 1:
+        problems.append(f"algorithm.guides.keep=unsolved with {world} workers (trainer.nnodes x "
+                        "trainer.n_gpus_per_node) is not supported: dropping guides varies the batch's rows, and "
+                        "the workers would get it padded with repeated rows; use one worker or keep=always")
+    return problems
 
 
 def share_problems(name: str, value: float) -> list[str]:

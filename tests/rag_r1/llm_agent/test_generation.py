@@ -59,7 +59,9 @@ def test_rolling_context_keeps_prompt_end_and_latest_response(tokenizer):
         ids, mask = batch.batch["input_ids"], batch.batch["attention_mask"].bool()
         contexts.append(ids[0][mask[0]].tolist())
         tokens = torch.tensor([encode(tokenizer, texts[len(contexts) - 1])])
-        return assemble_output(batch, tokens, torch.ones_like(tokens))
+        output = assemble_output(batch, tokens, torch.ones_like(tokens))
+        output.batch["rollout_log_probs"] = torch.zeros(tokens.shape)
+        return output
 
     prompt = encode(tokenizer, "instruction that is long and gets cut, then the question")
     cfg = config(max_start_length=4, max_prompt_length=100, max_obs_length=60)

@@ -35,6 +35,11 @@ __all__ = [
     "compute_gae_advantage_return",
     "compute_grpo_outcome_advantage",
     "varied_groups",
+    "guided_rows",
+    "keep_unsolved_guides",
+    "weight_rows",
+    "positive_advantage_share",
+    "rollout_logprob_diff",
     "KL_ESTIMATORS",
     "kl_penalty",
     "apply_kl_penalty",
@@ -196,6 +201,86 @@ def varied_groups(index: np.ndarray, values: np.ndarray) -> np.ndarray:
         if len(rows) == 1 or np.ptp(group) > 0:
             keep[rows] = True
     return keep
+
+
+# ----------------------------------------------------------------------------- guided rows
+#
+# A rollout loop may put off-policy demonstrations ("guides", e.g. gold trajectories) in a GRPO
+# group and mark their rows in the non-tensor column `guided`. These functions tell what the
+# policy's own samples and what the guides contribute.
+
+
+def guided_rows(non_tensor_batch: dict, rows: int) -> np.ndarray:
+    """(rows,) bool: the rows marked in the non-tensor column `guided`; none when there is no column."""
+    if "guided" not in non_tensor_batch:
+        return np.zeros(rows, dtype=bool)
+    return np.asarray(non_tensor_batch["guided"], dtype=bool)
+
+
+def keep_unsolved_guides(index: np.ndarray, scores: np.ndarray, guided: np.ndarray) -> np.ndarray:
+    """(bs,) bool, the rows to keep: every row the policy sampled, and a guided row only when no
+    sampled row of its group scored above 0 (a group the policy did not solve).
+
+    index: (bs,) group ids (``uid``); scores: (bs,) sequence scores; guided: (bs,) bool.
+
+    >>> keep_unsolved_guides(np.array(["a", "a", "b", "b"]), np.array([1.0, 1.0, 0.0, 1.0]),
+    ...                      np.array([False, True, False, True])).tolist()
+    [True, False, True, True]
+    """
+    guided = np.asarray(guided, dtype=bool)
+    solved = {uid for uid, score, g in zip(index, scores, guided) if not g and score > 0}
+    return np.array([not g or uid not in solved for uid, g in zip(index, guided)], dtype=bool)
+
+
+def weight_rows(advantages: torch.Tensor, rows: np.ndarray | torch.Tensor, weight: float) -> torch.Tensor:
+    """advantages (bs, response_length) with those of `rows` ((bs,) bool) multiplied by `weight`.
+
+    >>> weight_rows(torch.tensor([[1.0, 1.0], [-2.0, -2.0]]), np.array([False, True]), 0.5).tolist()
+    [[1.0, 1.0], [-1.0, -1.0]]
+    """
+    rows = torch.as_tensor(np.asarray(rows, dtype=bool), device=advantages.device).unsqueeze(-1)
+    return torch.where(rows, advantages * weight, advantages)
+
+
+def positive_advantage_share(advantages: torch.Tensor, mask: torch.Tensor, rows: np.ndarray | torch.Tensor) -> float:
+    """The share of the batch's positive advantage that `rows` carry: sum of max(A, 0) over the masked
+    tokens of those rows / the same sum over all rows; 0 when no masked token has a positive advantage.
+
+    advantages, mask: (bs, response_length) (mask: the policy-loss mask); rows: (bs,) bool.
+    With token-level losses this is the share of the push towards higher likelihood that goes to
+    those rows' tokens.
+
+    >>> positive_advantage_share(torch.tensor([[1.0, 1.0], [-1.0, -1.0], [2.0, 2.0]]),
+    ...                          torch.tensor([[1, 1], [1, 1], [1, 0]]), np.array([False, False, True]))
+    0.5
+    """
+    rows = torch.as_tensor(np.asarray(rows, dtype=bool), device=advantages.device).unsqueeze(-1)
+    positive = advantages.clamp(min=0) * mask.to(advantages.dtype)
+    total = positive.sum()
+    if total <= 0:
+        return 0.0
+    return float((positive * rows).sum() / total)
+
+
+def rollout_logprob_diff(rollout_log_probs: torch.Tensor, log_probs: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs are from the trainer's: max and mean of |a - b| over the tokens
+    where `mask` is 1, as `rollout/logprob_diff_max` and `rollout/logprob_diff_mean`; both 0 when the
+    mask holds no token. All (bs, response_length); the mask should hold only tokens the policy
+    sampled (state mask, rows not guided).
+
+    Both are log p(token) under log_softmax(logits / temperature); apart from float rounding they
+    differ when the engine is not the trainer's model (stale or wrongly synced weights, another
+    dtype or kernel, a processor the trainer does not apply), i.e. when the update is off-policy
+    without the trainer knowing.
+
+    >>> rollout_logprob_diff(torch.tensor([[-1.0, -2.0, 0.0]]), torch.tensor([[-1.5, -2.0, -3.0]]),
+    ...                      torch.tensor([[1, 1, 0]]))
+    {'rollout/logprob_diff_max': 0.5, 'rollout/logprob_diff_mean': 0.25}
+    """
+    diff = (rollout_log_probs.float() - log_probs.detach().float()).abs()[mask.bool()]
+    if diff.numel() == 0:
+        return {"rollout/logprob_diff_max": 0.0, "rollout/logprob_diff_mean": 0.0}
+    return {"rollout/logprob_diff_max": float(diff.max()), "rollout/logprob_diff_mean": float(diff.mean())}
 
 
 # ----------------------------------------------------------------------------- KL

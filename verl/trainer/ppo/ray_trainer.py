@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from verl.protocol import DataProto
@@ -58,6 +59,16 @@ def add_columns(batch: DataProto, output: DataProto, keys: list[str]) -> DataPro
     return batch.union(output.select(batch_keys=keys, non_tensor_batch_keys=[], meta_info_keys=[]))
 
 
+def first_groups(index: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the rows of the first `count` groups (ids in `index`, in order of first appearance).
+
+    >>> first_groups(np.array(["a", "a", "b", "c", "c"]), 2).tolist()
+    [0, 1, 2]
+    """
+    kept = set(list(dict.fromkeys(index))[:count])
+    return np.array([i for i, uid in enumerate(index) if uid in kept], dtype=np.int64)
+
+
 def filter_values(batch: DataProto, extras: dict[str, list[float]], metric: str) -> np.ndarray:
     """The per-row values algorithm.filter_groups.metric names: the sequence score, or an extra
     number the reward function returned (e.g. em)."""
@@ -67,6 +78,12 @@ def filter_values(batch: DataProto, extras: dict[str, list[float]], metric: str)
         raise ValueError(f"algorithm.filter_groups.metric={metric!r}: the reward returns no such key; "
                          f"known: score, seq_final_reward, {', '.join(sorted(extras))}")
     return np.asarray(extras[metric], dtype=np.float64)
+
+
+def keep_rows(batch: DataProto, extras: dict[str, list[float]], keep: np.ndarray) -> tuple[DataProto, dict]:
+    """The rows of `batch` and of the reward's per-row `extras` where `keep` ((B,) bool) is true."""
+    rows = np.flatnonzero(keep)
+    return batch[rows], {key: np.asarray(values)[rows].tolist() for key, values in extras.items()}
 
 
 class RayPPOTrainer:
@@ -144,6 +161,7 @@ class RayPPOTrainer:
         with timer("adv", timing):
             metrics.update(self.apply_kl_in_reward(batch))
             self.compute_advantages(batch)
+            metrics.update(self.guide_metrics(batch))
         if self.use_critic:
             with timer("update_critic", timing):
                 metrics.update(mean_metrics(self.critic_wg.update_critic(batch).meta_info["metrics"]))
@@ -176,7 +194,9 @@ class RayPPOTrainer:
         Score metrics (`critic/score/*`) describe the trained batch; `sampling/score_mean` and
         `sampling/<extra>` (the reward's extra numbers, e.g. em when the score is f1) describe every
         row the policy sampled, i.e. the policy itself: rows a rollout loop marks in the non-tensor
-        column `guided` (off-policy demonstrations put in a group) are trained on but left out of them."""
+        column `guided` (off-policy demonstrations put in a group) are trained on but left out of them.
+        With algorithm.guides.keep=unsolved, a guide whose group the policy solved is dropped right
+        after scoring, so the batch may hold fewer rows than prompts x rollout.n."""
         filter_cfg = self.config.algorithm.filter_groups
         kept, rollout_metrics, scores, own_extras, generated = [], defaultdict(list), [], defaultdict(list), 0
         while True:
@@ -187,10 +207,13 @@ class RayPPOTrainer:
             for key, value in {**loop_metrics, **reward_metrics(extras)}.items():
                 rollout_metrics[key].append(value)
             row_scores = batch.batch["token_level_scores"].sum(-1).numpy()
-            guided = np.asarray(batch.non_tensor_batch.get("guided", np.zeros(len(batch))), dtype=bool)
+            guided = core_algos.guided_rows(batch.non_tensor_batch, len(batch))
             scores.extend(row_scores[~guided].tolist())
             for key, values in extras.items():
                 own_extras[key].extend(np.asarray(values, dtype=np.float64)[~guided].tolist())
+            if self.config.algorithm.guides.keep == "unsolved":
+                keep = core_algos.keep_unsolved_guides(batch.non_tensor_batch["uid"], row_scores, guided)
+                batch, extras = keep_rows(batch, extras, keep)
             if not filter_cfg.enable:
                 kept.append(batch)
                 break
@@ -202,9 +225,8 @@ class RayPPOTrainer:
                 break
         # batches of different prompts and turns have different widths
         batch = concat_rollouts(kept, self.tokenizer.pad_token_id) if len(kept) > 1 else kept[0]
-        rows = self.config.data.train_batch_size * self.config.actor_rollout_ref.rollout.n
-        if len(batch) > rows:
-            batch = batch[:rows]
+        if len(set(batch.non_tensor_batch["uid"])) > self.config.data.train_batch_size:
+            batch = batch[first_groups(batch.non_tensor_batch["uid"], self.config.data.train_batch_size)]
         metrics = {key: float(np.sum(v)) if key.startswith("timing_s/") else float(np.mean(v))
                    for key, v in rollout_metrics.items()}
         metrics["sampling/score_mean"] = float(np.mean(scores))
@@ -233,11 +255,19 @@ class RayPPOTrainer:
 
     def compute_old_log_probs(self, batch: DataProto) -> dict:
         """old_log_probs into the batch; returns the rollout policy's entropy over the scored tokens
-        (`actor/entropy` is the updated policy's, logged by the update)."""
+        (`actor/entropy` is the updated policy's, logged by the update) and how far the engine's
+        log-probs are from them (`rollout/logprob_diff_*`; the on-policy update logs its own)."""
         output = self.actor_rollout_wg.compute_log_prob(batch)
         add_columns(batch, output, ["old_log_probs"])
-        scored = core_algos.batch_state_mask(batch.batch, self.config.actor_rollout_ref.actor.state_masking)
-        return {"actor/entropy_at_rollout": float(masked_mean(output.batch["entropys"], scored))}
+        scored = self.policy_loss_mask(batch)
+        sampled = scored * torch.as_tensor(~core_algos.guided_rows(batch.non_tensor_batch, len(batch))).unsqueeze(-1)
+        return {"actor/entropy_at_rollout": float(masked_mean(output.batch["entropys"], scored)),
+                **core_algos.rollout_logprob_diff(batch.batch["rollout_log_probs"], batch.batch["old_log_probs"],
+                                                  sampled)}
+
+    def policy_loss_mask(self, batch: DataProto) -> torch.Tensor:
+        """The response tokens the policy loss counts (actor.state_masking)."""
+        return core_algos.batch_state_mask(batch.batch, self.config.actor_rollout_ref.actor.state_masking)
 
     def apply_kl_in_reward(self, batch: DataProto) -> dict:
         """token_level_rewards = scores - beta * KL(old || ref) per token, when use_kl_in_reward."""
@@ -266,7 +296,16 @@ class RayPPOTrainer:
             gamma=algo.gamma, lam=algo.lam, norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
         # the critic's targets stay the returns as estimated; only the policy's step is shaped
         advantages = core_algos.scale_negative_advantages(advantages, algo.negative_advantage_scale)
+        sampled = ~core_algos.guided_rows(batch.non_tensor_batch, len(batch))
+        advantages = core_algos.weight_rows(advantages, sampled, algo.guides.sampled_weight)
         batch.batch["advantages"], batch.batch["returns"] = advantages, returns
+
+    def guide_metrics(self, batch: DataProto) -> dict[str, float]:
+        """`adv/guided_rows`: rows marked guided in the trained batch; `adv/guide_positive_share`: the
+        share of the batch's positive advantage (over the policy-loss mask) that those rows carry."""
+        guided = core_algos.guided_rows(batch.non_tensor_batch, len(batch))
+        share = core_algos.positive_advantage_share(batch.batch["advantages"], self.policy_loss_mask(batch), guided)
+        return {"adv/guided_rows": float(guided.sum()), "adv/guide_positive_share": share}
 
     def validate(self) -> dict[str, float]:
         """Greedy (val_kwargs) rollouts over EVERY validation row; mean score per data source."""

@@ -18,13 +18,15 @@ from omegaconf import DictConfig
 from verl.protocol import DataProto
 
 GenerateFn = Callable[[DataProto], DataProto]
-TRAJECTORY_KEYS = ("prompts", "responses", "input_ids", "attention_mask", "position_ids", "response_mask", "info_mask")
+TRAJECTORY_KEYS = ("prompts", "responses", "input_ids", "attention_mask", "position_ids", "response_mask", "info_mask",
+                   "rollout_log_probs")
 
 
 class RolloutLoop:
     """Base class. `run(prompts, validate)` returns the prompts' non-tensor keys plus the batch
     keys in TRAJECTORY_KEYS (and any non-tensor keys the loop adds), with loop metrics such as
-    `env/search_calls` in `meta_info["metrics"]`.
+    `env/search_calls` in `meta_info["metrics"]`. `rollout_log_probs` [B, R] is the engine's log-prob
+    of each token the policy sampled (0 elsewhere), which the trainer compares with its own.
     """
 
     def __init__(self, config: DictConfig, tokenizer, generate: GenerateFn):

@@ -7,13 +7,20 @@ With `enable_prefix_caching` (the default) a call whose rows all extend rows of 
 encodes only their new tokens (verl/workers/rollout/prefix_cache.py): a multi-turn agent's later
 turns then cost their observation and new tokens, not the whole context again. The owner of the
 weights calls `clear_cache()` whenever they change.
+
+Besides the tokens it returns `rollout_log_probs` [B, R] (float32, 0 on padding): the log-prob of
+each sampled token under log_softmax(logits / temperature), the distribution the trainer scores
+(dp_actor), without top-k/top-p truncation, so the two can be compared token by token. Greedy rows
+get the log-probs of the unscaled distribution (temperature 1), the one a trainer at temperature 1
+scores. Processors that the model's own generation config adds (a repetition penalty, say) change
+what is sampled without being in either number; the trainer's `rollout/logprob_diff_*` shows them.
 """
 from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
 
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicLayer
 
 from verl.protocol import DataProto
@@ -37,6 +44,38 @@ class _StopOnStrings(StoppingCriteria):
         generated = input_ids[:, self.prompt_length:]
         tails = self.tokenizer.batch_decode(generated[:, -self.tail:], skip_special_tokens=False)
         return torch.tensor([any(s in t for s in self.stop) for t in tails], device=input_ids.device)
+
+
+class _SampledLogProbs(LogitsProcessor):
+    """Records, step by step, the log-prob of the token sampled at each step, without holding the
+    [B, steps, V] scores. generate runs custom processors before its temperature/top-k/top-p
+    warpers, so each call sees the step's raw logits; it keeps their log-softmax at `temperature`
+    until the next call, whose input ids end with the token sampled from it. The last step's token
+    is gathered by `log_probs` once generate returned."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None  # [B, V] log-softmax of the last step
+        self.gathered: list[torch.Tensor] = []  # [B] per step already sampled
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self._gather(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _gather(self, tokens: torch.Tensor) -> None:
+        self.gathered.append(self.previous.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+
+    def log_probs(self, sequences: torch.Tensor, steps: int) -> torch.Tensor:
+        """[B, steps] float32 on the CPU: the log-prob of each of the `steps` tokens ending `sequences`."""
+        if steps and len(self.gathered) < steps:
+            self._gather(sequences[:, -1])
+        if len(self.gathered) != steps:
+            raise RuntimeError(f"recorded {len(self.gathered)} sampled tokens for {steps} generated steps")
+        if not steps:
+            return torch.zeros(sequences.shape[0], 0)
+        return torch.stack(self.gathered, dim=1).float().cpu()
 
 
 class HFRollout(BaseRollout):
@@ -102,6 +141,9 @@ class HFRollout(BaseRollout):
         self.prefill_tokens += int(attention_mask[:, cached_length:].sum())
         self.prefill_positions += input_ids.shape[0] * (input_ids.shape[1] - cached_length)
         kwargs = self._sampling_kwargs(meta)
+        # greedy rows are scored under the unscaled distribution (module docstring)
+        recorder = _SampledLogProbs(kwargs["temperature"] if kwargs["do_sample"] else 1.0)
+        kwargs["logits_processor"] = LogitsProcessorList([recorder])
         if stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_StopOnStrings(self.tokenizer, stop, input_ids.shape[1])])
@@ -123,6 +165,8 @@ class HFRollout(BaseRollout):
         generated = out[:, input_ids.shape[1]:].cpu().tolist()
         kept = [row[: self._row_length(row, eos_id, stop)] for row in generated]
         output = assemble_output(prompts, *pad_responses(kept, max_new_tokens, pad_id))
+        log_probs = recorder.log_probs(out, out.shape[1] - input_ids.shape[1])
+        output.batch["rollout_log_probs"] = pad_log_probs(log_probs, [len(k) for k in kept], max_new_tokens)
         left = None
         if self.prefix_caching and all(type(layer) is DynamicLayer for layer in cache.layers):
             layers = [(layer.keys, layer.values) for layer in cache.layers]
@@ -151,3 +195,10 @@ class HFRollout(BaseRollout):
 
     def _device(self) -> torch.device:
         return next(self.module.parameters()).device
+
+
+def pad_log_probs(log_probs: torch.Tensor, lengths: list[int], width: int) -> torch.Tensor:
+    """[B, width] float32: each row's first `lengths[i]` values of `log_probs` [B, steps], 0 after."""
+    steps = log_probs.shape[1]
+    kept = torch.arange(steps).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return torch.nn.functional.pad(torch.where(kept, log_probs, 0.0), (0, width - steps)).float()

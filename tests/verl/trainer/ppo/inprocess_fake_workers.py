@@ -59,7 +59,14 @@ class InProcessFakeActorRolloutRefWG:
         for part in _minibatches(data, actor.ppo_mini_batch_size, self.config.rollout.n):
             logits, _ = _forward(self.model, part)
             log_prob = logprobs_from_logits(logits, part.batch["responses"])
-            old_log_prob = part.batch["old_log_probs"] if "old_log_probs" in part.batch else log_prob.detach()
+            on_policy = "old_log_probs" not in part.batch
+            old_log_prob = log_prob.detach() if on_policy else part.batch["old_log_probs"]
+            if on_policy:  # as the real actor: the sampler's log-probs against the update's own
+                sampled = part.batch["response_mask"] * torch.as_tensor(
+                    ~core_algos.guided_rows(part.non_tensor_batch, len(part))).unsqueeze(-1)
+                for key, value in core_algos.rollout_logprob_diff(part.batch["rollout_log_probs"], log_prob,
+                                                                  sampled).items():
+                    metrics.setdefault(key, []).append(value)
             pg_loss, clipfrac, ppo_kl, _ = core_algos.compute_policy_loss(
                 old_log_prob, log_prob, part.batch["advantages"], part.batch["response_mask"],
                 cliprange=actor.clip_ratio)

@@ -19,7 +19,8 @@ def config(loop="verl.trainer.ppo.rollout_loop:SingleTurnLoop"):
 
 
 class EchoGenerate:
-    """Stands in for the worker group: answers every prompt with the tokens 7, 8, then pad."""
+    """Stands in for the worker group: answers every prompt with the tokens 7, 8, then pad, sampled
+    with log-probs -0.5 and -0.25."""
 
     def __init__(self):
         self.requests = []
@@ -28,7 +29,9 @@ class EchoGenerate:
         self.requests.append(prompts)
         n = len(prompts)
         responses = torch.tensor([[7, 8, 0]] * n)
-        return assemble_output(prompts, responses, (responses != 0).long())
+        output = assemble_output(prompts, responses, (responses != 0).long())
+        output.batch["rollout_log_probs"] = torch.tensor([[-0.5, -0.25, 0.0]] * n)
+        return output
 
 
 def test_single_turn_keeps_non_tensors_and_adds_a_zero_info_mask():
@@ -41,6 +44,7 @@ def test_single_turn_keeps_non_tensors_and_adds_a_zero_info_mask():
     assert list(out.non_tensor_batch["uid"]) == ["a", "b"]
     assert out.batch["info_mask"].tolist() == [[0, 0, 0], [0, 0, 0]]
     assert out.batch["input_ids"].tolist() == [[1, 2, 3, 7, 8, 0], [0, 0, 4, 7, 8, 0]]
+    assert out.batch["rollout_log_probs"].tolist() == [[-0.5, -0.25, 0.0]] * 2  # the engine's, passed on
     assert out.meta_info == {"metrics": {}}
     assert generate.requests[0].meta_info == {"do_sample": True, "max_new_tokens": 3, "temperature": 0.7, "top_p": 0.9,
                                               "top_k": 5}

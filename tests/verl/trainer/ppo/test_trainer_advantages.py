@@ -2,9 +2,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from verl.protocol import DataProto
+from verl.trainer.config import schema_node
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
@@ -22,10 +22,10 @@ def batch_with_retrieved_tokens() -> DataProto:
 
 def advantages_of(data: DataProto, critic_state_masking: bool, estimator: str = "gae",
                   negative_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    config = OmegaConf.create({"algorithm": {"adv_estimator": estimator, "gamma": 1.0, "lam": 1.0,
-                                             "norm_adv_by_std_in_grpo": True,
-                                             "negative_advantage_scale": negative_scale},
-                               "critic": {"state_masking": critic_state_masking}})
+    config = schema_node("", {"algorithm": {"adv_estimator": estimator, "gamma": 1.0, "lam": 1.0,
+                                            "norm_adv_by_std_in_grpo": True,
+                                            "negative_advantage_scale": negative_scale},
+                              "critic": {"state_masking": critic_state_masking}})
     RayPPOTrainer.compute_advantages(SimpleNamespace(config=config), data)
     return data.batch["advantages"], data.batch["returns"]
 
