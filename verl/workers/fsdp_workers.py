@@ -7,8 +7,8 @@ in actor/dp_actor.py and critic/dp_critic.py, the generation engines in rollout/
 
 Roles of ActorRolloutRefWorker (veRL's names): "actor", "rollout", "ref", "actor_rollout",
 "actor_rollout_ref". With a rollout role the engine generates with the actor's CURRENT weights:
-HF generate runs on the sharded actor module itself; vLLM gets the weights copied in before
-every generation by the sharding manager.
+the sharding manager copies them into the engine (HF's plain copy of the policy, or vLLM) once
+after each change, and a vLLM engine sleeps while the training passes run.
 """
 from __future__ import annotations
 
@@ -171,8 +171,6 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             return (HFRollout(engine_module, self.tokenizer, self.config.rollout),
                     FullWeightsShardingManager(self.module, engine_module, scaling))
         if name == "vllm":
-            if not self.use_gpu:
-                raise ValueError("rollout.name=vllm needs GPUs; use rollout.name=hf on CPU")
             if self.trains_adapter_only:
                 raise ValueError("actor_rollout_ref.model.lora_rank > 0 is supported with rollout.name=hf only")
             from verl.workers.rollout.vllm_rollout import VLLMRollout
@@ -194,9 +192,11 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             return manager.postprocess(output).to("cpu")
 
     def _rollout_finished(self) -> None:
-        """Training passes start: the rollout's cached keys/values are stale (or about to be)."""
+        """Training passes start: the rollout's cached keys/values are stale (or about to be), and a
+        vLLM engine frees its GPU memory for training."""
         if self._is_rollout:
             self.rollout.clear_cache()
+            self.sharding_manager.rollout_finished()
 
     def _weights_changed(self) -> None:
         self._rollout_finished()

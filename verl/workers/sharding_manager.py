@@ -1,18 +1,24 @@
-"""Moving the FSDP actor's current weights into the generation engine around each rollout.
+"""Moving the FSDP actor's current weights into the generation engine.
 
     with manager:
         output = manager.postprocess(rollout.generate_sequences(manager.preprocess(prompts)))
 
+The worker tells the manager `weights_changed()` after an update or a checkpoint load, and
+`rollout_finished()` when its training passes start; an agent's turns in between generate with the
+weights already in the engine.
+
 HF engine (`FullWeightsShardingManager`): the engine generates with a plain, unsharded copy of the
 policy. Going through the FSDP module instead would all-gather every block and run FSDP's hooks at
-every generated token; the copy is refreshed from the shards only when the weights have changed
-(after an update or a checkpoint load), and LoRA adapters are merged into it.
+every generated token; the copy is refreshed from the shards only when the weights have changed,
+and LoRA adapters are merged into it.
 
-vLLM engine (`FSDPVLLMShardingManager`): entering wakes the engine's weight memory, streams the
-actor's parameters one at a time (each all-gathered from its FSDP shards, so the full model never
-sits twice in memory) into vLLM's own `load_weights` (which also splits them for tensor
-parallelism), then wakes the KV cache. Leaving puts the engine into level-2 sleep, freeing all its
-GPU memory for training.
+vLLM engine (`FSDPVLLMShardingManager`): entering loads the weights only when the engine sleeps or
+holds an older version: it wakes the engine's weight memory, streams the actor's parameters one at a
+time (each all-gathered from its FSDP shards, so the full model never sits twice in memory) into
+vLLM's own `load_weights` (which also splits them for tensor parallelism), wakes the KV cache and
+resets the prefix cache (its keys/values came from the old weights). Leaving does nothing. When
+training starts the engine goes into level-2 sleep, freeing all its GPU memory (weights and KV
+cache) for training.
 """
 from __future__ import annotations
 
@@ -46,6 +52,9 @@ class NoShardingManager:
     def weights_changed(self) -> None:
         """Called after the actor's weights changed (update, checkpoint load)."""
 
+    def rollout_finished(self) -> None:
+        """Called when the worker's training passes start: the engine may free its memory."""
+
     def preprocess(self, prompts: DataProto) -> DataProto:
         return prompts
 
@@ -75,12 +84,17 @@ class FullWeightsShardingManager(NoShardingManager):
         return self
 
 
-class FSDPVLLMShardingManager:
+class FSDPVLLMShardingManager(NoShardingManager):
+    """Keeps the vLLM engine's weights at the actor's: one load per version of the weights."""
+
     def __init__(self, module: torch.nn.Module, rollout, tp_size: int = 1):
+        """`rollout`: a VLLMRollout, whose engine starts asleep with dummy weights."""
         self.module = module
         self.rollout = rollout
         self.tp_size = tp_size
         self.tp_group = None
+        self.asleep = True  # at level 2, which drops the weights too
+        self.stale = True  # the engine's weights are older than the actor's
         if tp_size > 1:  # consecutive ranks share one engine, as vLLM's external launcher assigns them
             world = dist.get_world_size()
             for start in range(0, world, tp_size):
@@ -89,20 +103,28 @@ class FSDPVLLMShardingManager:
                     self.tp_group = group
 
     def weights_changed(self) -> None:
-        """Nothing to mark: every rollout loads the actor's weights afresh."""
+        self.stale = True
 
+    def rollout_finished(self) -> None:
+        if not self.asleep:
+            self.rollout.llm.sleep(level=2)
+            torch.cuda.empty_cache()  # hands what vLLM freed back to training (a no-op without CUDA)
+            self.asleep = True
+
+    @torch.no_grad()
     def __enter__(self) -> "FSDPVLLMShardingManager":
+        if not (self.asleep or self.stale):
+            return self
         llm = self.rollout.llm
-        llm.wake_up(tags=["weights"])
-        weights = full_parameters(self.module)
+        if self.asleep:
+            llm.wake_up(tags=["weights"])
         # apply_model runs in this process (external launcher), so the generator is consumed locally
-        llm.apply_model(lambda model: model.load_weights(weights))
-        llm.wake_up(tags=["kv_cache"])
+        llm.apply_model(lambda model: model.load_weights(full_parameters(self.module)))
+        if self.asleep:  # after the load, which held gathered parameters
+            llm.wake_up(tags=["kv_cache"])
+        llm.reset_prefix_cache()
+        self.asleep = self.stale = False
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.rollout.llm.sleep(level=2)
-        torch.cuda.empty_cache()
 
     def preprocess(self, prompts: DataProto) -> DataProto:
         """All ranks of a TP group generate for the union of their prompts."""

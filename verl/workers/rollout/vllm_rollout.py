@@ -1,23 +1,37 @@
-"""Rollout with vLLM (GPU only), one engine per training rank inside the worker process.
+"""Rollout with vLLM (GPU only), one engine per tensor-parallel group of training ranks.
 
-The engine starts with dummy weights and asleep; FSDPVLLMShardingManager wakes it and copies the
-actor's current weights in before each generation, and puts it back to sleep (freeing its GPU
-memory for training) afterwards. With tensor_model_parallel_size > 1 the engine's ranks are
-consecutive training ranks ("external_launcher": vLLM joins the existing torch.distributed world
-instead of spawning its own processes); the sharding manager gives all ranks of a TP group the
-same prompts. vLLM is imported here only, so the CPU path never needs it.
+The engine starts with dummy weights and asleep. FSDPVLLMShardingManager loads the actor's weights
+into it (waking it) the first time it generates with a new version of them, and puts it back to
+sleep, freeing its GPU memory, when the worker's training passes start; an agent's turns in between
+reuse the loaded weights and vLLM's prefix cache.
+
+Each group of `tensor_model_parallel_size` consecutive training ranks runs one independent engine
+("external_launcher": vLLM joins the existing torch.distributed world instead of spawning
+processes), and the sharding manager gives all ranks of a group the same prompts. No
+`data_parallel_size` is passed: with the external launcher it would make vLLM run every rank as
+one data-parallel engine that steps in lockstep. vLLM is imported here only, so the CPU path never
+needs it.
 """
 from __future__ import annotations
 
+import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
+from verl.utils.distributed import device
 from verl.workers.rollout.base import BaseRollout, assemble_output, pad_responses, prompt_token_lists
 
 
 class VLLMRollout(BaseRollout):
+    """`generate_sequences` also returns `rollout_log_probs` [B, R] float32 (0 on padding): vLLM's
+    log-prob of each sampled token under the distribution it sampled from, logits / temperature, as
+    the trainer scores it. With top-k or top-p on, vLLM's is over the truncated distribution (its
+    "processed" log-probs; there is no mode between raw and processed), the trainer's is not."""
+
     def __init__(self, model_path: str, config: DictConfig, tokenizer):
-        import torch.distributed as dist
+        if device().type != "cuda":
+            raise ValueError("rollout.name=vllm needs GPUs; use rollout.name=hf on CPU")
         from vllm import LLM
 
         self.config = config
@@ -26,24 +40,25 @@ class VLLMRollout(BaseRollout):
         self.llm = LLM(
             model=model_path,
             tokenizer=model_path,
-            # external launcher: the training world is the engine's world, TP x DP of it
             tensor_parallel_size=tp_size,
-            data_parallel_size=dist.get_world_size() // tp_size,
             distributed_executor_backend="external_launcher",
             dtype=config.dtype,
             enforce_eager=config.enforce_eager,
+            # custom all-reduce shares buffers between GPUs (CUDA IPC) mapped once at start-up, while sleep
+            # releases and re-maps the engine's memory: NCCL, as veRL does
+            disable_custom_all_reduce=tp_size > 1,
             gpu_memory_utilization=config.gpu_memory_utilization,
-            max_model_len=config.prompt_length + config.response_length,
+            max_model_len=config.max_model_len,
             max_num_batched_tokens=config.max_num_batched_tokens,
             enable_prefix_caching=config.enable_prefix_caching,
             enable_sleep_mode=True,
-            load_format="dummy",  # real weights come from the actor before every rollout
-            seed=0,  # ranks of one TP group must sample identically
+            load_format="dummy",  # the actor's weights come in through the sharding manager
+            # the ranks of one TP group must sample identically, different groups independently
+            seed=dist.get_rank() // tp_size,
+            # log-probs of the distribution sampled from (logits / temperature), as the actor computes them
+            logprobs_mode="processed_logprobs",
         )
         self.llm.sleep(level=2)
-
-    def clear_cache(self) -> None:
-        self.llm.reset_prefix_cache()
 
     def _sampling_params(self, meta: dict, max_tokens: int):
         from vllm import SamplingParams
@@ -58,6 +73,7 @@ class VLLMRollout(BaseRollout):
             stop=list(meta.get("stop") or []) or None,
             # the contract keeps the stop string; its token_ids end with the token completing it
             include_stop_str_in_output=True,
+            logprobs=0,  # the sampled token's own log-prob, no alternatives
         )
 
     def generate_sequences(self, prompts: DataProto) -> DataProto:
@@ -67,5 +83,21 @@ class VLLMRollout(BaseRollout):
         max_tokens = int(meta.get("max_new_tokens", self.config.response_length))
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_lists(prompts)]
         outputs = self.llm.generate(requests, self._sampling_params(meta, max_tokens), use_tqdm=False)
-        tokens = [list(out.outputs[0].token_ids) for out in outputs]
-        return assemble_output(prompts, *pad_responses(tokens, max_tokens, self.tokenizer.pad_token_id))
+        completions = [out.outputs[0] for out in outputs]
+        tokens = [list(c.token_ids) for c in completions]
+        output = assemble_output(prompts, *pad_responses(tokens, max_tokens, self.tokenizer.pad_token_id))
+        output.batch["rollout_log_probs"] = sampled_log_probs(completions, max_tokens)
+        return output
+
+
+def sampled_log_probs(completions: list, width: int) -> torch.Tensor:
+    """[B, width] float32: row b's log-prob of each token it sampled, 0 after its last token.
+
+    `completions`: vLLM CompletionOutputs generated with `SamplingParams(logprobs=0)`, whose
+    `logprobs` hold one {token_id: Logprob} per position with the sampled token among the keys."""
+    values = torch.zeros(len(completions), width, dtype=torch.float32)
+    for row, completion in enumerate(completions):
+        sampled = [position[token].logprob for position, token in zip(completion.logprobs, completion.token_ids)]
+        sampled = sampled[:width]
+        values[row, :len(sampled)] = torch.tensor(sampled, dtype=torch.float32)
+    return values
