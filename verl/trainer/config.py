@@ -148,6 +148,10 @@ class RefConfig:
 @dataclass
 class ActorRolloutRefConfig:
     hybrid_engine: bool = True  # actor and rollout share the weights; always on
+    # Seconds a rank may wait in one collective (veRL's key; its default is 600). Saving a checkpoint,
+    # rank 0 gathers the full fp32 model and Adam's states and writes them while the others wait in
+    # a barrier: minutes for a 7B model on a slow disk, hence a generous default.
+    nccl_timeout: int = 3600
     model: ModelConfig = field(default_factory=ModelConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -183,6 +187,8 @@ class CriticConfig:
     state_masking: bool = False  # no value loss and no GAE step on retrieved tokens (see actor.state_masking)
     loss_agg_mode: str = "token-mean"
     grad_clip: float = 1.0
+    # Seconds a critic rank may wait in one collective: the actor's (veRL's Megatron critic has the key)
+    nccl_timeout: int = "${actor_rollout_ref.nccl_timeout}"  # type: ignore[assignment]
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -43,20 +44,39 @@ def resolve_device(choice: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def init_process_group_from_env() -> None:
-    """Join the group described by RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (nccl on GPU, else gloo)."""
+def process_group_backend(device_type: str) -> str:
+    """The torch.distributed backend of a worker on `device_type` ("cpu" or "cuda").
+
+    On GPU every group is mixed, as in veRL: CUDA tensors go over NCCL, CPU tensors over gloo.
+    Offloaded FSDP shards (param_offload) keep their gradients on the CPU, so clipping reduces a
+    CPU tensor; NCCL alone cannot, and the mixed group costs only gloo's connections at start-up.
+    It is always mixed rather than only with offload, so that a CPU tensor reaching a collective
+    (an offloaded state, a metric) works in every configuration instead of failing in some."""
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
+def init_process_group_from_env(timeout_s: float | None = None) -> None:
+    """Join the group described by RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
+
+    `timeout_s` bounds every collective, a barrier included (None: torch's default, 10 minutes for
+    NCCL): ranks wait in one while rank 0 gathers and writes a checkpoint."""
     if dist.is_initialized():
         return
     if device().type == "cuda":
         torch.cuda.set_device(0)
-        backend = "nccl"
-    else:
-        backend = "gloo"
     dist.init_process_group(
-        backend=backend,
+        backend=process_group_backend(device().type),
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=None if timeout_s is None else timedelta(seconds=timeout_s),
     )
+
+
+def empty_device_cache() -> None:
+    """Give the CUDA caching allocator's free blocks back between phases (training, gathering a
+    checkpoint, generation), so the next phase, or another process on the GPU, can use them."""
+    if device().type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:

@@ -1,8 +1,10 @@
 """FSDP2 (`fully_shard`) applied from outside the model, full state dicts, lr schedules.
 
-CPU: params stay fp32, collectives over gloo. GPU: bf16 compute with fp32 gradient reduction,
-and `fsdp_config.param_offload`/`optimizer_offload` keep the fp32 shards (and so Adam's states,
-which FSDP2 keeps beside them) in CPU memory between uses.
+CPU: params stay fp32, collectives over gloo. GPU: bf16 compute with fp32 gradient reduction;
+`fsdp_config.param_offload` keeps the fp32 parameter shards and their gradients in CPU memory
+(FSDP2's CPUOffloadPolicy: Adam then steps on the CPU, its states beside the shards), and
+`fsdp_config.optimizer_offload` keeps only Adam's states there between updates
+(`move_optimizer_state`). Both on GPU only: on CPU there is nothing to offload to.
 """
 from __future__ import annotations
 
@@ -19,21 +21,22 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Shard
 
 from verl.utils.model import decoder_layer_classes
 
 
 def apply_fsdp2(model: torch.nn.Module, fsdp_cfg, use_gpu: bool) -> torch.nn.Module:
     """Shard each transformer block, then the root (embeddings, head), over all ranks."""
-    offload = fsdp_cfg.param_offload or fsdp_cfg.optimizer_offload
-    if use_gpu and not offload:
+    offload_params = use_gpu and fsdp_cfg.param_offload
+    if use_gpu and not offload_params:
         model.to(torch.device("cuda", 0))
     mesh = init_device_mesh("cuda" if use_gpu else "cpu", (dist.get_world_size(),))
     kwargs = {
         "mesh": mesh,
         "mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if use_gpu else MixedPrecisionPolicy(),
-        "offload_policy": CPUOffloadPolicy() if use_gpu and offload else OffloadPolicy(),
+        "offload_policy": CPUOffloadPolicy() if offload_params else OffloadPolicy(),
     }
     blocks = decoder_layer_classes(model)
     for module in model.modules():
@@ -65,11 +68,60 @@ def load_full_state_dicts(model, optimizer, model_sd: dict, optim_sd: dict | Non
 
 
 def clip_grad_norm(parameters, max_norm: float) -> float:
-    """Global gradient norm (over all shards) before clipping."""
-    norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
-    if hasattr(norm, "full_tensor"):  # a DTensor when parameters are FSDP2 shards
-        norm = norm.full_tensor()
-    return float(norm)
+    """Scale the gradients so that their global L2 norm is at most `max_norm` (as
+    torch.nn.utils.clip_grad_norm_: by max_norm / (norm + 1e-6) when that is below 1); returns the
+    norm before clipping.
+
+    FSDP2 gradients are DTensors sharded (Shard placements only) over the mesh's group: the global
+    norm is the square root of the sum over ranks of each rank's local sum of squares, all-reduced
+    over that group on the shards' own device. Offloaded shards live on the CPU, where the mixed
+    backend sends the reduction through gloo (NCCL reduces CUDA tensors only). Plain tensors (a
+    model outside FSDP) need no reduction. A non-finite norm leaves the gradients as they are: the
+    caller skips that step."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    local = [_local_shard(g) for g in grads]
+    squares = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) ** 2 for g in local]).sum()
+    groups = {g.device_mesh.get_group() for g in grads if isinstance(g, DTensor)}
+    if len(groups) > 1:
+        raise ValueError("clip_grad_norm: the gradients are sharded over several process groups")
+    if groups:
+        dist.all_reduce(squares, group=groups.pop())
+    norm = float(squares.sqrt())
+    coefficient = max_norm / (norm + 1e-6)
+    if math.isfinite(norm) and coefficient < 1.0:
+        torch._foreach_mul_(local, coefficient)
+    return norm
+
+
+def _local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local part (shares its storage), refusing replicated placements, whose squares
+    the all-reduce would count once per replica; a plain tensor as it is."""
+    if not isinstance(tensor, DTensor):
+        return tensor
+    if not all(isinstance(p, Shard) for p in tensor.placements):
+        raise ValueError(f"clip_grad_norm needs sharded gradients, got placements {tensor.placements}")
+    return tensor.to_local()
+
+
+def moves_optimizer_state(fsdp_cfg, use_gpu: bool) -> bool:
+    """Whether Adam's states go to CPU memory between updates: optimizer_offload on GPU. With
+    param_offload too there is nothing to move: the step runs on the CPU shards, its states beside them."""
+    return use_gpu and fsdp_cfg.optimizer_offload and not fsdp_cfg.param_offload
+
+
+def move_optimizer_state(optimizer: torch.optim.Optimizer, target: torch.device | str) -> None:
+    """Move every tensor state of `optimizer` (Adam's moments, sharded as the parameters) to
+    `target`, in place of the old ones. Adam's `step` counter stays where torch keeps it, on the
+    CPU: a step counter on the GPU would make every step read it back to the host. The copies are
+    blocking, so the host may read the moved states at once (a checkpoint gathers them)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if key != "step" and torch.is_tensor(value):
+                    state[key] = value.to(target)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg) -> torch.optim.lr_scheduler.LambdaLR:

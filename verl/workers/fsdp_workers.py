@@ -13,6 +13,7 @@ after each change, and a vLLM engine sleeps while the training passes run.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
 from verl.single_controller.base.worker import peak_rss_bytes
 from verl.utils import fsdp_utils
-from verl.utils.distributed import all_reduce_max, device
+from verl.utils.distributed import all_reduce_max, device, empty_device_cache
 from verl.utils.lora import (adapter_state_dict, adapters_disabled, apply_lora, lora_enabled, lora_scaling,
                              merged_state_dict, save_peft_adapter)
 from verl.utils.model import hf_config, load_causal_lm, load_value_model
@@ -59,21 +60,39 @@ def _make_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer
 
 class _TrainStateMixin:
     """Checkpoints as FULL state dicts written by rank 0 (portable to any world size or to a
-    single process); every rank takes part because gathering shards is collective."""
+    single process); every rank takes part because gathering shards is collective. Each rank also
+    writes its own RNG state, into the same directory on its own machine's disk."""
 
     module: torch.nn.Module
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     rank: int
     trains_adapter_only = False  # LoRA: checkpoints hold the adapter; the base comes from model.path
+    offloads_optimizer = False  # Adam's states wait in CPU memory between updates (fsdp_utils.moves_optimizer_state)
+
+    @contextmanager
+    def _optimizer_state_on_device(self):
+        """Adam's states beside their parameters inside (an update, a checkpoint), back in CPU
+        memory afterwards when the optimizer is offloaded."""
+        if self.offloads_optimizer:
+            fsdp_utils.move_optimizer_state(self.optimizer, device())
+        try:
+            yield
+        finally:
+            if self.offloads_optimizer:
+                fsdp_utils.move_optimizer_state(self.optimizer, "cpu")
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, directory: str) -> None:
-        model_sd = fsdp_utils.full_model_state_dict(self.module)
-        optim_sd = fsdp_utils.full_optimizer_state_dict(self.module, self.optimizer)
+        path = Path(directory)
+        # every rank, not rank 0 alone: on machines without a shared file system a rank's RNG file
+        # goes to a directory that only its own machine's mkdir creates
+        path.mkdir(parents=True, exist_ok=True)
+        with self._optimizer_state_on_device():
+            model_sd = fsdp_utils.full_model_state_dict(self.module)
+            optim_sd = fsdp_utils.full_optimizer_state_dict(self.module, self.optimizer)
+        empty_device_cache()  # the gathers' buffers
         if self.rank == 0:
-            path = Path(directory)
-            path.mkdir(parents=True, exist_ok=True)
             if self.trains_adapter_only:
                 model_sd = adapter_state_dict(model_sd)
                 save_peft_adapter(model_sd, self.config.model, path / "lora_adapter")
@@ -82,7 +101,7 @@ class _TrainStateMixin:
             torch.save(self.lr_scheduler.state_dict(), path / "lr_scheduler.pt")
         dist.barrier()
         # Each rank samples its own rollouts: its RNG must resume too, or a resumed sampled step differs.
-        torch.save(_rng_state(), Path(directory) / f"rng_rank{self.rank}.pt")
+        torch.save(_rng_state(), path / f"rng_rank{self.rank}.pt")
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, directory: str) -> None:
@@ -93,8 +112,11 @@ class _TrainStateMixin:
             sched = [torch.load(path / "lr_scheduler.pt", weights_only=False)]
         else:  # filled by broadcast from rank 0, so other nodes need not see rank 0's disk
             model_sd, optim_sd, sched = {}, {}, [None]
-        fsdp_utils.load_full_state_dicts(self.module, self.optimizer, model_sd, optim_sd,
-                                         strict=not self.trains_adapter_only)
+        with self._optimizer_state_on_device():
+            fsdp_utils.load_full_state_dicts(self.module, self.optimizer, model_sd, optim_sd,
+                                             strict=not self.trains_adapter_only)
+        del model_sd, optim_sd
+        empty_device_cache()  # the broadcasts' buffers
         dist.broadcast_object_list(sched, src=0)
         self.lr_scheduler.load_state_dict(sched[0])
         rng = path / f"rng_rank{self.rank}.pt"
@@ -122,7 +144,7 @@ def _set_rng_state(state: dict) -> None:
 class ActorRolloutRefWorker(_TrainStateMixin, Worker):
     def __init__(self, config: DictConfig, role: str):
         """`config`: the `actor_rollout_ref` subtree."""
-        super().__init__()
+        super().__init__(process_group_timeout_s=config.nccl_timeout)
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; known: {ROLES}")
         self.config, self.role = config, role
@@ -147,6 +169,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             self.module = fsdp_utils.apply_fsdp2(model, self.config.actor.fsdp_config, self.use_gpu)
         if self._is_actor:
             self.optimizer = _make_optimizer(self.module, self.config.actor.optim)
+            self.offloads_optimizer = fsdp_utils.moves_optimizer_state(self.config.actor.fsdp_config, self.use_gpu)
             self.lr_scheduler = fsdp_utils.build_lr_scheduler(self.optimizer, self.config.actor.optim)
             self.actor = DataParallelPPOActor(self.config.actor, self.module, self.optimizer, self.mini_batch_rows)
         if self._is_rollout:
@@ -228,7 +251,9 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
         self._rollout_finished()
-        metrics = self.actor.update_policy(self._with_temperature(data))
+        with self._optimizer_state_on_device():
+            metrics = self.actor.update_policy(self._with_temperature(data))
+        empty_device_cache()  # activations and gradients are gone; the next phase may generate
         self._weights_changed()
         metrics["actor/lr"] = self.lr_scheduler.get_last_lr()[0]
         metrics.update(all_reduce_max({"perf/actor_peak_rss_gb": peak_rss_bytes() / 2**30}))
@@ -260,7 +285,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
 class CriticWorker(_TrainStateMixin, Worker):
     def __init__(self, config: DictConfig):
         """`config`: the `critic` subtree; `critic.rollout_n` (veRL's key) scales the mini-batch."""
-        super().__init__()
+        super().__init__(process_group_timeout_s=config.nccl_timeout)
         self.config = config
         self.use_gpu = device().type == "cuda"
         self.mini_batch_rows = _rows_per_rank(config.ppo_mini_batch_size, config.rollout_n,
@@ -273,6 +298,7 @@ class CriticWorker(_TrainStateMixin, Worker):
         model = load_value_model(self.config.model)
         self.module = fsdp_utils.apply_fsdp2(model, self.config.model.fsdp_config, self.use_gpu)
         self.optimizer = _make_optimizer(self.module, self.config.optim)
+        self.offloads_optimizer = fsdp_utils.moves_optimizer_state(self.config.model.fsdp_config, self.use_gpu)
         self.lr_scheduler = fsdp_utils.build_lr_scheduler(self.optimizer, self.config.optim)
         self.critic = DataParallelPPOCritic(self.config, self.module, self.optimizer, self.mini_batch_rows)
 
@@ -283,7 +309,9 @@ class CriticWorker(_TrainStateMixin, Worker):
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_critic(self, data: DataProto) -> DataProto:
-        metrics = self.critic.update_critic(data.to(device()))
+        with self._optimizer_state_on_device():
+            metrics = self.critic.update_critic(data.to(device()))
+        empty_device_cache()
         metrics["critic/lr"] = self.lr_scheduler.get_last_lr()[0]
         metrics.update(all_reduce_max({"perf/critic_peak_rss_gb": peak_rss_bytes() / 2**30}))
         self.lr_scheduler.step()

@@ -14,6 +14,7 @@ from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
 from verl.single_controller.base.decorator import dispatch_args
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.single_controller.ray.base import worker_env
 from verl.utils.distributed import device
 
 # Ray would import this test module by name in the workers, where tests/ is not on the path.
@@ -89,6 +90,18 @@ def test_dispatch_args_broadcasts_non_dataproto():
     assert [(a[1], k) for a, k in per_rank] == [(7, {"k": "v"}), (7, {"k": "v"})]
 
 
+@pytest.mark.parametrize("use_gpu", [True, False])
+def test_a_gpu_worker_is_local_rank_0_of_the_one_gpu_it_sees(use_gpu):
+    """2 nodes x 2 workers. Ray shows each GPU actor only its own GPU, so LOCAL_RANK (the device
+    index vLLM's GPU worker selects) is 0 on every one; CPU workers keep their slot on the node."""
+    slots = [0, 1, 0, 1]  # ranks 0, 1 on the first node, 2, 3 on the second
+    envs = [worker_env(rank, 4, slot, 2, "10.0.0.1", 1234, use_gpu) for rank, slot in enumerate(slots)]
+    assert [env["LOCAL_RANK"] for env in envs] == (["0", "0", "0", "0"] if use_gpu else ["0", "1", "0", "1"])
+    assert [env["RANK"] for env in envs] == ["0", "1", "2", "3"]
+    assert {(env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"], env["MASTER_ADDR"], env["MASTER_PORT"], env["VERL_DEVICE"])
+            for env in envs} == {("4", "2", "10.0.0.1", "1234", "cuda" if use_gpu else "cpu")}
+
+
 def test_released_pool_frees_its_slots(ray_local):
     """Dropping a worker group frees its pool's slots at once (several trainers in one session).
 
@@ -116,7 +129,7 @@ def test_released_pool_frees_its_slots(ray_local):
 @pytest.mark.cuda
 def test_a_gpu_pool_gives_its_rank_the_gpu_and_nccl(ray_gpu):
     gpu_group = RayWorkerGroup(RayResourcePool([1], use_gpu=True), RayClassWithInitArgs(EchoWorker, scale=1))
-    assert gpu_group.whoami("g") == [("g", 0, 1, "nccl", "cuda:0")]
+    assert gpu_group.whoami("g") == [("g", 0, 1, "cpu:gloo,cuda:nccl", "cuda:0")]
 
 
 @pytest.mark.cuda
@@ -124,4 +137,6 @@ def test_two_gpu_ranks_get_a_gpu_each(ray_gpu):
     if torch.cuda.device_count() < 2:
         pytest.skip(f"needs 2 GPUs (two NCCL ranks cannot share one GPU); {torch.cuda.device_count()} visible")
     gpu_group = RayWorkerGroup(RayResourcePool([2], use_gpu=True), RayClassWithInitArgs(EchoWorker, scale=1))
-    assert [r[3:] for r in gpu_group.whoami("g")] == [("nccl", "cuda:0"), ("nccl", "cuda:0")]  # each sees only its own
+    # each sees only its own GPU, as its device 0
+    assert [r[3:] for r in gpu_group.whoami("g")] == [("cpu:gloo,cuda:nccl", "cuda:0")] * 2
+    assert [local for local, _ in gpu_group.placement()] == [0, 0]

@@ -1,10 +1,14 @@
-"""The worker's device comes from its configuration, never from the hardware it happens to see."""
+"""The worker's device comes from its configuration, never from the hardware it happens to see;
+the process group's backend and timeout follow the configuration too."""
 from __future__ import annotations
 
+from datetime import timedelta
+
+import pytest
 import torch
 
 from verl.utils import distributed
-from verl.utils.distributed import DEVICE_ENV, device
+from verl.utils.distributed import DEVICE_ENV, device, empty_device_cache, process_group_backend
 
 
 def test_a_cpu_configured_worker_stays_on_cpu_where_cuda_is_visible(monkeypatch):
@@ -17,16 +21,56 @@ def test_a_cpu_configured_worker_stays_on_cpu_where_cuda_is_visible(monkeypatch)
     assert device() == torch.device("cuda", 0)
 
 
-def test_backend_follows_the_configured_device(monkeypatch):
+def test_a_gpu_group_reduces_cpu_tensors_over_gloo_and_cuda_ones_over_nccl():
+    assert process_group_backend("cpu") == "gloo"
+    # mixed on GPU whatever the offload settings: offloaded shards reduce their gradients' norm on the CPU
+    assert process_group_backend("cuda") == "cpu:gloo,cuda:nccl"
+
+
+@pytest.fixture
+def init_calls(monkeypatch):
+    """What init_process_group_from_env hands torch (and which GPU it selects), without joining a group."""
     calls = []
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: calls.append(backend))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: calls.append(kw))
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(f"set_device({index})"))
-    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    return calls
+
+
+def test_backend_and_timeout_follow_the_configuration(monkeypatch, init_calls):
     monkeypatch.setenv(DEVICE_ENV, "cpu")
-    distributed.init_process_group_from_env()
+    distributed.init_process_group_from_env(timeout_s=3600)
     monkeypatch.setenv(DEVICE_ENV, "cuda")
     distributed.init_process_group_from_env()
-    assert calls == ["gloo", "set_device(0)", "nccl"]
+    assert init_calls == [
+        {"backend": "gloo", "rank": 1, "world_size": 2, "timeout": timedelta(seconds=3600)},
+        "set_device(0)",
+        {"backend": "cpu:gloo,cuda:nccl", "rank": 1, "world_size": 2, "timeout": None},  # torch's default
+    ]
+
+
+def test_the_workers_pass_their_configured_timeout(monkeypatch, init_calls, tiny_model_dir):
+    from verl.trainer.config import schema_node
+    from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
+
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # a worker group sets it: the worker joins a group
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave this process's threads alone
+    actor = schema_node("actor_rollout_ref", {"model": {"path": str(tiny_model_dir)}, "nccl_timeout": 7200,
+                                              "actor": {"ppo_mini_batch_size": 2}})
+    ActorRolloutRefWorker(actor, role="actor_rollout_ref")
+    critic = schema_node("critic", {"model": {"path": str(tiny_model_dir)}, "ppo_mini_batch_size": 2})
+    CriticWorker(critic)
+    assert [call["timeout"] for call in init_calls] == [timedelta(seconds=7200), timedelta(seconds=3600)]
+
+
+def test_the_cache_is_emptied_on_cuda_workers_only(monkeypatch):
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(device()))
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    empty_device_cache()
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    empty_device_cache()
+    assert emptied == [torch.device("cuda", 0)]

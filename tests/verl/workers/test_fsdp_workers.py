@@ -4,19 +4,32 @@ The single-process references run the same algorithm classes on a plain HF model
 """
 from __future__ import annotations
 
+import math
+import sys
+from pathlib import Path
+
 import pytest
+import ray
 import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl.protocol import DataProto
+from verl.single_controller.base import Dispatch, Worker, register
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 from verl.trainer.config import schema_node
+from verl.utils import fsdp_utils
+from verl.workers import fsdp_workers
 from verl.workers.actor.dp_actor import DataParallelPPOActor, policy_loss_mask
-from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
+from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker, _TrainStateMixin
 from verl.workers.rollout.base import assemble_output, build_prompt_batch
 from verl.workers.rollout.hf_rollout import HFRollout
 
 ROWS, RESPONSE = 8, 6
+
+# Ray would import this test module by name in the workers, where tests/ is not on the path.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def actor_config(model_dir, **actor_overrides):
@@ -337,6 +350,94 @@ def test_trimmed_micro_batches_match_the_full_padded_batch(local, tiny_model_dir
                                DataParallelPPOCritic(whole, module).compute_values(data), atol=1e-5, rtol=1e-5)
 
 
+class OwnDiskWorker(_TrainStateMixin, Worker):
+    """The workers' checkpoint methods on a small sharded model, each rank on a machine of its own:
+    a checkpoint directory is taken under the rank's own root, which does not exist beforehand, as
+    the same path on two machines without a shared file system."""
+
+    def __init__(self, roots: list[str]):
+        super().__init__()
+        self.root = Path(roots[self.rank])
+        torch.manual_seed(0)  # the same initial weights on both ranks
+        self.module = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        mesh = init_device_mesh("cpu", (self.world_size,))
+        for layer in self.module[0], self.module[2]:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(self.module, mesh=mesh)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=1e-2)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0 / (1 + step))
+        torch.manual_seed(100 + self.rank)  # each rank its own random stream, as when sampling rollouts
+        self.released = 0
+        fsdp_workers.empty_device_cache = self._count_release  # this worker process's module only
+
+    def _count_release(self) -> None:
+        self.released += 1
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, directory: str) -> None:
+        super().save_checkpoint(str(self.root / directory))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, directory: str) -> None:
+        super().load_checkpoint(str(self.root / directory))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def train_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.module(torch.linspace(-1.0, 1.0, 24).reshape(6, 4)) ** 2).sum().backward()
+        self.optimizer.step()
+        self.lr_scheduler.step()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def draw(self) -> list[float]:
+        return torch.rand(3).tolist()
+
+    @register(dispatch_mode=Dispatch.RANK_ZERO)
+    def full_params(self) -> dict:
+        return fsdp_utils.full_model_state_dict(self.module)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def release_count(self) -> int:
+        return self.released
+
+
+def test_checkpoint_on_machines_without_a_shared_disk(ray_local, tmp_path):
+    roots = [tmp_path / "node0", tmp_path / "node1"]
+    wg = RayWorkerGroup(RayResourcePool([2], use_gpu=False),
+                        RayClassWithInitArgs(OwnDiskWorker, roots=[str(root) for root in roots]))
+    wg.train_step()
+    wg.save_checkpoint("global_step_1/actor")
+    # rank 0 writes the gathered state on its disk; rank 1 only its RNG state, on its own disk
+    files = [sorted(p.name for p in (root / "global_step_1/actor").iterdir()) for root in roots]
+    assert files == [["lr_scheduler.pt", "model.pt", "optimizer.pt", "rng_rank0.pt"], ["rng_rank1.pt"]]
+    saved = wg.full_params()
+    draws = wg.draw()
+    assert draws[0] != draws[1]
+    wg.train_step()
+    trained = wg.full_params()
+
+    wg.load_checkpoint("global_step_1/actor")
+    restored = wg.full_params()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)
+    assert wg.draw() == draws  # each rank's random stream, from its own disk
+    wg.train_step()  # equal only if Adam's moments and the lr schedule came back too
+    again = wg.full_params()
+    assert all(torch.equal(trained[k], again[k]) for k in trained)
+    assert wg.release_count() == [2, 2]  # after the save's gathers and after the load's broadcasts
+
+
+@pytest.mark.parametrize("offloads", [False, True])
+def test_an_offloaded_optimizer_comes_to_the_device_for_its_work_only(monkeypatch, offloads):
+    moves = []
+    monkeypatch.setattr(fsdp_utils, "move_optimizer_state", lambda optimizer, target: moves.append(str(target)))
+    monkeypatch.setattr(fsdp_workers, "device", lambda: torch.device("cuda", 0))
+    worker = _TrainStateMixin()
+    worker.optimizer, worker.offloads_optimizer = "the optimizer", offloads
+    with worker._optimizer_state_on_device():
+        moves.append("update")
+    assert moves == (["cuda:0", "update", "cpu"] if offloads else ["update"])
+
+
 @pytest.mark.cuda
 def test_one_gpu_rank_computes_in_bf16_and_learns(ray_gpu, tiny_model_dir):
     """The GPU path on one NCCL rank: FSDP2 with bf16 compute over fp32 master weights, HF rollout on CUDA."""
@@ -375,3 +476,40 @@ def test_one_gpu_rank_computes_in_bf16_and_learns(ray_gpu, tiny_model_dir):
     assert metrics["actor/grad_norm"][0] > 0
     after = actor_wg.compute_log_prob(data).batch["old_log_probs"]
     assert (after - before).mean() > 0.02  # one Adam step at lr 1e-3 raised the advantaged token
+
+
+class InspectableActor(ActorRolloutRefWorker):
+    @register(dispatch_mode=Dispatch.RANK_ZERO)
+    def where(self) -> dict[str, set[str]]:
+        """The devices of the local shards of the actor's parameters and of Adam's moments."""
+        moments = [v for state in self.optimizer.state.values() for k, v in state.items() if k != "step"]
+        return {"params": {str(p.to_local().device) for p in self.module.parameters()},
+                "moments": {str(m.to_local().device) for m in moments}}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("offload, params_on, moments_on", [
+    ("param_offload", "cpu", "cpu"),  # FSDP2's CPUOffloadPolicy: shards, gradients and the step on the CPU
+    ("optimizer_offload", "cuda:0", "cpu"),  # only Adam's moments wait in CPU memory between updates
+])
+def test_one_gpu_rank_trains_and_resumes_with_offload(ray_gpu, tiny_model_dir, tmp_path, offload, params_on, moments_on):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = actor_config(tiny_model_dir, grad_clip=1e-3, fsdp_config={offload: True})  # clipping bites
+    actor_wg = RayWorkerGroup(RayResourcePool([1], use_gpu=True),
+                              RayClassWithInitArgs(InspectableActor, config=config, role="actor"))
+    actor_wg.init_model()
+    data = make_batch(len(tok), tok.pad_token_id, seed=6)
+    data.batch["old_log_probs"] = actor_wg.compute_log_prob(data).batch["old_log_probs"]
+    data.batch["advantages"] = torch.ones(ROWS, RESPONSE)
+    first = actor_wg.update_actor(data).meta_info["metrics"]
+    assert math.isfinite(first["actor/grad_norm"][0]) and first["actor/grad_norm"][0] > 1e-3
+    assert actor_wg.where() == {"params": {params_on}, "moments": {moments_on}}
+
+    actor_wg.save_checkpoint(str(tmp_path / "ckpt"))
+    assert actor_wg.where() == {"params": {params_on}, "moments": {moments_on}}
+    actor_wg.update_actor(data)
+    trained = actor_wg.full_state_dict()
+    actor_wg.load_checkpoint(str(tmp_path / "ckpt"))
+    actor_wg.update_actor(data)
+    again = actor_wg.full_state_dict()
+    assert all(torch.equal(trained[k], again[k]) for k in trained)

@@ -62,6 +62,25 @@ class RayClassWithInitArgs:
         self.args, self.kwargs = args, kwargs
 
 
+def worker_env(rank: int, world_size: int, node_index: int, node_size: int, master_addr: str, master_port: int,
+               use_gpu: bool) -> dict[str, str]:
+    """The environment of the worker of global `rank`, slot `node_index` of the `node_size` on its node.
+
+    LOCAL_RANK is the index of the worker's device among those the process sees. Ray shows a GPU
+    actor exactly its own GPU, so there it is 0 whatever the slot (vLLM's GPU worker selects
+    `cuda:LOCAL_RANK` and refuses an index beyond the visible devices); a CPU worker keeps the slot
+    index, torchrun's meaning, which selects nothing."""
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_RANK": "0" if use_gpu else str(node_index),
+        "LOCAL_WORLD_SIZE": str(node_size),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        DEVICE_ENV: "cuda" if use_gpu else "cpu",
+    }
+
+
 @ray.remote(num_cpus=0.01)
 def _rendezvous_address() -> tuple[str, int]:
     return node_ip(), free_port()
@@ -83,15 +102,8 @@ class RayWorkerGroup:
         self.workers = []
         for pg, n_local in zip(pgs, resource_pool.process_on_nodes):
             for local_rank in range(n_local):
-                env = {
-                    "RANK": str(len(self.workers)),
-                    "WORLD_SIZE": str(self.world_size),
-                    "LOCAL_RANK": str(local_rank),
-                    "LOCAL_WORLD_SIZE": str(n_local),
-                    "MASTER_ADDR": master_addr,
-                    "MASTER_PORT": str(master_port),
-                    DEVICE_ENV: "cuda" if resource_pool.use_gpu else "cpu",
-                }
+                env = worker_env(len(self.workers), self.world_size, local_rank, n_local, master_addr, master_port,
+                                 resource_pool.use_gpu)
                 actor = ray_cls_with_init.remote_cls.options(
                     scheduling_strategy=self._in_bundle(pg, local_rank),
                     num_cpus=share,
