@@ -88,7 +88,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, n
 def make_tiny_encoder(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a random sentence-transformers encoder (2-layer BERT, hidden 32, mean pooling) with a
     WordPiece tokenizer learned from the tests' text to `out_dir`; return the path. For tests where
-    the pip-shipped MiniLM is not installed (the lent GPU machine)."""
+    the pip-shipped MiniLM is not installed."""
     import torch
     from sentence_transformers import SentenceTransformer, models
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers

@@ -18,7 +18,7 @@ def evidence_by_round(retrieved: Sequence[Sequence[str]], supporting_ids: Sequen
 
 
 def evidence_metrics(rows: Sequence[dict]) -> dict[str, float | list[float]]:
-    """Evidence recall over the rows that carry `supporting_ids` (issue 9); `{}` when none do.
+    """Evidence recall over the rows that carry `supporting_ids`; `{}` when none do.
 
     - `evidence_recall`: mean share of a question's supporting ids found anywhere in what it retrieved;
     - `evidence_all`: share of questions with all of them found;
