@@ -7,8 +7,11 @@ excluded without reshaping ragged rows.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "masked_sum",
@@ -17,6 +20,7 @@ __all__ = [
     "masked_whiten",
     "logprobs_from_logits",
     "entropy_from_logits",
+    "token_scores_in_chunks",
     "clip_by_value",
     "pad_sequence_to_length",
     "pad_2d_list_to_length",
@@ -87,6 +91,46 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """
     probs = F.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+
+
+def token_scores_in_chunks(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    temperature: float,
+    chunk_tokens: int,
+    with_entropy: bool,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log p(label), entropy or None) under softmax(head(hidden) / temperature), one per row.
+
+    hidden: [N, H]; labels: [N] ids; head: [n, H] -> [n, V] logits (an LM head) -> ([N], [N]), fp32.
+    The head runs on `chunk_tokens` rows at a time, so at most one chunk's [chunk, V] logits (and
+    their softmax) are alive: the [N, V] fp32 logits of 16 x 3k tokens at a 150k vocabulary would
+    be 29 GB. Under autograd each chunk is checkpointed: backward recomputes its logits instead of
+    keeping them, so backward is O(chunk x V) too. Every row's result is that of the whole [N, V]
+    computation. The entropy carries gradient only when `entropy_grad`.
+    """
+    if hidden.shape[0] != labels.shape[0]:
+        raise ValueError(f"{hidden.shape[0]} hidden states for {labels.shape[0]} labels")
+
+    def score(rows: torch.Tensor, rows_labels: torch.Tensor):
+        logits = head(rows).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        log_probs = logprobs_from_logits(logits, rows_labels)
+        if not with_entropy:
+            return log_probs, None
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            return log_probs, entropy_from_logits(logits)
+
+    chunks = zip(hidden.split(chunk_tokens), labels.split(chunk_tokens))
+    if torch.is_grad_enabled():
+        scores = [checkpoint(score, rows, rows_labels, use_reentrant=False) for rows, rows_labels in chunks]
+    else:
+        scores = [score(rows, rows_labels) for rows, rows_labels in chunks]
+    log_probs = torch.cat([log_prob for log_prob, _ in scores])
+    return log_probs, torch.cat([entropy for _, entropy in scores]) if with_entropy else None
 
 
 def clip_by_value(x: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:

@@ -171,16 +171,18 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             self.optimizer = _make_optimizer(self.module, self.config.actor.optim)
             self.offloads_optimizer = fsdp_utils.moves_optimizer_state(self.config.actor.fsdp_config, self.use_gpu)
             self.lr_scheduler = fsdp_utils.build_lr_scheduler(self.optimizer, self.config.actor.optim)
-            self.actor = DataParallelPPOActor(self.config.actor, self.module, self.optimizer, self.mini_batch_rows)
+            self.actor = DataParallelPPOActor(self.config.actor, self.module, self.optimizer, self.mini_batch_rows,
+                                              use_remove_padding=model_cfg.use_remove_padding)
         if self._is_rollout:
             self.rollout, self.sharding_manager = self._build_rollout()
         # the reference scores the same tokens as the actor (state masking decides which)
-        state_masking = self.config.actor.state_masking
+        ref_kwargs = {"state_masking": self.config.actor.state_masking,
+                      "use_remove_padding": model_cfg.use_remove_padding}
         if self._is_ref and self._is_actor and self.trains_adapter_only:  # the actor with adapters off
-            self.ref = DataParallelPPOActor(self.config.ref, self.module, state_masking=state_masking)
+            self.ref = DataParallelPPOActor(self.config.ref, self.module, **ref_kwargs)
         elif self._is_ref:
             ref_module = fsdp_utils.apply_fsdp2(load_causal_lm(model_cfg), self.config.ref.fsdp_config, self.use_gpu)
-            self.ref = DataParallelPPOActor(self.config.ref, ref_module, state_masking=state_masking)
+            self.ref = DataParallelPPOActor(self.config.ref, ref_module, **ref_kwargs)
 
     def _build_rollout(self):
         name = self.config.rollout.name

@@ -61,7 +61,6 @@ def test_command_line_fails_at_start_naming_the_key():
 
 @pytest.mark.parametrize("override", [
     "actor_rollout_ref.hybrid_engine=false", "actor_rollout_ref.actor.strategy=megatron", "critic.strategy=megatron",
-    "actor_rollout_ref.model.use_remove_padding=true", "critic.model.use_remove_padding=true",
     "critic.model.tokenizer_path=other", "actor_rollout_ref.rollout.free_cache_engine=false",
     "actor_rollout_ref.actor.optim.total_training_steps=100", "critic.optim.total_training_steps=100",
     "actor_rollout_ref.actor.fsdp_config.fsdp_size=1", "actor_rollout_ref.ref.fsdp_config.fsdp_size=1",
@@ -74,10 +73,13 @@ def test_a_key_set_to_what_nothing_implements_fails_naming_it(override):
 
 
 def test_keys_at_what_is_implemented_pass():
-    compose_config(REQUIRED + ["actor_rollout_ref.actor.strategy=fsdp2", "critic.strategy=fsdp",
-                               "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.fsdp_config.fsdp_size=2",
-                               "actor_rollout_ref.rollout.name=vllm",
-                               "actor_rollout_ref.rollout.tensor_model_parallel_size=2"])
+    config = compose_config(REQUIRED + ["actor_rollout_ref.actor.strategy=fsdp2", "critic.strategy=fsdp",
+                                        "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.fsdp_config.fsdp_size=2",
+                                        "actor_rollout_ref.rollout.name=vllm",
+                                        "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
+                                        "actor_rollout_ref.model.use_remove_padding=true",
+                                        "critic.model.use_remove_padding=true"])
+    assert config.actor_rollout_ref.model.use_remove_padding is True and config.critic.model.use_remove_padding is True
 
 
 def test_data_max_obs_length_is_gone():

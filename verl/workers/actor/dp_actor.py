@@ -6,27 +6,81 @@ responses right padded); the logits that predict response token t sit at positio
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable
+
 import torch
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import agg_loss, batch_state_mask, compute_policy_loss, kl_penalty
+from verl.utils.packing import check_packable, model_layout
 from verl.utils.seqlen_balancing import map_micro_batches
-from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits, trim_padding_columns
+from verl.utils.torch_functional import token_scores_in_chunks
 from verl.workers.update_loop import run_updates
 
+# Response tokens whose [tokens, vocab] fp32 logits are alive at once, in forward and in backward:
+# 2048 at a 150k vocabulary are 1.2 GB a buffer, where a micro-batch of 16 x 3k tokens at once was 29 GB.
+LOG_PROB_CHUNK_TOKENS = 2048
 
-def response_logits(module: torch.nn.Module, batch: dict, scored_BR: torch.Tensor, temperature: float) -> torch.Tensor:
-    """[N, V] fp32 logits that predicted the N response tokens where `scored_BR` is true (row-major),
-    divided by the sampling temperature. The [*, V] LM head runs on those positions only: not on the
-    prompt, and not on retrieved blocks, which are most of an agent's response and carry no loss."""
-    width = batch["responses"].shape[1]
-    inputs, kept = trim_padding_columns(batch, width)
-    columns = inputs["input_ids"].shape[1]
-    predicts_BT = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool, device=scored_BR.device)
-    predicts_BT[:, columns - kept - 1:columns - 1] = scored_BR[:, :kept]  # token t is predicted at t - 1
-    logits = module(**inputs, use_cache=False, logits_to_keep=predicts_BT).logits.float()
-    return logits / temperature if temperature != 1.0 else logits
+# HF config keys of models that transform their logits after the LM head (Gemma's soft-capping,
+# Granite's and Cohere's scaling); log-probs are computed from the head's output, so they are refused.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logits_soft_cap", "logits_scaling", "logit_scale")
+
+
+def check_plain_head(model_config) -> None:
+    """Raise, naming the key, when the model transforms its logits after its output embedding."""
+    transforms = [f"{key}={getattr(model_config, key)}" for key in LOGIT_TRANSFORMS
+                  if getattr(model_config, key, None) is not None]
+    if transforms:
+        raise ValueError(f"a model whose logits are transformed after the LM head ({', '.join(transforms)}) is "
+                         "not supported: log-probs are computed from the head's output")
+
+
+@contextmanager
+def head_scores(head: torch.nn.Module, positions: torch.Tensor, score: Callable[[torch.Tensor], tuple]):
+    """While open, the model's call of its output embedding `head` on hidden states [b, t, H] appends
+    `score(hidden[positions])` ([N, H] for a [b, t] bool `positions`) to the yielded list, and the
+    head itself runs on no position. So the scores come from exactly the hidden states the model
+    feeds its head, inside the model's forward (where FSDP has gathered the head's weights), and
+    the model never builds [b, t, V] logits."""
+    scores = []
+
+    def score_instead(module, args):
+        hidden = args[0]
+        scores.append(score(hidden[positions]))
+        return (hidden[..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(score_instead)
+    try:
+        yield scores
+    finally:
+        handle.remove()
+
+
+def response_scores(module: torch.nn.Module, batch: dict, scored_BR: torch.Tensor, temperature: float,
+                    with_entropy: bool, entropy_grad: bool = False, packed: bool = False):
+    """(log-probs [N], entropies [N] or None) of the N response tokens where `scored_BR` is true (row-major),
+    under the model's logits divided by the sampling temperature.
+
+    The LM head runs on the positions that predict those tokens only (not on the prompt, and not on
+    retrieved blocks, which are most of an agent's response and carry no loss), LOG_PROB_CHUNK_TOKENS
+    of them at a time (torch_functional.token_scores_in_chunks). `packed`: the micro-batch runs as one
+    row of its real tokens (packing.PackedLayout). The entropy carries gradient only when `entropy_grad`.
+    """
+    layout = model_layout(batch, batch["responses"].shape[1], packed)
+    labels = batch["responses"][scored_BR]
+    head = module.get_output_embeddings()
+
+    def score(hidden: torch.Tensor):
+        # head.forward: the head's own computation, without calling this hook again
+        return token_scores_in_chunks(hidden, labels, head.forward, temperature, LOG_PROB_CHUNK_TOKENS,
+                                      with_entropy, entropy_grad)
+
+    with head_scores(head, layout.scoring_positions(scored_BR), score) as scores:
+        module(**layout.inputs, use_cache=False)
+    (log_probs_and_entropy,) = scores
+    return log_probs_and_entropy
 
 
 def policy_loss_mask(data: DataProto, state_masking: bool) -> torch.Tensor:
@@ -36,29 +90,32 @@ def policy_loss_mask(data: DataProto, state_masking: bool) -> torch.Tensor:
 
 class DataParallelPPOActor:
     def __init__(self, config: DictConfig, module: torch.nn.Module, optimizer=None, mini_batch_size: int = 0,
-                 state_masking: bool | None = None):
+                 state_masking: bool | None = None, use_remove_padding: bool = False):
         """`config`: the `actor` (or `ref`) subtree; `mini_batch_size`: rows per rank per optimizer step;
         `state_masking`: the actor's setting (default: config.state_masking), which also decides where
-        log-probs are computed (a reference model must score the same tokens as the actor)."""
+        log-probs are computed (a reference model must score the same tokens as the actor);
+        `use_remove_padding`: actor_rollout_ref.model's, each micro-batch runs as one packed row."""
+        check_plain_head(module.config)
+        if use_remove_padding:
+            check_packable(module, "actor_rollout_ref.model.use_remove_padding")
         self.config = config
         self.module = module
         self.optimizer = optimizer
         self.mini_batch_size = mini_batch_size
         self.state_masking = bool(config.state_masking if state_masking is None else state_masking)
+        self.use_remove_padding = use_remove_padding
 
     def _log_probs(self, micro: DataProto, temperature: float, with_entropy: bool, entropy_grad: bool = False):
         """(log-probs, entropies or None), [B, R]: computed where the policy loss counts tokens, 0 elsewhere
         (padding, and retrieved blocks under state masking) whatever the micro-batch."""
-        batch = micro.batch
         scored = policy_loss_mask(micro, self.state_masking).bool()
-        logits = response_logits(self.module, batch, scored, temperature)
-        log_probs = torch.zeros(scored.shape, dtype=logits.dtype, device=logits.device)
-        log_probs = log_probs.masked_scatter(scored, logprobs_from_logits(logits, batch["responses"][scored]))
-        if not with_entropy:
-            return log_probs, None
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = torch.zeros_like(log_probs).masked_scatter(scored, entropy_from_logits(logits))
-        return log_probs, entropy
+        log_probs, entropy = response_scores(self.module, micro.batch, scored, temperature, with_entropy,
+                                             entropy_grad, self.use_remove_padding)
+
+        def in_rows(values: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(scored.shape, dtype=values.dtype, device=values.device).masked_scatter(scored, values)
+
+        return in_rows(log_probs), in_rows(entropy) if with_entropy else None
 
     @torch.no_grad()
     def compute_log_prob(self, data: DataProto, micro_batch_size: int, max_token_len: int | None = None,

@@ -6,14 +6,17 @@ from omegaconf import DictConfig
 
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import batch_state_mask, compute_value_loss
+from verl.utils.packing import check_packable, model_layout
 from verl.utils.seqlen_balancing import map_micro_batches
-from verl.utils.torch_functional import pad_sequence_to_length, trim_padding_columns
 from verl.workers.update_loop import run_updates
 
 
 class DataParallelPPOCritic:
     def __init__(self, config: DictConfig, module: torch.nn.Module, optimizer=None, mini_batch_size: int = 0):
-        """`config`: the `critic` subtree; `module` returns [B, T] values (verl.utils.model.ValueModel)."""
+        """`config`: the `critic` subtree; `module` returns [B, T] values (verl.utils.model.ValueModel);
+        with config.model.use_remove_padding each micro-batch runs as one packed row."""
+        if config.model.use_remove_padding:
+            check_packable(module, "critic.model.use_remove_padding")
         self.config = config
         self.module = module
         self.optimizer = optimizer
@@ -26,10 +29,8 @@ class DataParallelPPOCritic:
     def _values(self, batch: dict) -> torch.Tensor:
         # V(s_t) for response token t is read where the model has seen the prefix before t,
         # the same positions whose logits predict t.
-        width = batch["responses"].shape[1]
-        inputs, kept = trim_padding_columns(batch, width)
-        values = self.module(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
-        return pad_sequence_to_length(values[:, -kept - 1:-1].float(), width, 0.0)
+        layout = model_layout(batch, batch["responses"].shape[1], self.config.model.use_remove_padding)
+        return layout.at_scoring_positions(self.module(**layout.inputs).float())
 
     @torch.no_grad()
     def compute_values(self, data: DataProto) -> torch.Tensor:
