@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+from omegaconf import OmegaConf
 
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager, Retriever, Trajectory, trajectory_metrics
@@ -27,6 +28,7 @@ from verl.trainer.ppo.rollout_loop import GenerateFn, RolloutLoop
 from verl.workers.rollout.base import assemble_output
 
 COUNT_KEYS = ("turns", "search_calls", "valid_actions", "obs_truncated")
+MAX_ASSISTANT_TURNS = "actor_rollout_ref.rollout.multi_turn.max_assistant_turns"  # veRL's cap, read here
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,31 @@ class RetrieverSettings:
 
 
 def agent_config(config) -> AgentConfig:
-    """AgentConfig from `agent.*` and `data.*`; Search-R1's `retriever.topk` is accepted as the
-    topk when `agent.topk` is not given (both given and different is an error)."""
+    """AgentConfig from `agent.*` and `data.*`. Two keys of other frameworks set an agent key that
+    `agent.*` leaves out (both given and different is an error): Search-R1's `retriever.topk` (agent.topk)
+    and veRL's `actor_rollout_ref.rollout.multi_turn.max_assistant_turns` (agent.max_turns + 1: the
+    agent's last turn answers without searching)."""
     agent = AgentConfig.from_config(config)
-    retriever_topk = (config.get("retriever") or {}).get("topk")
-    if retriever_topk is None:
-        return agent
-    if "topk" in (config.get("agent") or {}) and agent.topk != retriever_topk:
-        raise ValueError(f"config: agent.topk={agent.topk} and retriever.topk={retriever_topk} disagree; set one")
-    return replace(agent, topk=int(retriever_topk))
+    given = config.get("agent") or {}
+    for key, source, value in _borrowed_keys(config):
+        if value is None:
+            continue
+        if key in given and getattr(agent, key) != value:
+            raise ValueError(f"config: agent.{key}={getattr(agent, key)} and {source} disagree; set one")
+        agent = replace(agent, **{key: value})
+    return agent
+
+
+def _borrowed_keys(config) -> list[tuple[str, str, int | None]]:
+    """(agent key, the other framework's key as set, the agent value it means or None when unset)."""
+    topk = (config.get("retriever") or {}).get("topk")
+    turns = OmegaConf.select(config, MAX_ASSISTANT_TURNS)
+    if turns is not None and turns < 2:
+        raise ValueError(f"config: {MAX_ASSISTANT_TURNS}={turns}: expected >= 2 (the search agent searches in "
+                         f"every turn but its last)")
+    return [("topk", f"retriever.topk={topk}", None if topk is None else int(topk)),
+            ("max_turns", f"{MAX_ASSISTANT_TURNS}={turns} (= agent.max_turns + 1)",
+             None if turns is None else int(turns) - 1)]
 
 
 class SearchAgentLoop(RolloutLoop):

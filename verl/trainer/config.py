@@ -4,25 +4,33 @@
 builds the config the way `python -m verl.trainer.main_ppo key=value ...` does; a misspelled key
 fails there ("Key 'trian_files' is not in struct"), and `check_config` names every mandatory key
 left unset (`???`), every inconsistent batch size and every veRL key set to a value this trainer does
-not implement ("... is not supported ...", FIXED_KEYS) before a worker starts. Code reads the typed
-attributes (`config.actor.ppo_epochs`), never `.get(key, default)`: the default lives here only.
+not implement ("... is not supported ...", FIXED_KEYS) before a worker starts. veRL's keys that have
+no place here are refused by name, with the reason and the key to use, before Hydra composes
+(verl/trainer/verl_keys.py). Code reads the typed attributes (`config.actor.ppo_epochs`), never
+`.get(key, default)`: the default lives here only.
 
 The `agent` and `retriever` nodes are free-form here: the rollout loop that reads them
 (`actor_rollout_ref.rollout.loop`) validates them with its own schema.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from verl.trainer import verl_keys
 from verl.trainer.ppo import core_algos
 from verl.utils.hydra_config import CONFIG_DIR, compose_checked
 from verl.utils.tracking import BACKENDS as LOGGER_BACKENDS
 
 CONFIG_NAME = "ppo_trainer"
 SCHEMA_NAME = "ppo_trainer_schema"
+
+# `${sum:a,b}`: a default that adds two others (rollout.max_model_len)
+if not OmegaConf.has_resolver("sum"):
+    OmegaConf.register_new_resolver("sum", lambda *values: sum(values))
 
 
 @dataclass
@@ -39,6 +47,9 @@ class DataConfig:
     seed: int = 1  # seed of the training-set order
     filter_overlong_prompts: bool = True  # drop rows whose prompt exceeds max_prompt_length
     truncation: str = "error"  # overlong prompts when not filtered: error | left | right
+    # Each row also carries its chat messages as the non-tensor column `raw_prompt` (veRL's name),
+    # for a rollout loop that renders them itself; the loops here read the token ids.
+    return_raw_chat: bool = False
 
 
 @dataclass
@@ -47,9 +58,7 @@ class ModelConfig:
     tokenizer_path: Optional[str] = None  # defaults to `path`
     trust_remote_code: bool = False
     enable_gradient_checkpointing: bool = False
-    # veRL's packed sequences: each micro-batch of actor and reference runs as one row of its real
-    # tokens, without padding or attention mask (verl/utils/packing.py); the same log-probs
-    use_remove_padding: bool = False
+    use_remove_padding: bool = False  # veRL's packed sequences: not supported (sequences keep their padding)
     override_config: dict[str, Any] = field(default_factory=dict)  # passed to the HF config
     lora_rank: int = 0  # actor only: LoRA adapters of this rank train instead of all weights; 0 = off
     lora_alpha: float = 16  # LoRA scaling is lora_alpha / lora_rank
@@ -61,7 +70,7 @@ class OptimConfig:
     lr: float = 1e-6
     lr_warmup_steps: int = -1  # > 0 wins over the ratio
     lr_warmup_steps_ratio: float = 0.0  # of total_training_steps
-    warmup_style: str = "constant"  # constant | cosine (after warm-up)
+    lr_scheduler_type: str = "constant"  # constant | cosine (after warm-up); veRL's warmup_style before 0.9
     min_lr_ratio: float = 0.0  # cosine floor, fraction of lr
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -113,8 +122,20 @@ class ValKwargs:
 
 
 @dataclass
+class MultiTurnConfig:
+    """veRL's multi-turn switch and turn cap. Whether a rollout has several turns is the rollout loop's
+    business (rollout.loop): these two are checked against it, and a multi-turn loop reads the cap."""
+
+    enable: Optional[bool] = None  # None: as the loop; true needs a multi-turn loop, false SingleTurnLoop
+    # Generations per trajectory, the last one's tool calls not run; None: the loop's own cap (the
+    # search agent's is agent.max_turns + 1, and it refuses a disagreeing pair).
+    max_assistant_turns: Optional[int] = None
+
+
+@dataclass
 class RolloutConfig:
     name: str = "hf"  # hf | vllm
+    mode: str = "sync"  # one generate call per turn for the whole batch (veRL's async servers: not yet)
     loop: str = "verl.trainer.ppo.rollout_loop:SingleTurnLoop"  # module:Class of the RolloutLoop
     n: int = 1  # samples per prompt (GRPO needs > 1)
     do_sample: bool = True
@@ -132,11 +153,15 @@ class RolloutConfig:
     enable_prefix_caching: bool = True
     prompt_length: int = "${data.max_prompt_length}"  # type: ignore[assignment]  # follows data.*
     response_length: int = "${data.max_response_length}"  # type: ignore[assignment]  # follows data.*
+    # vllm: the engine's context length. A turn's input is at most prompt_length tokens (an agent's
+    # rolling prompt is cut to it) and it writes at most response_length more.
+    max_model_len: int = "${sum:${.prompt_length},${.response_length}}"  # type: ignore[assignment]
     micro_batch_size: Optional[int] = None  # hf: rows generated at once per worker; None = all
     log_prob_micro_batch_size_per_gpu: int = 8  # rows per forward when recomputing log-probs
     log_prob_use_dynamic_bsz: bool = "${actor_rollout_ref.actor.use_dynamic_bsz}"  # type: ignore[assignment]
     log_prob_max_token_len_per_gpu: int = "${actor_rollout_ref.actor.ppo_max_token_len_per_gpu}"  # type: ignore[assignment]
     val_kwargs: ValKwargs = field(default_factory=ValKwargs)
+    multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
 
 
 @dataclass
@@ -166,7 +191,7 @@ class CriticModelConfig:
     tokenizer_path: Optional[str] = None  # not supported: the critic reads the actor's token ids
     trust_remote_code: bool = False
     enable_gradient_checkpointing: bool = False
-    use_remove_padding: bool = False  # packed micro-batches, as actor_rollout_ref.model.use_remove_padding
+    use_remove_padding: bool = False  # not supported, as actor_rollout_ref.model.use_remove_padding
     override_config: dict[str, Any] = field(default_factory=dict)
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
 
@@ -280,6 +305,12 @@ class RewardFunctionConfig:
 
 
 @dataclass
+class RayKwargsConfig:
+    ray_init: dict[str, Any] = field(default_factory=dict)  # kwargs of ray.init (a null value: Ray's default)
+    timeline_json_file: Optional[str] = None  # after the run, Ray's task timeline is written there (chrome://tracing)
+
+
+@dataclass
 class PPOConfig:
     data: DataConfig = field(default_factory=DataConfig)
     actor_rollout_ref: ActorRolloutRefConfig = field(default_factory=ActorRolloutRefConfig)
@@ -289,10 +320,10 @@ class PPOConfig:
     custom_reward_function: RewardFunctionConfig = field(default_factory=RewardFunctionConfig)
     agent: dict[str, Any] = field(default_factory=dict)  # free-form: the rollout loop validates it
     retriever: dict[str, Any] = field(default_factory=dict)  # free-form: the rollout loop validates it
-    ray_init: dict[str, Any] = field(default_factory=dict)  # extra kwargs of ray.init
+    ray_kwargs: RayKwargsConfig = field(default_factory=RayKwargsConfig)  # veRL's home; `ray_init.*` is an alias
 
 
-FREE_FORM_NODES = ("agent", "retriever", "ray_init")
+FREE_FORM_NODES = ("agent", "retriever", "ray_kwargs.ray_init")
 
 
 def register_schema() -> None:
@@ -301,13 +332,33 @@ def register_schema() -> None:
 
     schema = OmegaConf.structured(PPOConfig)
     for free_form in FREE_FORM_NODES:  # `agent.max_turns=N` works without Hydra's `+`
-        OmegaConf.set_struct(schema[free_form], False)
+        OmegaConf.set_struct(OmegaConf.select(schema, free_form), False)
     ConfigStore.instance().store(name=SCHEMA_NAME, node=schema)
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = CONFIG_NAME) -> DictConfig:
-    """The config `main_ppo` would run with these `key=value` overrides (checked)."""
-    return compose_checked(config_name, overrides, register_schema, check_config)
+    """The config `main_ppo` would run with these `key=value` overrides (checked). Every refused veRL
+    key and every problem of the check are named in one ValueError."""
+    return compose_checked(config_name, overrides, register_schema, check_config, screen_overrides,
+                           verl_keys.yaml_key_problem)
+
+
+def screen_overrides(overrides: list[str]) -> verl_keys.Screened:
+    """veRL's keys among command-line overrides: refused by name, or accepted (verl/trainer/verl_keys.py)."""
+    return verl_keys.screen_overrides(overrides, schema_has)
+
+
+def schema_has(key: str) -> bool:
+    """Whether the dotted `key` is one of the schema's (any key under a free-form node is)."""
+    node = PPOConfig()  # the dataclasses, not an OmegaConf node: this runs once per override
+    parts = key.split(".")
+    for end, part in enumerate(parts):
+        if ".".join(parts[:end]) in FREE_FORM_NODES:
+            return True
+        if not is_dataclass(node) or part not in {f.name for f in fields(node)}:
+            return False
+        node = getattr(node, part)
+    return True
 
 
 def schema_node(path: str, values: dict[str, Any] | None = None) -> DictConfig:
@@ -334,11 +385,17 @@ FIXED_KEYS: dict[str, tuple[tuple, str]] = {
     "actor_rollout_ref.hybrid_engine": ((True,), "the actor and the rollout always share the weights"),
     "actor_rollout_ref.actor.strategy": (("fsdp", "fsdp2"), "training always runs FSDP2"),
     "critic.strategy": (("fsdp", "fsdp2"), "training always runs FSDP2"),
+    "actor_rollout_ref.model.use_remove_padding": ((False,), "sequences keep their padding"),
+    "critic.model.use_remove_padding": ((False,), "sequences keep their padding"),
     "critic.model.tokenizer_path": ((None,), "the critic reads the actor's token ids"),
     "actor_rollout_ref.rollout.free_cache_engine": ((True,), "the vLLM engine always sleeps between rollouts"),
     "actor_rollout_ref.actor.optim.total_training_steps": ((-1,), "the trainer sets it; use trainer.total_training_steps"),
     "critic.optim.total_training_steps": ((-1,), "the trainer sets it; use trainer.total_training_steps"),
+    "actor_rollout_ref.rollout.mode": (("sync",), "not yet: async rollout servers; each turn is one generate "
+                                                  "call for the whole batch"),
 }
+ROLLOUT_ENGINES = ("hf", "vllm")
+SINGLE_TURN_LOOP = RolloutConfig.loop
 FSDP_NODES = ("actor_rollout_ref.actor.fsdp_config", "actor_rollout_ref.ref.fsdp_config", "critic.model.fsdp_config")
 
 
@@ -349,6 +406,9 @@ def check_config(config: DictConfig) -> None:
     if problems:
         raise ValueError("config: " + "; ".join(problems))
     config = OmegaConf.merge(OmegaConf.structured(PPOConfig), config)  # unknown keys and bad types raise here
+    problems = _unresolvable(config)  # veRL's `${oc.select:...,null}` into an int key, for one
+    if problems:
+        raise ValueError("config: " + "; ".join(problems))
     algo, arr, data = config.algorithm, config.actor_rollout_ref, config.data
     try:
         core_algos.get_adv_estimator_fn(algo.adv_estimator)
@@ -375,12 +435,35 @@ def check_config(config: DictConfig) -> None:
     loop = arr.rollout.loop
     if ":" not in loop:
         problems.append(f"actor_rollout_ref.rollout.loop={loop!r}: expected 'module:Class'")
+    if arr.rollout.name not in ROLLOUT_ENGINES:
+        problems.append(f"actor_rollout_ref.rollout.name={arr.rollout.name!r} is not supported: "
+                        f"{' | '.join(ROLLOUT_ENGINES)}")
+    problems += _multi_turn_problems(arr.rollout)
+    if algo.filter_groups.metric == "reward":
+        problems.append("algorithm.filter_groups.metric='reward' is veRL's name for the sequence score; "
+                        "set score")
     for backend in config.trainer.logger:
         if backend not in LOGGER_BACKENDS:
             problems.append(f"trainer.logger has {backend!r}: expected one of {', '.join(LOGGER_BACKENDS)}")
     problems += _unsupported(config)
     if problems:
         raise ValueError("config: " + "; ".join(problems))
+
+
+def _multi_turn_problems(rollout: DictConfig) -> list[str]:
+    """veRL's multi_turn keys against the rollout loop, which decides whether there are turns."""
+    single_turn, multi_turn = rollout.loop == SINGLE_TURN_LOOP, rollout.multi_turn
+    key = "actor_rollout_ref.rollout.multi_turn"
+    problems = []
+    if multi_turn.enable is True and single_turn:
+        problems.append(f"{key}.enable=true needs a multi-turn actor_rollout_ref.rollout.loop (SingleTurnLoop "
+                        f"generates once; the search agent: rag_r1.llm_agent.loop:SearchAgentLoop)")
+    if multi_turn.enable is False and not single_turn:
+        problems.append(f"{key}.enable=false disagrees with actor_rollout_ref.rollout.loop={rollout.loop!r}")
+    if multi_turn.max_assistant_turns is not None and single_turn:
+        problems.append(f"{key}.max_assistant_turns={multi_turn.max_assistant_turns} needs a multi-turn "
+                        f"actor_rollout_ref.rollout.loop (SingleTurnLoop generates once)")
+    return problems
 
 
 def guides_problems(config: DictConfig) -> list[str]:
@@ -427,6 +510,21 @@ def _unsupported(config: DictConfig) -> list[str]:
     if rollout.tensor_model_parallel_size > 1 and rollout.name != "vllm":
         problems.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size} "
                         f"is not supported with rollout.name={rollout.name} (vllm only)")
+    return problems
+
+
+def _unresolvable(node: DictConfig, prefix: str = "") -> list[str]:
+    """Problems of the values that do not resolve: an interpolation to a missing key, or to a value
+    its key's type refuses."""
+    problems = []
+    for key in node.keys():
+        try:
+            child = node[key]
+        except OmegaConfBaseException as error:
+            problems.append(f"{prefix}{key}: {str(error).splitlines()[0]}")
+            continue
+        if isinstance(child, DictConfig):
+            problems += _unresolvable(child, f"{prefix}{key}.")
     return problems
 
 

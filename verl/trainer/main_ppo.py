@@ -6,11 +6,14 @@
         custom_reward_function.path=rag_r1.reward:compute_score \
         algorithm.adv_estimator=grpo actor_rollout_ref.rollout.n=5 trainer.n_gpus_per_node=2
 
-Keys and defaults: verl/trainer/config.py. On several machines, start an ordinary Ray cluster
+Keys and defaults: verl/trainer/config.py; veRL's keys that have no place there are refused by
+name (verl/trainer/verl_keys.py). On several machines, start an ordinary Ray cluster
 (`ray start --head` on one, `ray start --address=HEAD:6379` on the others), then run this on the
-head with trainer.nnodes / trainer.n_gpus_per_node set.
+head with trainer.nnodes / trainer.n_gpus_per_node set (`ray_kwargs.ray_init.address=auto`).
 """
 from __future__ import annotations
+
+import sys
 
 import hydra
 import ray
@@ -18,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoTokenizer
 
 from verl.trainer.config import (CONFIG_DIR, CONFIG_NAME, check_config, need_critic, need_reference_policy,
-                                 register_schema)
+                                 register_schema, screen_overrides)
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, total_training_steps
 from verl.trainer.ppo.reward import RewardManager, load_reward_function
 from verl.utils.dataset import RLHFDataset
@@ -74,8 +77,33 @@ def build_trainer(config: DictConfig, tracker=None) -> RayPPOTrainer:
 
 def run_ppo(config: DictConfig) -> list[dict]:
     if not ray.is_initialized():
-        ray.init(**OmegaConf.to_container(config.ray_init, resolve=True))
-    return build_trainer(config).fit()
+        ray.init(**ray_init_kwargs(config))
+    history = build_trainer(config).fit()
+    if config.ray_kwargs.timeline_json_file:
+        ray.timeline(filename=config.ray_kwargs.timeline_json_file)
+    return history
+
+
+def ray_init_kwargs(config: DictConfig) -> dict:
+    """`ray_kwargs.ray_init` without its null values: null leaves a ray.init argument at Ray's default,
+    as in veRL (whose defaults list num_cpus and runtime_env.py_executable as null)."""
+    return _without_nulls(OmegaConf.to_container(config.ray_kwargs.ray_init, resolve=True))
+
+
+def _without_nulls(node):
+    if isinstance(node, dict):
+        return {key: _without_nulls(value) for key, value in node.items() if value is not None}
+    return node
+
+
+def screen_command_line(argv: list[str]) -> list[str]:
+    """`argv` with veRL's keys screened before Hydra parses them: an accepted one left out, an alias
+    rewritten; exits naming every refused key at once, instead of Hydra's generic error."""
+    is_override = [not arg.startswith("-") and ("=" in arg or arg.startswith("~")) for arg in argv[1:]]
+    screened = screen_overrides([arg for arg, yes in zip(argv[1:], is_override) if yes])
+    if screened.problems:
+        sys.exit("config: " + "; ".join(screened.problems))
+    return [argv[0], *(arg for arg, yes in zip(argv[1:], is_override) if not yes), *screened.overrides]
 
 
 register_schema()
@@ -90,4 +118,5 @@ def main(config: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = screen_command_line(sys.argv)
     main()

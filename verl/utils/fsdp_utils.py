@@ -129,14 +129,14 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg) -> torch.opt
 
     Warm-up steps: `lr_warmup_steps` when > 0, else `lr_warmup_steps_ratio * total_training_steps`.
     """
-    total, warmup, style = optim_cfg.total_training_steps, optim_cfg.lr_warmup_steps, optim_cfg.warmup_style
+    total, warmup, style = optim_cfg.total_training_steps, optim_cfg.lr_warmup_steps, optim_cfg.lr_scheduler_type
     if warmup <= 0:
         warmup = int(optim_cfg.lr_warmup_steps_ratio * max(total, 0))
     min_ratio = optim_cfg.min_lr_ratio
     if style not in ("constant", "cosine"):
-        raise ValueError(f"optim.warmup_style must be constant or cosine, got {style!r}")
+        raise ValueError(f"optim.lr_scheduler_type must be constant or cosine, got {style!r}")
     if style == "cosine" and total <= 0:
-        raise ValueError("optim.warmup_style=cosine needs optim.total_training_steps > 0")
+        raise ValueError("optim.lr_scheduler_type=cosine needs optim.total_training_steps > 0")
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -44,6 +44,22 @@ def test_retriever_topk_is_accepted_as_search_r1_spells_it():
         agent_config(cfg({"topk": 2}, retriever={"url": "u", "topk": 5}))
 
 
+def test_verls_max_assistant_turns_is_the_agents_turns_plus_its_answer():
+    def with_turns(agent, turns):
+        config = cfg(agent)
+        config.actor_rollout_ref = {"rollout": {"multi_turn": {"max_assistant_turns": turns}}}
+        return agent_config(config)
+
+    assert with_turns({}, 3).max_turns == 2  # two turns that may search, then the answer
+    assert with_turns({"max_turns": 2}, 3).max_turns == 2
+    assert with_turns({}, None).max_turns == AgentConfig(**DATA).max_turns
+    with pytest.raises(ValueError, match=r"agent.max_turns=4 and actor_rollout_ref.rollout.multi_turn."
+                                         r"max_assistant_turns=3 \(= agent.max_turns \+ 1\) disagree"):
+        with_turns({"max_turns": 4}, 3)
+    with pytest.raises(ValueError, match="max_assistant_turns=1: expected >= 2"):
+        with_turns({}, 1)
+
+
 def test_retriever_settings():
     s = RetrieverSettings.from_config({"url": ["http://a/retrieve", "http://b/retrieve"], "timeout": 5, "topk": 3})
     assert s == RetrieverSettings(url=["http://a/retrieve", "http://b/retrieve"], timeout=5, retries=3)

@@ -34,7 +34,7 @@ def lrs(steps: int, **optim) -> list[float]:
 
 def test_constant_with_warmup_ratio():
     # total 10, ratio 0.3 -> 3 warm-up steps: 0/3, 1/3, 2/3, then 1
-    got = lrs(5, total_training_steps=10, lr_warmup_steps_ratio=0.3, warmup_style="constant")
+    got = lrs(5, total_training_steps=10, lr_warmup_steps_ratio=0.3, lr_scheduler_type="constant")
     assert got == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 1.0])
 
 
@@ -45,14 +45,14 @@ def test_explicit_warmup_steps_win_and_no_warmup_is_flat():
 
 def test_cosine_after_warmup_to_floor():
     # warm-up 2 of 6 steps, then cosine over 4 steps from 1 to min_lr_ratio 0.1
-    got = lrs(7, total_training_steps=6, lr_warmup_steps=2, warmup_style="cosine", min_lr_ratio=0.1)
+    got = lrs(7, total_training_steps=6, lr_warmup_steps=2, lr_scheduler_type="cosine", min_lr_ratio=0.1)
     cos = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
     assert got == pytest.approx([0.0, 0.5] + cos)
 
 
 def test_cosine_needs_total_steps():
     with pytest.raises(ValueError, match="total_training_steps"):
-        lrs(1, warmup_style="cosine")
+        lrs(1, lr_scheduler_type="cosine")
 
 
 def mlp() -> torch.nn.Sequential:

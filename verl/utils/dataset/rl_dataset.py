@@ -5,7 +5,8 @@ and `extra_info`. The prompt goes through the tokenizer's chat template with the
 prompt appended; rows longer than `data.max_prompt_length` tokens are dropped
 (`data.filter_overlong_prompts`) or truncated (`data.truncation`). A batch is a DataProto with
 left-padded `input_ids`, `attention_mask`, `position_ids` [B, P] (P = longest prompt of the batch)
-and every other column as a non-tensor key.
+and every other column as a non-tensor key; with `data.return_raw_chat` the chat messages are also
+the non-tensor key `raw_prompt` (veRL's name), for a rollout loop that renders them itself.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class RLHFDataset:
     def __init__(self, files: str | Sequence[str], tokenizer, config):
         self.tokenizer = tokenizer
         self.prompt_key = config.prompt_key
+        self.return_raw_chat = config.return_raw_chat
         self.max_prompt_length = int(config.max_prompt_length)
         self.truncation = config.truncation
         frame = read_parquet_files(files)
@@ -78,6 +80,8 @@ class RLHFDataset:
     def __getitem__(self, i: int) -> dict:
         item = {k: v for k, v in self.rows[i].items()}
         item["prompt_token_ids"] = self.token_ids[i]
+        if self.return_raw_chat:
+            item["raw_prompt"] = item[self.prompt_key]
         item.setdefault("index", i)
         return item
 

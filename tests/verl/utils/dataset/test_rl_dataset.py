@@ -83,3 +83,14 @@ def test_loader_covers_every_row_and_resumes_at_the_same_position(tmp_path, toke
 def _epochs(loader):
     while True:
         yield from loader
+
+
+def test_return_raw_chat_adds_the_messages_as_raw_prompt(tmp_path, tokenizer):
+    path = write_rows(tmp_path / "d.parquet", ["Who?", "Where?"])
+    raw = RLHFDataset(str(path), tokenizer, data_config(return_raw_chat=True))
+    batch = raw.collate([raw[0], raw[1]])
+    assert list(batch.non_tensor_batch["raw_prompt"]) == [[{"role": "user", "content": "Who?"}],
+                                                          [{"role": "user", "content": "Where?"}]]
+    without = RLHFDataset(str(path), tokenizer, data_config())
+    assert "raw_prompt" not in without.collate([without[0]]).non_tensor_batch
+    assert batch.batch["input_ids"][0].tolist() == without.collate([without[0], without[1]]).batch["input_ids"][0].tolist()
