@@ -58,7 +58,9 @@ class ModelConfig:
     tokenizer_path: Optional[str] = None  # defaults to `path`
     trust_remote_code: bool = False
     enable_gradient_checkpointing: bool = False
-    use_remove_padding: bool = False  # veRL's packed sequences: not supported (sequences keep their padding)
+    # veRL's packed sequences: each micro-batch of actor and reference runs as one row of its real
+    # tokens, without padding or attention mask (verl/utils/packing.py); the same log-probs
+    use_remove_padding: bool = False
     override_config: dict[str, Any] = field(default_factory=dict)  # passed to the HF config
     lora_rank: int = 0  # actor only: LoRA adapters of this rank train instead of all weights; 0 = off
     lora_alpha: float = 16  # LoRA scaling is lora_alpha / lora_rank
@@ -191,7 +193,7 @@ class CriticModelConfig:
     tokenizer_path: Optional[str] = None  # not supported: the critic reads the actor's token ids
     trust_remote_code: bool = False
     enable_gradient_checkpointing: bool = False
-    use_remove_padding: bool = False  # not supported, as actor_rollout_ref.model.use_remove_padding
+    use_remove_padding: bool = False  # packed micro-batches, as actor_rollout_ref.model.use_remove_padding
     override_config: dict[str, Any] = field(default_factory=dict)
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
 
@@ -385,8 +387,6 @@ FIXED_KEYS: dict[str, tuple[tuple, str]] = {
     "actor_rollout_ref.hybrid_engine": ((True,), "the actor and the rollout always share the weights"),
     "actor_rollout_ref.actor.strategy": (("fsdp", "fsdp2"), "training always runs FSDP2"),
     "critic.strategy": (("fsdp", "fsdp2"), "training always runs FSDP2"),
-    "actor_rollout_ref.model.use_remove_padding": ((False,), "sequences keep their padding"),
-    "critic.model.use_remove_padding": ((False,), "sequences keep their padding"),
     "critic.model.tokenizer_path": ((None,), "the critic reads the actor's token ids"),
     "actor_rollout_ref.rollout.free_cache_engine": ((True,), "the vLLM engine always sleeps between rollouts"),
     "actor_rollout_ref.actor.optim.total_training_steps": ((-1,), "the trainer sets it; use trainer.total_training_steps"),
