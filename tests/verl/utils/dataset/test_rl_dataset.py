@@ -93,4 +93,5 @@ def test_return_raw_chat_adds_the_messages_as_raw_prompt(tmp_path, tokenizer):
                                                           [{"role": "user", "content": "Where?"}]]
     without = RLHFDataset(str(path), tokenizer, data_config())
     assert "raw_prompt" not in without.collate([without[0]]).non_tensor_batch
-    assert batch.batch["input_ids"][0].tolist() == without.collate([without[0], without[1]]).batch["input_ids"][0].tolist()
+    same_tokens = without.collate([without[0], without[1]]).batch["input_ids"]
+    assert batch.batch["input_ids"].tolist() == same_tokens.tolist()
