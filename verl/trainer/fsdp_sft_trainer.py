@@ -22,7 +22,6 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -31,6 +30,7 @@ from verl.utils import checkpoint as ckpt
 from verl.utils.dataset.sft_dataset import SFTDataset
 from verl.utils.distributed import resolve_device
 from verl.utils.hydra_config import CONFIG_DIR, compose_checked
+from verl.utils.torch_functional import HEAD_CHUNK_TOKENS, head_scores, token_scores_in_chunks
 from verl.utils.tracking import BACKENDS, Tracking
 
 CONFIG_NAME = "sft_trainer"
@@ -144,7 +144,7 @@ def build_model(path: str, config: ModelConfig, device: str, world_size: int) ->
                                                  trust_remote_code=config.trust_remote_code)
     model.config.use_cache = False
     if config.enable_gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
     if world_size > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -181,15 +181,23 @@ def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def masked_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token NLL over loss-masked targets, their count). Token t+1 is predicted at t.
 
-    Only positions that predict a target go through the LM head (`logits_to_keep` as a [B, T] bool
-    mask): prompts and retrieved blocks are most of an agent trajectory, and the vocabulary
-    projection with its fp32 logits is the largest activation."""
+    Only positions that predict a target go through the LM head, a chunk of tokens at a time
+    (torch_functional.head_scores): prompts and retrieved blocks are most of an agent trajectory,
+    and the vocabulary projection with its fp32 logits is the largest activation."""
     predicts_target_BT = torch.zeros_like(batch["loss_mask"], dtype=torch.bool)
     predicts_target_BT[:, :-1] = batch["loss_mask"][:, 1:].bool()
-    logits_NV = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      position_ids=batch["position_ids"], use_cache=False, logits_to_keep=predicts_target_BT).logits
     targets_N = batch["input_ids"][:, 1:][predicts_target_BT[:, :-1]]
-    return F.cross_entropy(logits_NV.float(), targets_N, reduction="sum"), targets_N.new_tensor(targets_N.numel())
+    head = model.get_output_embeddings()
+
+    def score(hidden_NH: torch.Tensor):
+        # head.forward: the head's own computation, without calling the scoring hook again
+        return token_scores_in_chunks(hidden_NH, targets_N, head.forward, 1.0, HEAD_CHUNK_TOKENS, with_entropy=False)
+
+    with head_scores(head, predicts_target_BT, score) as scores:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              position_ids=batch["position_ids"], use_cache=False)
+    ((log_probs_N, _),) = scores
+    return -log_probs_N.sum(), targets_N.new_tensor(targets_N.numel())
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[dict[str, torch.Tensor]],

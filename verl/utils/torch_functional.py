@@ -7,11 +7,17 @@ excluded without reshaping ragged rows.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+# Tokens whose [tokens, vocab] fp32 logits are alive at once, in forward and in backward, when log-probs
+# or a loss are computed from an LM head: 2048 at a 150k vocabulary are 1.2 GB a buffer, where a
+# micro-batch of 16 x 3k tokens at once was 29 GB.
+HEAD_CHUNK_TOKENS = 2048
 
 __all__ = [
     "masked_sum",
@@ -21,6 +27,7 @@ __all__ = [
     "logprobs_from_logits",
     "entropy_from_logits",
     "token_scores_in_chunks",
+    "head_scores",
     "clip_by_value",
     "pad_sequence_to_length",
     "pad_2d_list_to_length",
@@ -131,6 +138,27 @@ def token_scores_in_chunks(
         scores = [score(rows, rows_labels) for rows, rows_labels in chunks]
     log_probs = torch.cat([log_prob for log_prob, _ in scores])
     return log_probs, torch.cat([entropy for _, entropy in scores]) if with_entropy else None
+
+
+@contextmanager
+def head_scores(head: torch.nn.Module, positions: torch.Tensor, score: Callable[[torch.Tensor], tuple]):
+    """While open, the model's call of its output embedding `head` on hidden states [b, t, H] appends
+    `score(hidden[positions])` ([N, H] for a [b, t] bool `positions`) to the yielded list, and the
+    head itself runs on no position. So the scores come from exactly the hidden states the model
+    feeds its head, inside the model's forward (where FSDP has gathered the head's weights), and
+    the model never builds [b, t, V] logits (the PPO actor's log-probs and the SFT trainer's loss)."""
+    scores = []
+
+    def score_instead(module, args):
+        hidden = args[0]
+        scores.append(score(hidden[positions]))
+        return (hidden[..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(score_instead)
+    try:
+        yield scores
+    finally:
+        handle.remove()
 
 
 def clip_by_value(x: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:

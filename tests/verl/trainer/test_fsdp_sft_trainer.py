@@ -176,7 +176,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, dataset
     grads = []
     for checkpointing in (False, True):
         model = build_model(str(tiny_model_dir), ModelConfig(str(tiny_model_dir), checkpointing), "cpu", world_size=1)
-        assert model.is_activation_checkpointing == checkpointing
+        assert model.is_gradient_checkpointing == checkpointing
         train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), [batch], clip_grad=1e9)
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads):

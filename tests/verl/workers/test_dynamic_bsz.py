@@ -130,7 +130,7 @@ def test_gradient_checkpointing_gives_the_same_policy_gradient(tiny_model_dir, m
     for checkpointing in (False, True):
         model = load_causal_lm(schema_node("actor_rollout_ref.model", {"path": str(tiny_model_dir),
                                                                  "enable_gradient_checkpointing": checkpointing}))
-        assert model.is_activation_checkpointing == checkpointing
+        assert model.is_gradient_checkpointing == checkpointing
         recorder = _GradRecorder(model.parameters())
         local_actor(model, actor_config(tiny_model_dir), recorder).update_policy(data)
         grads.append(recorder.grads)

@@ -56,7 +56,7 @@ def whole_logits_scores(model, data: DataProto):
 
 
 def chunked_scores(model, data: DataProto):
-    """The actor's computation, LOG_PROB_CHUNK_TOKENS tokens at a time."""
+    """The actor's computation, HEAD_CHUNK_TOKENS tokens at a time."""
     actor = DataParallelPPOActor(actor_config("unused").actor, model)
     return actor._log_probs(data, TEMPERATURE, with_entropy=True, entropy_grad=True)
 
@@ -76,7 +76,7 @@ def assert_same_scores(model, data: DataProto):
     want = scores_and_gradients(model, whole_logits_scores, data)
     got = scores_and_gradients(model, chunked_scores, data)
     scored = policy_loss_mask(data, state_masking=True).bool()
-    assert scored.sum() > 2 * dp_actor.LOG_PROB_CHUNK_TOKENS  # several chunks
+    assert scored.sum() > 2 * dp_actor.HEAD_CHUNK_TOKENS  # several chunks
     torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=1e-6)
     assert torch.all(got[0][~scored] == 0) and torch.all(got[1][~scored] == 0)
@@ -110,7 +110,7 @@ def test_token_scores_in_chunks_equal_whole_logits_for_any_chunk():
 
 
 def test_chunked_log_probs_entropies_and_gradients_equal_whole_logits(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(dp_actor, "LOG_PROB_CHUNK_TOKENS", 5)  # the last chunk is shorter
+    monkeypatch.setattr(dp_actor, "HEAD_CHUNK_TOKENS", 5)  # the last chunk is shorter
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, as SmolLM2
     data = ragged_batch(model.config.vocab_size, [3, 9, 2, 6], [7, 2, 9, 5], width=9)
@@ -121,7 +121,7 @@ def test_chunked_log_probs_entropies_and_gradients_equal_whole_logits(tiny_model
 def test_chunked_scores_use_a_lora_adapted_head(tiny_model_dir, monkeypatch):
     """The head is applied as the module it is: with an adapter on lm_head (and on attention), the
     chunked scores and the adapters' gradients equal the model's own logits'."""
-    monkeypatch.setattr(dp_actor, "LOG_PROB_CHUNK_TOKENS", 4)
+    monkeypatch.setattr(dp_actor, "HEAD_CHUNK_TOKENS", 4)
     lora = OmegaConf.create({"lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj", "lm_head"]})
     model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora)
     torch.manual_seed(0)
@@ -186,7 +186,7 @@ def peak_bytes(model, score, data: DataProto) -> int:
 def test_peak_memory_of_scoring_does_not_grow_with_the_tokens(monkeypatch):
     """At a vocabulary where [N, V] logits dominate, the whole-logits peak doubles with N; the chunked
     one stays at a few [chunk, V] buffers, in forward and backward."""
-    monkeypatch.setattr(dp_actor, "LOG_PROB_CHUNK_TOKENS", 32)
+    monkeypatch.setattr(dp_actor, "HEAD_CHUNK_TOKENS", 32)
     vocab, response = 8192, 32
     config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)

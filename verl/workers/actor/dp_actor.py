@@ -6,22 +6,17 @@ responses right padded); the logits that predict response token t sit at positio
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable
-
 import torch
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
-from verl.trainer.ppo.core_algos import agg_loss, batch_state_mask, compute_policy_loss, kl_penalty
+from verl.trainer.ppo.core_algos import (agg_loss, batch_state_mask, compute_policy_loss, guided_rows, kl_penalty,
+                                         rollout_logprob_diff)
+from verl.utils.distributed import all_reduce_max, all_reduce_mean
 from verl.utils.packing import check_packable, model_layout
 from verl.utils.seqlen_balancing import map_micro_batches
-from verl.utils.torch_functional import token_scores_in_chunks
+from verl.utils.torch_functional import HEAD_CHUNK_TOKENS, head_scores, token_scores_in_chunks
 from verl.workers.update_loop import run_updates
-
-# Response tokens whose [tokens, vocab] fp32 logits are alive at once, in forward and in backward:
-# 2048 at a 150k vocabulary are 1.2 GB a buffer, where a micro-batch of 16 x 3k tokens at once was 29 GB.
-LOG_PROB_CHUNK_TOKENS = 2048
 
 # HF config keys of models that transform their logits after the LM head (Gemma's soft-capping,
 # Granite's and Cohere's scaling); log-probs are computed from the head's output, so they are refused.
@@ -37,34 +32,13 @@ def check_plain_head(model_config) -> None:
                          "not supported: log-probs are computed from the head's output")
 
 
-@contextmanager
-def head_scores(head: torch.nn.Module, positions: torch.Tensor, score: Callable[[torch.Tensor], tuple]):
-    """While open, the model's call of its output embedding `head` on hidden states [b, t, H] appends
-    `score(hidden[positions])` ([N, H] for a [b, t] bool `positions`) to the yielded list, and the
-    head itself runs on no position. So the scores come from exactly the hidden states the model
-    feeds its head, inside the model's forward (where FSDP has gathered the head's weights), and
-    the model never builds [b, t, V] logits."""
-    scores = []
-
-    def score_instead(module, args):
-        hidden = args[0]
-        scores.append(score(hidden[positions]))
-        return (hidden[..., :0, :], *args[1:])
-
-    handle = head.register_forward_pre_hook(score_instead)
-    try:
-        yield scores
-    finally:
-        handle.remove()
-
-
 def response_scores(module: torch.nn.Module, batch: dict, scored_BR: torch.Tensor, temperature: float,
                     with_entropy: bool, entropy_grad: bool = False, packed: bool = False):
     """(log-probs [N], entropies [N] or None) of the N response tokens where `scored_BR` is true (row-major),
     under the model's logits divided by the sampling temperature.
 
     The LM head runs on the positions that predict those tokens only (not on the prompt, and not on
-    retrieved blocks, which are most of an agent's response and carry no loss), LOG_PROB_CHUNK_TOKENS
+    retrieved blocks, which are most of an agent's response and carry no loss), HEAD_CHUNK_TOKENS
     of them at a time (torch_functional.token_scores_in_chunks). `packed`: the micro-batch runs as one
     row of its real tokens (packing.PackedLayout). The entropy carries gradient only when `entropy_grad`.
     """
@@ -74,7 +48,7 @@ def response_scores(module: torch.nn.Module, batch: dict, scored_BR: torch.Tenso
 
     def score(hidden: torch.Tensor):
         # head.forward: the head's own computation, without calling this hook again
-        return token_scores_in_chunks(hidden, labels, head.forward, temperature, LOG_PROB_CHUNK_TOKENS,
+        return token_scores_in_chunks(hidden, labels, head.forward, temperature, HEAD_CHUNK_TOKENS,
                                       with_entropy, entropy_grad)
 
     with head_scores(head, layout.scoring_positions(scored_BR), score) as scores:
@@ -143,6 +117,10 @@ class DataParallelPPOActor:
         if on_policy and (cfg.ppo_epochs > 1 or mini_batch_size < len(data)):
             raise ValueError("update_policy without old_log_probs needs one epoch over one mini-batch "
                              f"(ppo_epochs={cfg.ppo_epochs}, {len(data)} rows, mini-batch {mini_batch_size})")
+        # On-policy, this forward is the trainer's only look at the sampled tokens: the engine's
+        # log-probs are compared with it here (rollout/logprob_diff_*), per micro-batch
+        # (engine's, this forward's, the policy's own tokens of rows not guided).
+        compared = [] if on_policy and "rollout_log_probs" in data.batch else None
 
         def micro_loss(micro: DataProto, normalizer: torch.Tensor):
             batch = micro.batch
@@ -151,6 +129,9 @@ class DataParallelPPOActor:
             log_prob, entropy = self._log_probs(micro, temperature, True, entropy_grad=entropy_coeff != 0)
             # On-policy (the trainer skipped the recomputation): the sampling policy IS the current one.
             old_log_prob = log_prob.detach() if on_policy else batch["old_log_probs"]
+            if compared is not None:
+                sampled = torch.as_tensor(~guided_rows(micro.non_tensor_batch, len(micro)), device=mask.device)
+                compared.append((batch["rollout_log_probs"], old_log_prob, mask * sampled.unsqueeze(-1)))
             pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower = compute_policy_loss(
                 old_log_prob, log_prob, batch["advantages"], mask,
                 cliprange=cfg.clip_ratio, cliprange_low=cfg.clip_ratio_low,
@@ -170,7 +151,7 @@ class DataParallelPPOActor:
                         "actor/pg_clipfrac_lower": pg_clipfrac_lower}
             return loss, additive, averaged
 
-        return run_updates(
+        metrics = run_updates(
             data, self.module, self.optimizer,
             mini_batch_size=mini_batch_size,
             micro_batch_size=cfg.ppo_micro_batch_size_per_gpu,
@@ -180,3 +161,8 @@ class DataParallelPPOActor:
             loss_agg_mode=mode, grad_clip=cfg.grad_clip,
             micro_loss=micro_loss, prefix="actor",
         )
+        if compared is not None:  # every rank has rows (the worker group pads), so every rank reduces
+            diff = rollout_logprob_diff(*(torch.cat(parts) for parts in zip(*compared)))
+            metrics.update(all_reduce_max({"rollout/logprob_diff_max": diff["rollout/logprob_diff_max"]}))
+            metrics.update(all_reduce_mean({"rollout/logprob_diff_mean": diff["rollout/logprob_diff_mean"]}))
+        return metrics
