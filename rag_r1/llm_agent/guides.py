@@ -62,8 +62,8 @@ def as_trajectory(prompt: list[int], guide: Guide) -> Trajectory:
     """A finished trajectory that answered after the guide's searches."""
     searches = len(guide.queries)
     return Trajectory(prompt=list(prompt), response=list(guide.response), info_mask=list(guide.info_mask),
-                      log_probs=[0.0] * len(guide.response), done=True, turns=searches + 1, search_calls=searches, valid_actions=searches + 1,
-                      answered=True, queries=[list(q) for q in guide.queries],
+                      log_probs=[0.0] * len(guide.response), done=True, turns=searches + 1, search_calls=searches,
+                      valid_actions=searches + 1, answered=True, queries=[list(q) for q in guide.queries],
                       retrieved_ids=[[] for _ in guide.queries])
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "compute_grpo_outcome_advantage",
     "varied_groups",
     "guided_rows",
+    "sampled_token_mask",
     "keep_unsolved_guides",
     "weight_rows",
     "positive_advantage_share",
@@ -217,6 +218,12 @@ def guided_rows(non_tensor_batch: dict, rows: int) -> np.ndarray:
     return np.asarray(non_tensor_batch["guided"], dtype=bool)
 
 
+def sampled_token_mask(mask: torch.Tensor, non_tensor_batch: dict) -> torch.Tensor:
+    """`mask` (bs, response_length) on the rows the policy sampled itself: rows marked guided get 0."""
+    sampled = torch.as_tensor(~guided_rows(non_tensor_batch, mask.shape[0]), device=mask.device)
+    return mask * sampled.unsqueeze(-1).to(mask.dtype)
+
+
 def keep_unsolved_guides(index: np.ndarray, scores: np.ndarray, guided: np.ndarray) -> np.ndarray:
     """(bs,) bool, the rows to keep: every row the policy sampled, and a guided row only when no
     sampled row of its group scored above 0 (a group the policy did not solve).
@@ -262,7 +269,8 @@ def positive_advantage_share(advantages: torch.Tensor, mask: torch.Tensor, rows:
     return float((positive * rows).sum() / total)
 
 
-def rollout_logprob_diff(rollout_log_probs: torch.Tensor, log_probs: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+def rollout_logprob_diff(rollout_log_probs: torch.Tensor, log_probs: torch.Tensor,
+                         mask: torch.Tensor) -> dict[str, float]:
     """How far the sampler's log-probs are from the trainer's: max and mean of |a - b| over the tokens
     where `mask` is 1, as `rollout/logprob_diff_max` and `rollout/logprob_diff_mean`; both 0 when the
     mask holds no token. All (bs, response_length); the mask should hold only tokens the policy

@@ -260,7 +260,7 @@ class RayPPOTrainer:
         output = self.actor_rollout_wg.compute_log_prob(batch)
         add_columns(batch, output, ["old_log_probs"])
         scored = self.policy_loss_mask(batch)
-        sampled = scored * torch.as_tensor(~core_algos.guided_rows(batch.non_tensor_batch, len(batch))).unsqueeze(-1)
+        sampled = core_algos.sampled_token_mask(scored, batch.non_tensor_batch)
         return {"actor/entropy_at_rollout": float(masked_mean(output.batch["entropys"], scored)),
                 **core_algos.rollout_logprob_diff(batch.batch["rollout_log_probs"], batch.batch["old_log_probs"],
                                                   sampled)}

@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
-from verl.trainer.ppo.core_algos import (agg_loss, batch_state_mask, compute_policy_loss, guided_rows, kl_penalty,
-                                         rollout_logprob_diff)
+from verl.trainer.ppo.core_algos import (agg_loss, batch_state_mask, compute_policy_loss, kl_penalty,
+                                         rollout_logprob_diff, sampled_token_mask)
 from verl.utils.distributed import all_reduce_max, all_reduce_mean
 from verl.utils.packing import check_packable, model_layout
 from verl.utils.seqlen_balancing import map_micro_batches
@@ -130,8 +130,8 @@ class DataParallelPPOActor:
             # On-policy (the trainer skipped the recomputation): the sampling policy IS the current one.
             old_log_prob = log_prob.detach() if on_policy else batch["old_log_probs"]
             if compared is not None:
-                sampled = torch.as_tensor(~guided_rows(micro.non_tensor_batch, len(micro)), device=mask.device)
-                compared.append((batch["rollout_log_probs"], old_log_prob, mask * sampled.unsqueeze(-1)))
+                sampled = sampled_token_mask(mask, micro.non_tensor_batch)
+                compared.append((batch["rollout_log_probs"], old_log_prob, sampled))
             pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower = compute_policy_loss(
                 old_log_prob, log_prob, batch["advantages"], mask,
                 cliprange=cfg.clip_ratio, cliprange_low=cfg.clip_ratio_low,

@@ -62,8 +62,7 @@ class InProcessFakeActorRolloutRefWG:
             on_policy = "old_log_probs" not in part.batch
             old_log_prob = log_prob.detach() if on_policy else part.batch["old_log_probs"]
             if on_policy:  # as the real actor: the sampler's log-probs against the update's own
-                sampled = part.batch["response_mask"] * torch.as_tensor(
-                    ~core_algos.guided_rows(part.non_tensor_batch, len(part))).unsqueeze(-1)
+                sampled = core_algos.sampled_token_mask(part.batch["response_mask"], part.non_tensor_batch)
                 for key, value in core_algos.rollout_logprob_diff(part.batch["rollout_log_probs"], log_prob,
                                                                   sampled).items():
                     metrics.setdefault(key, []).append(value)

@@ -147,7 +147,7 @@ def test_a_batch_with_dropped_guides_trains(tmp_path, tiny_model_dir, mini_batch
     assert step["response_length/mean"] > 0 and math.isfinite(step["actor/pg_loss"])
     assert trainer.recompute_old_log_probs == (mini_batch == 4)
     # either path (the trainer's old log-probs, or the on-policy update's own) compares the sampler's
-    assert step["rollout/logprob_diff_max"] < 1e-4 and step["rollout/logprob_diff_mean"] <= step["rollout/logprob_diff_max"]
+    assert step["rollout/logprob_diff_mean"] <= step["rollout/logprob_diff_max"] < 1e-4
 
 
 def test_one_worker_gets_a_varying_batch_unpadded():
