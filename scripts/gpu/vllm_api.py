@@ -5,10 +5,11 @@ so this runs on any machine).
     python scripts/gpu/vllm_api.py --wheel PATH     # reads a wheel at hand instead
     python scripts/gpu/vllm_api.py --check          # exit 1 when the committed fixture differs
 
-Writes tests/fixtures/vllm_api.json: the fields of EngineArgs and SamplingParams (with their
-defaults where these are literals, and the allowed values of Literal-typed ones), the keys of
-TokensPrompt, the signatures of the LLM methods this project calls and of the AsyncLLM methods an
-asynchronous rollout would call, and the fields of the outputs. tests/fake_vllm.py builds the
+Writes tests/fixtures/vllm_api.json: the fields of EngineArgs, AsyncEngineArgs and SamplingParams
+(with their defaults where these are literals, and the allowed values of Literal-typed ones), the
+keys of TokensPrompt, the signatures of the LLM methods this project calls and of the AsyncLLM
+methods an asynchronous rollout would call, the fields of the outputs, and those of the CUDA IPC
+weight transfer's config and payloads. tests/fake_vllm.py builds the
 tests' stand-in vLLM from it, so a keyword the pinned release does not take fails on a CPU as it
 would on a GPU. Rerun it after changing the vllm pin, and commit the fixture.
 """
@@ -48,6 +49,13 @@ CLASSES: dict[str, tuple[str, str | tuple[str, ...]]] = {
     "RequestOutput": ("vllm/outputs.py", ("__init__",)),
     "CompletionOutput": ("vllm/outputs.py", "fields"),
     "Logprob": ("vllm/logprobs.py", "fields"),
+    # what an asynchronous server is started with, and the CUDA IPC weight transfer it loads weights by
+    "AsyncEngineArgs": ("vllm/engine/arg_utils.py", "fields"),
+    "WeightTransferConfig": ("vllm/config/weight_transfer.py", "fields"),
+    "WeightTransferInitRequest": ("vllm/distributed/weight_transfer/base.py", "fields"),
+    "WeightTransferUpdateRequest": ("vllm/distributed/weight_transfer/base.py", "fields"),
+    "IPCWeightTransferInitInfo": ("vllm/distributed/weight_transfer/ipc_engine.py", "fields"),
+    "IPCWeightTransferUpdateInfo": ("vllm/distributed/weight_transfer/ipc_engine.py", "fields"),
 }
 # Packages whose public names re-export the classes above (`from vllm import LLM`).
 EXPORTERS = ("vllm/__init__.py", "vllm/inputs/__init__.py")
@@ -184,9 +192,11 @@ def _field_default(value: ast.expr | None, sources: Sources, seen: frozenset = f
 
 
 def class_fields(cls: ast.ClassDef, sources: Sources) -> dict[str, dict]:
-    """Public annotated fields of a dataclass / msgspec Struct: {name: {"required", "default"?, "choices"?}}.
-    "default" is present only where it is a literal."""
+    """Public annotated fields of a dataclass / msgspec Struct, its bases' first: {name: {"required",
+    "default"?, "choices"?}}. "default" is present only where it is a literal."""
     fields = {}
+    for base in sources.bases(cls):
+        fields.update(class_fields(base, sources))
     for node in cls.body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
@@ -223,9 +233,10 @@ def typed_dict_keys(cls: ast.ClassDef, sources: Sources) -> dict[str, dict]:
 
 
 def signature(fn: ast.FunctionDef | ast.AsyncFunctionDef, sources: Sources) -> dict:
-    """{"async", "binding" (method | classmethod | staticmethod), "parameters": [{"name", "kind",
-    "has_default", "default"?, "choices"?}]} with `inspect.Parameter` kind names; "default" is
-    present where it is a literal."""
+    """{"async", "generator", "binding" (method | classmethod | staticmethod), "parameters": [{"name",
+    "kind", "has_default", "default"?, "choices"?}]} with `inspect.Parameter` kind names; "default" is
+    present where it is a literal. "generator": the body yields (an `async def` that yields is an
+    async generator: calling it starts nothing, iterating it does)."""
     args = fn.args
     positional = args.posonlyargs + args.args
     defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
@@ -251,7 +262,20 @@ def signature(fn: ast.FunctionDef | ast.AsyncFunctionDef, sources: Sources) -> d
         add(args.kwarg, "VAR_KEYWORD", None)
     decorators = {_name_of(d) for d in fn.decorator_list}
     binding = next((b for b in ("classmethod", "staticmethod") if b in decorators), "method")
-    return {"async": isinstance(fn, ast.AsyncFunctionDef), "binding": binding, "parameters": params}
+    return {"async": isinstance(fn, ast.AsyncFunctionDef), "generator": _yields(fn), "binding": binding,
+            "parameters": params}
+
+
+def _yields(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether `fn`'s own body (not a function nested in it) yields."""
+    pending = list(fn.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            pending.extend(ast.iter_child_nodes(node))
+    return False
 
 
 def find_method(cls: ast.ClassDef, name: str, sources: Sources) -> ast.FunctionDef | ast.AsyncFunctionDef | None:

@@ -150,6 +150,8 @@ class RolloutConfig:
     enforce_eager: bool = False  # vllm: False captures CUDA graphs (faster decoding, as veRL)
     free_cache_engine: bool = True  # vllm: the engine sleeps (frees its memory) while training runs; always on
     max_num_batched_tokens: int = 8192  # vllm
+    # sequences one engine decodes at once: vllm's max_num_seqs; hf only in async mode (the server's batch rows)
+    max_num_seqs: int = 1024
     # Reuse the keys/values of earlier turns: hf continues each row from the previous call's cache
     # (only an agent's new tokens are encoded); vllm turns on its automatic prefix caching.
     enable_prefix_caching: bool = True

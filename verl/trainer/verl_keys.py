@@ -192,8 +192,6 @@ VERL_KEYS: dict[str, VerlKey] = {
                                               "tensor_model_parallel_size"),
     f"{ROLLOUT}.expert_parallel_size": _at("expert parallelism is not implemented", 1),
     f"{ROLLOUT}.pipeline_model_parallel_size": _at("pipeline parallelism is not implemented", 1),
-    f"{ROLLOUT}.max_num_seqs": _refused("not yet: the vLLM engine runs with vLLM's own limit of sequences "
-                                        "per step"),
     f"{ROLLOUT}.enable_chunked_prefill": _at("vLLM's engine chunks long prefills itself", True),
     f"{ROLLOUT}.logprobs_mode": _at("the engines' log-probs are those of the distribution sampled from "
                                     "(logits / temperature)", "processed_logprobs"),

@@ -9,6 +9,12 @@ Roles of ActorRolloutRefWorker (veRL's names): "actor", "rollout", "ref", "actor
 "actor_rollout_ref". With a rollout role the engine generates with the actor's CURRENT weights:
 the sharding manager copies them into the engine (HF's plain copy of the policy, or vLLM) once
 after each change, and a vLLM engine sleeps while the training passes run.
+
+With `rollout.mode=async` the worker hosts a rollout server (verl/workers/rollout/server.py)
+instead of the batch rollout: the driver sends it one request per trajectory turn with
+`server_generate`, many at once when the worker group is threaded
+(`RayWorkerGroup(..., max_concurrency=n)`). The server gets the actor's weights once after each
+change and frees its memory when the training passes start, as the batch engines do.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from verl.utils.lora import (adapter_state_dict, adapters_disabled, apply_lora, 
 from verl.utils.model import hf_config, load_causal_lm, load_value_model
 from verl.workers.actor.dp_actor import DataParallelPPOActor
 from verl.workers.critic.dp_critic import DataParallelPPOCritic
-from verl.workers.sharding_manager import FSDPVLLMShardingManager, FullWeightsShardingManager
+from verl.workers.rollout.server import GenerationOutput, SamplingSettings, ServerHost
+from verl.workers.sharding_manager import FSDPVLLMShardingManager, FullWeightsShardingManager, plain_state_dict
 
 ROLES = ("actor", "rollout", "ref", "actor_rollout", "actor_rollout_ref")
 
@@ -151,6 +158,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         self._is_actor = role in ("actor", "actor_rollout", "actor_rollout_ref")
         self._is_rollout = role in ("rollout", "actor_rollout", "actor_rollout_ref")
         self._is_ref = role in ("ref", "actor_rollout_ref")
+        self._hosts_server = self._is_rollout and config.rollout.mode == "async"
         self.use_gpu = device().type == "cuda"
         self.trains_adapter_only = lora_enabled(config.model)
         if self._is_actor:
@@ -173,7 +181,9 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             self.lr_scheduler = fsdp_utils.build_lr_scheduler(self.optimizer, self.config.actor.optim)
             self.actor = DataParallelPPOActor(self.config.actor, self.module, self.optimizer, self.mini_batch_rows,
                                               use_remove_padding=model_cfg.use_remove_padding)
-        if self._is_rollout:
+        if self._hosts_server:
+            self.server_host = self._build_server_host()
+        elif self._is_rollout:
             self.rollout, self.sharding_manager = self._build_rollout()
         # the reference scores the same tokens as the actor (state masking decides which)
         ref_kwargs = {"state_masking": self.config.actor.state_masking,
@@ -189,9 +199,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         if name == "hf":
             from verl.workers.rollout.hf_rollout import HFRollout
 
-            # fp32 on CPU (no fast bf16 kernels there); on GPU the dtype FSDP computes in
-            dtype = getattr(torch, self.config.rollout.dtype) if self.use_gpu else torch.float32
-            engine_module = load_causal_lm(self.config.model, dtype=dtype).to(device()).eval()
+            engine_module = self._hf_engine_module()
             scaling = lora_scaling(self.config.model) if self.trains_adapter_only else None
             return (HFRollout(engine_module, self.tokenizer, self.config.rollout),
                     FullWeightsShardingManager(self.module, engine_module, scaling))
@@ -204,6 +212,55 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
             tp_size = self.config.rollout.tensor_model_parallel_size
             return rollout, FSDPVLLMShardingManager(self.module, rollout, tp_size)
         raise ValueError(f"rollout.name must be hf or vllm, got {name!r}")
+
+    def _hf_engine_module(self) -> torch.nn.Module:
+        """The HF engines' plain copy of the policy: fp32 on CPU (no fast bf16 kernels there); on GPU
+        the dtype FSDP computes in."""
+        dtype = getattr(torch, self.config.rollout.dtype) if self.use_gpu else torch.float32
+        return load_causal_lm(self.config.model, dtype=dtype).to(device()).eval()
+
+    def _build_server_host(self) -> ServerHost:
+        """rollout.mode=async: this rank's rollout server, released (training runs first). A lone rank
+        loads the weights at its first request after a change; with several, gathering them is
+        collective, so the driver calls `wake_server` on all ranks before their requests."""
+        rollout = self.config.rollout
+        if rollout.name == "hf":
+            from verl.workers.rollout.hf_server import HFServer
+
+            server = HFServer(self._hf_engine_module(), self.tokenizer, rollout.max_num_seqs)
+        elif rollout.name == "vllm":
+            if self.trains_adapter_only:
+                raise ValueError("actor_rollout_ref.model.lora_rank > 0 is supported with rollout.name=hf only")
+            from verl.workers.rollout.vllm_server import VLLMServer
+
+            server = VLLMServer(self.config.model.path, rollout, seed=self.rank)
+        else:
+            raise ValueError(f"rollout.name must be hf or vllm, got {rollout.name!r}")
+        host = ServerHost(server, self._server_weights, load_on_generate=self.world_size == 1)
+        host.release()
+        return host
+
+    def _server_weights(self):
+        """What the server loads: the actor's full weights, LoRA adapters merged."""
+        scaling = lora_scaling(self.config.model) if self.trains_adapter_only else None
+        return plain_state_dict(self.module, scaling).items()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def wake_server(self) -> None:
+        """All ranks together, before a rollout's requests: the server loads the actor's weights if
+        they changed (or it freed them) and resumes."""
+        self.server_host.ready()
+
+    def server_generate(self, request_id: str, prompt_ids: list[int], params: SamplingSettings) -> GenerationOutput:
+        """One turn of trajectory `request_id` on this rank's server; blocks until it is generated.
+        Called on one worker's actor handle (`worker_group.workers[rank].server_generate.remote(...)`,
+        a Ray ObjectRef that asyncio can await); send all turns of a trajectory to the same rank."""
+        return self.server_host.generate(request_id, prompt_ids, params)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def server_metrics(self) -> dict[str, float]:
+        """The server's counters (`server/...`), one dict per rank."""
+        return self.server_host.server.metrics()
 
     def _with_temperature(self, data: DataProto) -> DataProto:
         # log-probs must be of the distribution that was sampled from: logits / temperature
@@ -219,13 +276,17 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
     def _rollout_finished(self) -> None:
         """Training passes start: the rollout's cached keys/values are stale (or about to be), and a
         vLLM engine frees its GPU memory for training."""
-        if self._is_rollout:
+        if self._hosts_server:
+            self.server_host.release()
+        elif self._is_rollout:
             self.rollout.clear_cache()
             self.sharding_manager.rollout_finished()
 
     def _weights_changed(self) -> None:
         self._rollout_finished()
-        if self._is_rollout:
+        if self._hosts_server:
+            self.server_host.weights_changed()
+        elif self._is_rollout:
             self.sharding_manager.weights_changed()
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)

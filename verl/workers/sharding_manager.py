@@ -40,6 +40,13 @@ def full_parameters(module: torch.nn.Module):
         yield name, tensor
 
 
+def plain_state_dict(module: torch.nn.Module, lora_scaling: float | None = None) -> dict[str, torch.Tensor]:
+    """The FSDP actor's weights as the state dict of its plain HF model (every rank must call it, see
+    `full_parameters`), LoRA adapters merged in when `lora_scaling` (alpha / rank) is given."""
+    state = dict(full_parameters(module))
+    return state if lora_scaling is None else merged_state_dict(state, lora_scaling)
+
+
 class NoShardingManager:
     """For an engine that generates on the module it was given: nothing to move."""
 
@@ -76,10 +83,8 @@ class FullWeightsShardingManager(NoShardingManager):
     @torch.no_grad()
     def __enter__(self) -> "FullWeightsShardingManager":
         if self.stale:
-            state = dict(full_parameters(self.module))
-            if self.lora_scaling is not None:
-                state = merged_state_dict(state, self.lora_scaling)
-            self.engine_module.load_state_dict(state)  # copies into the engine's own dtype and device
+            # copies into the engine's own dtype and device
+            self.engine_module.load_state_dict(plain_state_dict(self.module, self.lora_scaling))
             self.stale = False
         return self
 

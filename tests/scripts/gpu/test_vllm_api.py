@@ -135,3 +135,32 @@ def test_signatures_give_kinds_defaults_and_bindings(sources):
 
 def test_public_names_read_all_and_lazy_imports():
     assert public_names(ast.parse(INIT)) == {"Engine", "EngineArgs", "TokensPrompt"}
+
+
+def test_fields_include_the_bases_and_async_generators_are_marked():
+    sources = Sources({"pkg/engine.py": '''
+from dataclasses import dataclass
+
+@dataclass
+class EngineArgs:
+    model: str = "m"
+
+@dataclass
+class AsyncEngineArgs(EngineArgs):
+    enable_log_requests: bool = False
+
+class Engine:
+    async def generate(self, prompt):
+        yield prompt
+
+    async def sleep(self, level=1):
+        def levels():
+            yield level
+        return list(levels())
+'''})
+    assert class_fields(sources.find_class("pkg/engine.py", "AsyncEngineArgs"), sources) == {
+        "model": {"required": False, "default": "m"}, "enable_log_requests": {"required": False, "default": False}}
+    engine = sources.find_class("pkg/engine.py", "Engine")
+    generate, sleep = (signature(find_method(engine, name, sources), sources) for name in ("generate", "sleep"))
+    assert (generate["async"], generate["generator"]) == (True, True)
+    assert (sleep["async"], sleep["generator"]) == (True, False)  # only a function nested in it yields

@@ -133,8 +133,7 @@ def test_every_schema_key_at_verls_default_composes_or_is_refused_by_name():
      "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"),
     ("actor_rollout_ref.rollout.log_prob_micro_batch_size=8",
      "set actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"),
-    ("actor_rollout_ref.rollout.max_num_seqs=256", "actor_rollout_ref.rollout.max_num_seqs=256 is not supported here: "
-     "not yet"),
+    ("data.train_max_samples=100", "data.train_max_samples=100 is not supported here: not yet"),
     ("actor_rollout_ref.rollout.enable_chunked_prefill=false", "enable_chunked_prefill=false is not supported here"),
     ("actor_rollout_ref.actor.policy_loss.loss_mode=clip_cov", "loss_mode=clip_cov is not supported here: the policy "
      "loss is PPO's clipped objective"),
@@ -189,18 +188,18 @@ def test_the_command_line_is_screened_before_hydra():
     assert screen_command_line(argv) == ["main_ppo.py", "--config-name", "ppo_trainer",
                                          "ray_kwargs.ray_init.address=auto", "trainer.nnodes=2"]
     with pytest.raises(SystemExit, match="actor_rollout_ref.actor.ppo_micro_batch_size=4 .*; "
-                                         "actor_rollout_ref.rollout.max_num_seqs=8 "):
+                                         "data.train_max_samples=8 "):
         screen_command_line(["main_ppo.py", "actor_rollout_ref.actor.ppo_micro_batch_size=4",
-                             "actor_rollout_ref.rollout.max_num_seqs=8"])
+                             "data.train_max_samples=8"])
 
 
 def test_a_verl_key_in_a_yaml_file_is_refused_by_name(tmp_path, monkeypatch):
     from verl.utils import hydra_config
 
     (tmp_path / "mine.yaml").write_text("defaults:\n  - ppo_trainer_schema\n  - _self_\n"
-                                        "actor_rollout_ref:\n  rollout:\n    max_num_seqs: 256\n")
+                                        "data:\n  train_max_samples: 256\n")
     monkeypatch.setattr(hydra_config, "CONFIG_DIR", tmp_path)
-    with pytest.raises(ValueError, match=r"actor_rollout_ref\.rollout\.max_num_seqs \(set in a YAML file\) is "
+    with pytest.raises(ValueError, match=r"data\.train_max_samples \(set in a YAML file\) is "
                                          r"not supported here: not yet"):
         compose_config(REQUIRED, config_name="mine")
 
@@ -209,6 +208,7 @@ def test_a_verl_key_in_a_yaml_file_is_refused_by_name(tmp_path, monkeypatch):
 READERS = {
     "data.return_raw_chat": "verl/utils/dataset/rl_dataset.py",
     "actor_rollout_ref.rollout.max_model_len": "verl/workers/rollout/vllm_rollout.py",
+    "actor_rollout_ref.rollout.max_num_seqs": "verl/workers/rollout/vllm_rollout.py",
     "actor_rollout_ref.rollout.multi_turn.enable": "verl/trainer/config.py",
     "actor_rollout_ref.rollout.multi_turn.max_assistant_turns": "rag_r1/llm_agent/loop.py",
     "actor_rollout_ref.actor.optim.lr_scheduler_type": "verl/utils/fsdp_utils.py",

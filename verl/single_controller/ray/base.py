@@ -88,8 +88,11 @@ def _rendezvous_address() -> tuple[str, int]:
 
 class RayWorkerGroup:
     def __init__(self, resource_pool: RayResourcePool, ray_cls_with_init: RayClassWithInitArgs,
-                 name_prefix: str | None = None):
-        """`name_prefix` names the actors `<prefix>_<id>_<rank>` (Ray dashboard, `ray.get_actor`)."""
+                 name_prefix: str | None = None, max_concurrency: int = 1):
+        """`name_prefix` names the actors `<prefix>_<id>_<rank>` (Ray dashboard, `ray.get_actor`).
+        `max_concurrency` > 1 makes each actor threaded: that many of its method calls run at once
+        (rollout servers: one blocking `server_generate` per request in flight). Ray's default, 1,
+        runs one call at a time, in order, as every training method expects."""
         self.resource_pool = resource_pool
         self.world_size = resource_pool.world_size
         pgs = resource_pool.placement_groups()
@@ -110,6 +113,7 @@ class RayWorkerGroup:
                     num_gpus=share if resource_pool.use_gpu else 0,
                     runtime_env={"env_vars": env},
                     name=f"{prefix}_{len(self.workers)}",
+                    max_concurrency=max_concurrency,
                 ).remote(*ray_cls_with_init.args, **ray_cls_with_init.kwargs)
                 self.workers.append(actor)
         # Constructors rendezvous with each other; wait so that a failing one raises here.

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from verl.protocol import DataProto
 from verl.utils.distributed import device
 from verl.workers.rollout.base import BaseRollout, assemble_output, pad_responses, prompt_token_lists
+from verl.workers.rollout.server import SamplingSettings
 
 
 class VLLMRollout(BaseRollout):
@@ -50,6 +51,7 @@ class VLLMRollout(BaseRollout):
             gpu_memory_utilization=config.gpu_memory_utilization,
             max_model_len=config.max_model_len,
             max_num_batched_tokens=config.max_num_batched_tokens,
+            max_num_seqs=config.max_num_seqs,
             enable_prefix_caching=config.enable_prefix_caching,
             enable_sleep_mode=True,
             load_format="dummy",  # the actor's weights come in through the sharding manager
@@ -60,29 +62,14 @@ class VLLMRollout(BaseRollout):
         )
         self.llm.sleep(level=2)
 
-    def _sampling_params(self, meta: dict, max_tokens: int):
-        from vllm import SamplingParams
-
-        greedy = not meta.get("do_sample", self.config.do_sample)
-        return SamplingParams(
-            n=1,
-            max_tokens=max_tokens,
-            temperature=0.0 if greedy else meta.get("temperature", self.config.temperature),
-            top_p=1.0 if greedy else meta.get("top_p", self.config.top_p),
-            top_k=-1 if greedy else meta.get("top_k", self.config.top_k),
-            stop=list(meta.get("stop") or []) or None,
-            # the contract keeps the stop string; its token_ids end with the token completing it
-            include_stop_str_in_output=True,
-            logprobs=0,  # the sampled token's own log-prob, no alternatives
-        )
-
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         from vllm.inputs import TokensPrompt
 
         meta = prompts.meta_info
         max_tokens = int(meta.get("max_new_tokens", self.config.response_length))
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_lists(prompts)]
-        outputs = self.llm.generate(requests, self._sampling_params(meta, max_tokens), use_tqdm=False)
+        params = sampling_params(SamplingSettings.from_meta(self.config, meta, max_tokens))
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
         completions = [out.outputs[0] for out in outputs]
         tokens = [list(c.token_ids) for c in completions]
         output = assemble_output(prompts, *pad_responses(tokens, max_tokens, self.tokenizer.pad_token_id))
@@ -90,14 +77,37 @@ class VLLMRollout(BaseRollout):
         return output
 
 
-def sampled_log_probs(completions: list, width: int) -> torch.Tensor:
-    """[B, width] float32: row b's log-prob of each token it sampled, 0 after its last token.
+def sampling_params(settings: SamplingSettings):
+    """vLLM's SamplingParams for these settings: one sample, the stop string kept, and the sampled
+    token's own log-prob returned."""
+    from vllm import SamplingParams
 
-    `completions`: vLLM CompletionOutputs generated with `SamplingParams(logprobs=0)`, whose
-    `logprobs` hold one {token_id: Logprob} per position with the sampled token among the keys."""
+    greedy = settings.greedy
+    return SamplingParams(
+        n=1,
+        max_tokens=settings.max_new_tokens,
+        temperature=0.0 if greedy else settings.temperature,
+        top_p=1.0 if greedy else settings.top_p,
+        top_k=-1 if greedy else settings.top_k,
+        seed=settings.seed,
+        stop=list(settings.stop) or None,
+        # the contract keeps the stop string; its token_ids end with the token completing it
+        include_stop_str_in_output=True,
+        logprobs=0,  # the sampled token's own log-prob, no alternatives
+    )
+
+
+def completion_log_probs(completion) -> list[float]:
+    """The log-prob of each token a vLLM CompletionOutput sampled (generated with
+    `SamplingParams(logprobs=0)`: its `logprobs` hold one {token_id: Logprob} per position with the
+    sampled token among the keys)."""
+    return [position[token].logprob for position, token in zip(completion.logprobs, completion.token_ids)]
+
+
+def sampled_log_probs(completions: list, width: int) -> torch.Tensor:
+    """[B, width] float32: row b's log-prob of each token it sampled, 0 after its last token."""
     values = torch.zeros(len(completions), width, dtype=torch.float32)
     for row, completion in enumerate(completions):
-        sampled = [position[token].logprob for position, token in zip(completion.logprobs, completion.token_ids)]
-        sampled = sampled[:width]
+        sampled = completion_log_probs(completion)[:width]
         values[row, :len(sampled)] = torch.tensor(sampled, dtype=torch.float32)
     return values
