@@ -90,7 +90,7 @@ class HFServer(RolloutServer):
         self._rows: list[_Request] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns] of the cache
-        self._sessions: OrderedDict[str, CachedBatch] = OrderedDict()
+        self._trajectories: OrderedDict[str, CachedBatch] = OrderedDict()  # request id -> its last turn's row, oldest first
         self.prefill_tokens = self.decode_steps = self.decoded_rows = self.max_batch_rows = 0
         self._thread = threading.Thread(target=self._run, name="hf-server", daemon=True)
         self._thread.start()
@@ -127,7 +127,7 @@ class HFServer(RolloutServer):
     async def release(self) -> None:
         with self._cond:
             self._require_idle("release")
-            self._sessions.clear()
+            self._trajectories.clear()
             self._released = True
 
     async def resume(self) -> None:
@@ -149,7 +149,7 @@ class HFServer(RolloutServer):
         with self._cond:
             self._require_idle("update_weights")
             self.module.load_state_dict(dict(weights))  # copies into the engine's own dtype and device
-            self._sessions.clear()  # keys/values of the old weights
+            self._trajectories.clear()  # keys/values of the old weights
             self._released = False
 
     def _require_idle(self, what: str) -> None:
@@ -182,7 +182,7 @@ class HFServer(RolloutServer):
     def _admit(self, joining: list[_Request]) -> None:
         """Encode the joining requests' prompts (only what their trajectory's cache lacks), sample their
         first tokens and add the unfinished ones to the batch."""
-        prefixes = {id(r): self._session_prefix(r) for r in joining}
+        prefixes = {id(r): self._trajectory_prefix(r) for r in joining}
         fresh = [r for r in joining if prefixes[id(r)] is None]
         continued = [r for r in joining if prefixes[id(r)] is not None]
         parts = []
@@ -202,9 +202,9 @@ class HFServer(RolloutServer):
         if batches:
             self._set_batch(concat_batches(batches) if len(batches) > 1 else batches[0])
 
-    def _session_prefix(self, request: _Request) -> CachedBatch | None:
+    def _trajectory_prefix(self, request: _Request) -> CachedBatch | None:
         """The keys/values of the request's trajectory when its prompt extends them."""
-        prefix = self._sessions.pop(request.request_id, None)
+        prefix = self._trajectories.pop(request.request_id, None)
         if prefix is None or match_rows(prefix.tokens, [request.prompt]) is None:
             return None
         return prefix
@@ -298,10 +298,10 @@ class HFServer(RolloutServer):
 
     def _finish(self, request: _Request, row: CachedBatch) -> None:
         """Keep the row's keys/values for the trajectory's next turn, then answer the caller."""
-        self._sessions[request.request_id] = row
-        self._sessions.move_to_end(request.request_id)
-        while len(self._sessions) > self.max_num_seqs:
-            self._sessions.popitem(last=False)
+        self._trajectories[request.request_id] = row
+        self._trajectories.move_to_end(request.request_id)
+        while len(self._trajectories) > self.max_num_seqs:
+            self._trajectories.popitem(last=False)
         self._settle(request, request.output())
 
     def _settle(self, request: _Request, result: GenerationOutput | BaseException) -> None:
