@@ -90,7 +90,7 @@ class HFServer(RolloutServer):
         self._rows: list[_Request] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns] of the cache
-        self._trajectories: OrderedDict[str, CachedBatch] = OrderedDict()  # request id -> its last turn's row, oldest first
+        self._trajectories: OrderedDict[str, CachedBatch] = OrderedDict()  # request id -> last turn's row
         self.prefill_tokens = self.decode_steps = self.decoded_rows = self.max_batch_rows = 0
         self._thread = threading.Thread(target=self._run, name="hf-server", daemon=True)
         self._thread.start()
