@@ -28,13 +28,15 @@ model: setup
 test: setup
 	$(PY) -m pytest -q -rs tests $(ARGS)
 
+# The recipe (python -m recipe; profiles in configs/recipe/). ARGS takes overrides in the profiles' keys,
+# e.g. ARGS="rl.trainer.total_training_steps=4 recipe.rl_questions=8"; DATA= and OUT= set the directories.
 demo: setup
-	$(PY) -m scripts.quickstart.demo $(ARGS)
+	$(PY) -m recipe demo $(ARGS)
 
-# PROFILE=long: the longer RL profile of scripts/results/make_results.py (about 150 min on 2 cores).
-PROFILE ?= default
+# PROFILE=long: the results profile carried on to 24 RL steps (about 150 min on 2 cores).
+PROFILE ?= results
 results: setup
-	$(PY) -m scripts.results.make_results --profile $(PROFILE) $(ARGS)
+	$(PY) -m recipe $(PROFILE) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,6 +7,10 @@ writes; a label is e.g. `single` or `multi`, or `sft-multi`). Two tables: EM per
 average (one row per label, the paper's Table), and what multi-query search changes, single vs
 multi side by side: EM, F1, retrieval rounds, queries per round, generated tokens, seconds per
 question and evidence recall, over all of a label's questions.
+
+The per-question tables read each run's `trajectories.jsonl` beside its summary (rag_r1.eval): by
+question type, where the wrong answers went wrong, and evidence recall round by round. The recipe's
+report (recipe/report.py) builds on all of them.
 """
 from __future__ import annotations
 
@@ -39,6 +43,19 @@ def load_runs(root: Path) -> list[EvalRun]:
     return [EvalRun(p.parent.parent.name, p.parent.name, json.loads(p.read_text())) for p in paths]
 
 
+def read_jsonl(path: Path, missing_ok: bool = False) -> list[dict]:
+    """The rows of a JSONL file (blank lines skipped); [] for a missing file when `missing_ok`."""
+    path = Path(path)
+    if missing_ok and not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_trajectories(root: Path, label: str, dataset: str) -> dict[str, dict]:
+    """The rows of `root/<label>/<dataset>/trajectories.jsonl` by question id ({} when there is none)."""
+    return {row["id"]: row for row in read_jsonl(Path(root) / label / dataset / "trajectories.jsonl", missing_ok=True)}
+
+
 def _ordered(values: Sequence[str], known: Sequence[str] = ()) -> list[str]:
     """Unique values, those in `known` first in its order, then the rest in order of appearance."""
     unique = list(dict.fromkeys(values))
@@ -49,9 +66,19 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [_row(header), _row(["---"] * len(header))] + [_row(r) for r in rows]
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = [_row(header), _row(["---"] * len(header))] + [_row([str(c) for c in r]) for r in rows]
     return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib's pyplot drawing to files only: no display on servers and CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def em_table(runs: Sequence[EvalRun]) -> str:
@@ -66,7 +93,7 @@ def em_table(runs: Sequence[EvalRun]) -> str:
         cells = [MISSING if s is None else f"{s:.3f}" for s in scores]
         average = MISSING if None in scores else f"{sum(scores) / len(scores):.3f}"
         rows.append([label, *cells, average])
-    return _table(["Method", *[DATASET_NAMES.get(d, d) for d in datasets], "Avg."], rows)
+    return markdown_table(["Method", *[DATASET_NAMES.get(d, d) for d in datasets], "Avg."], rows)
 
 
 def _weighted_mean(key: str, summaries: Sequence[dict]) -> float:
@@ -116,7 +143,7 @@ def search_table(runs: Sequence[EvalRun]) -> str:
     rows = []
     for label, t in label_totals(runs).items():
         rows.append([label] + [MISSING if t[key] is None else fmt.format(t[key]) for _, key, fmt in SEARCH_COLUMNS])
-    return _table(["Method"] + [h for h, _, _ in SEARCH_COLUMNS], rows)
+    return markdown_table(["Method"] + [h for h, _, _ in SEARCH_COLUMNS], rows)
 
 
 def markdown_report(runs: Sequence[EvalRun]) -> str:
@@ -129,11 +156,7 @@ def markdown_report(runs: Sequence[EvalRun]) -> str:
 def plot_report(runs: Sequence[EvalRun], png: Path) -> Path:
     """Six panels: EM per dataset, rounds, queries per round, tokens, seconds per question (one
     bar per label) and evidence recall by retrieval round (one line per label)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = _ordered([r.label for r in runs])
     datasets = _ordered([r.dataset for r in runs], list(DATASET_NAMES))
     totals = label_totals(runs)
@@ -177,6 +200,83 @@ def plot_report(runs: Sequence[EvalRun], png: Path) -> Path:
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+def evidence_by_round(runs: Sequence[EvalRun]) -> dict[str, list[float]]:
+    """Evidence recall after each retrieval round, per label of the runs that measured it."""
+    return {r.label: r.summary["evidence_recall_by_round"] for r in runs if "evidence_recall_by_round" in r.summary}
+
+
+def evidence_table(by_label: dict[str, list[float]]) -> str:
+    """One row per label: evidence recall after round 1, 2, ... (– past a label's last round)."""
+    if not by_label:
+        return ""
+    width = max(len(v) for v in by_label.values())
+    rows = [[label, *(f"{v:.3f}" for v in values), *[MISSING] * (width - len(values))]
+            for label, values in by_label.items()]
+    return markdown_table(["Method", *(f"after round {i}" for i in range(1, width + 1))], rows)
+
+
+def passage_titles(corpus: Path) -> dict[str, str]:
+    """Passage titles by id of a corpus JSONL (rag_r1.search.corpus rows)."""
+    from rag_r1.search.corpus import split_title
+
+    return {row["id"]: split_title(row["contents"])[0] for row in read_jsonl(corpus)}
+
+
+def question_type(row: dict, titles: dict[str, str]) -> str:
+    """The row's own `type` (HotpotQA's), else "comparison" when the question names every supporting
+    title (both entities given: one parallel round can find both), else "bridge"."""
+    from rag_r1.sft.evidence import named_in
+
+    if row.get("type"):
+        return row["type"]
+    support = [titles.get(pid) for pid in row.get("supporting_ids") or []]
+    if support and all(t and named_in(t, row["question"]) for t in support):
+        return "comparison"
+    return "bridge"
+
+
+def type_stats(rows: list[dict], titles: dict[str, str]) -> dict[str, dict]:
+    """Per question type of some trajectories: questions, EM, rounds and queries per round."""
+    by_kind: dict[str, list[dict]] = {}
+    for r in rows:
+        by_kind.setdefault(question_type(r, titles), []).append(r)
+    stats = {}
+    for kind, mine in sorted(by_kind.items()):
+        rounds = sum(r["searches"] for r in mine)
+        queries = sum(len(q) for r in mine for q in r["queries"])
+        stats[kind] = {"n": len(mine), "em": sum(r["em"] for r in mine) / len(mine),
+                       "rounds": rounds / len(mine), "queries_per_round": queries / rounds if rounds else 0.0}
+    return stats
+
+
+def type_table(root: Path, runs: Sequence[EvalRun], titles: dict[str, str]) -> str:
+    """Per run and question type: questions, EM, rounds and queries per round."""
+    rows = [[run.label, kind, st["n"], f"{st['em']:.3f}", f"{st['rounds']:.2f}", f"{st['queries_per_round']:.2f}"]
+            for run in runs
+            for kind, st in type_stats(list(read_trajectories(root, run.label, run.dataset).values()), titles).items()]
+    return markdown_table(["model-mode", "type", "questions", "EM", "rounds", "queries/round"], rows)
+
+
+def outcome_table(root: Path, runs: Sequence[EvalRun]) -> str | None:
+    """Per run: right answers, wrong ones whose answer was or was not in what the agent retrieved,
+    unanswered ones, and wrong answers copied from the question; None when no run kept its text."""
+    from rag_r1.eval.metrics import answer_outcomes
+
+    rows = []
+    for run in runs:
+        trajectories = list(read_trajectories(root, run.label, run.dataset).values())
+        if trajectories and all("text" in r for r in trajectories):
+            c = answer_outcomes(trajectories)
+            rows.append([run.label, len(trajectories), c["right"], c["missed_retrieved"], c["missed_not_retrieved"],
+                         c["unanswered"], c["copied_question"],
+                         f"{c['yes_no_right']} of {c['yes_no']} / {c['said_yes']} / {c['gold_yes']}"])
+    if not rows:
+        return None
+    return markdown_table(["model-mode", "questions", "right", "wrong, answer retrieved", "wrong, answer never retrieved",
+                           "no answer", "wrong answers copied from the question",
+                           "yes/no questions: right / answered yes / yes is right"], rows)
 
 
 def write_report(runs: Sequence[EvalRun], out_dir: Path) -> tuple[Path, Path]:

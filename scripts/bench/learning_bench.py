@@ -5,9 +5,9 @@
     make bench-learning ARGS="--set actor_rollout_ref.actor.optim.lr=1e-4"   # any trainer key
 
 The demo's SFT model (outputs/demo/checkpoints/sft, built with the demo's own stages when missing)
-is trained with the RL settings of the demo recipe on the same questions every step, without
-guides (no gold trajectory in the groups: whatever is learnt, the policy found itself), with the
-demo's multi-turn search agent and retrieval server. The trainer's greedy validation on the same
+is trained with the RL settings of the demo profile (configs/recipe/demo.yaml) on the same questions
+every step, without guides (no gold trajectory in the groups: whatever is learnt, the policy found
+itself), with the demo's multi-turn search agent and retrieval server. The trainer's greedy validation on the same
 questions before the first step and after the last gives the exact match before and after.
 
 Because every step samples the same questions, the reward of the first quarter of the steps and
@@ -26,11 +26,12 @@ import json
 import math
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from scripts.quickstart.demo import DEFAULTS as DEMO
-from scripts.results.pipeline import REPO, Pipeline, evenly_by_type, read_jsonl, write_if_changed
+from rag_r1.eval.report import read_jsonl
+from recipe.config import REPO, load_settings
+from recipe.pipeline import Pipeline
+from recipe.samples import evenly_by_type, write_if_changed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,13 +106,13 @@ def summary_line(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    demo = Pipeline(DEMO)  # the demo's stages and outputs: its SFT model is the demo's
-    bench = Pipeline(replace(DEMO, out_dir=args.out))  # the benchmark's own files and commands
+    demo = Pipeline(load_settings(["demo"]))  # the demo's stages and outputs: its SFT model is the demo's
+    bench = Pipeline(load_settings(["demo"], [f"recipe.out_dir={args.out}"]))  # the benchmark's own files and commands
     run_dir = args.out / "run"
     base = demo.base_model()
     with demo.retrieval_server(demo.build_index()) as url:
         sft = demo.run_sft(base, [demo.build_sft_data(url, mode) for mode in ("multi", "single")])
-        questions = draw_questions(DEMO.data_dir / "train.jsonl", args.questions, args.seed, args.out / "questions")
+        questions = draw_questions(demo.cfg.data_dir / "train.jsonl", args.questions, args.seed, args.out / "questions")
         rl_data = bench.build_rl_data(questions)
         overrides = with_overrides(bench.rl_overrides(sft, rl_data, url, run_dir),
                                    bench_overrides(args.questions, args.steps, run_dir, rl_data) + args.overrides)

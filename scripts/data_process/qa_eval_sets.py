@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rag_r1.eval.report import read_jsonl
 from rag_r1.llm_agent.config import MODES, AgentConfig
 from scripts.data_process.search_data import (AliasHelpFormatter, add_query_arguments, convert_questions,
-                                               prompt_mode, read_jsonl, write_parquet)
+                                               prompt_mode, write_parquet)
 
 SEVEN_SETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 

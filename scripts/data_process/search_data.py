@@ -66,12 +66,6 @@ def read_json_list(path: Path) -> list[dict]:
     return rows
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """FlashRAG's JSONL: one `{"id", "question", "golden_answers", ...}` per line."""
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def write_parquet(rows: Iterable[dict], path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(list(rows))

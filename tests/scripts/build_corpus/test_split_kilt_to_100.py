@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from rag_r1.eval.report import read_jsonl
 from scripts.build_corpus import split_kilt_to_100
 from scripts.build_corpus.split_kilt_to_100 import article_words, split_kilt
 
@@ -29,10 +30,6 @@ def kilt_file(tmp_path):
     path = tmp_path / "kilt.jsonl"
     path.write_text("".join(json.dumps(a) + "\n" for a in ARTICLES) + "\n")
     return path
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_article_words_drops_title_headings_and_bullet_markers():

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from rag_r1.eval.report import read_jsonl
 from rag_r1.search.corpus import iter_passages, split_title
 from scripts.data_process import closed_corpus
 from scripts.data_process.closed_corpus import split_test
@@ -47,10 +48,6 @@ MUSIQUE_ROWS = [
      "paragraphs": [{"idx": 0, "title": "Pear", "paragraph_text": "A pear is a fruit.", "is_supporting": True}]},
     {"id": "2hop_4", "question": "Empty?", "answer": "x", "answer_aliases": [], "paragraphs": []},
 ]
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def write_jsonl(path, rows):

@@ -1,16 +1,9 @@
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from rag_r1.search.corpus import split_title
 from scripts.quickstart.make_demo_data import DEFAULT_OUT, build_world, make_demo_data, split_questions
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_same_seed_same_bytes_other_seed_other_world(tmp_path):

@@ -1,10 +1,11 @@
+"""The recipe's report (recipe/report.py) on what a run leaves, and the shared tables it takes from
+rag_r1.eval.report."""
 import json
 from pathlib import Path
 
-import pytest
-
-from scripts.results.pipeline import PipelineConfig, invocation, latest_step_dir, parse_config
-from scripts.results.report import evidence_table, write_results_readme
+from rag_r1.eval.report import evidence_table, question_type
+from recipe.__main__ import invocation, split_words
+from recipe.report import learning_checks, write_results_readme
 
 
 def write_summary(root: Path, label: str, split: str = "test", **summary) -> None:
@@ -62,8 +63,8 @@ def test_results_readme_has_tables_evidence_and_curves(tmp_path):
     assert readme.index("| base-multi |") < readme.index("| sft-multi |") < readme.index("| rl-multi |")
     assert "| rl-multi | 0.500 | 0.750 |" in readme  # evidence recall after round 1, 2
     assert "| base-multi | 0.250 | – |" in readme
-    assert "| step | sampling/score_mean | env/search_calls_mean |\n|---|---|---|\n| 1 | 0.25 | 1 |\n| 2 | 0.5 | 1.5 |" \
-        in readme
+    assert ("| step | sampling/score_mean | env/search_calls_mean |\n| --- | --- | --- |\n| 1 | 0.25 | 1 |\n"
+            "| 2 | 0.5 | 1.5 |") in readme
     assert "first quarter of the 2 steps 0.250, last quarter 0.500" in readme
     assert "- EM in multi mode rises untrained < SFT < SFT+RL (0.000 < 0.500 < 1.000): **yes**" \
         in readme
@@ -77,13 +78,11 @@ def test_results_readme_has_tables_evidence_and_curves(tmp_path):
     assert "right every time on 3, never on 2, sometimes on 5; 5 were kept for RL (the sometimes ones)." in readme
     assert "SFT loss per step: 1.5, 0.25" in readme
     assert "| RL (grpo) | 12.5 |" in readme
-    for png in ("eval.png", "curves.png", "evidence_by_round.png"):
+    for png in ("eval.png", "curves.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
 
 def test_question_type_without_a_type_field_is_read_from_the_titles():
-    from scripts.results.report import question_type
-
     titles = {"p1": "Paris, Texas", "p2": "Kiss and Tell (1945 film)"}
     row = {"question": "Is Paris Texas older than Kiss and Tell?", "supporting_ids": ["p1", "p2"]}
     assert question_type(row, titles) == "comparison"
@@ -93,90 +92,20 @@ def test_question_type_without_a_type_field_is_read_from_the_titles():
 
 def test_evidence_table_pads_shorter_runs():
     assert evidence_table({"a": [0.5], "b": [0.25, 1.0]}).splitlines() == [
-        "| Method | after round 1 | after round 2 |", "|---|---|---|", "| a | 0.500 | – |", "| b | 0.250 | 1.000 |"]
+        "| Method | after round 1 | after round 2 |", "| --- | --- | --- |", "| a | 0.500 | – |",
+        "| b | 0.250 | 1.000 |"]
 
 
-def test_parse_config_flags_and_env(tmp_path, monkeypatch):
-    defaults = PipelineConfig(data_dir=tmp_path / "d", out_dir=tmp_path / "o")
-    monkeypatch.setenv("DATA", str(tmp_path / "other"))
-    config = parse_config(defaults, ["--rl-steps", "20", "--eval-runs", "rl-multi", "--eval-limit", "5",
-                                     "--algo", "ppo", "--rl-questions", "all"], "x")
-    assert (config.data_dir, config.rl_steps, config.eval_runs, config.eval_limit, config.algo) == (
-        tmp_path / "other", 20, ("rl-multi",), 5, "ppo")
-    assert config.rl_questions is None
-    assert config.sft_lr == defaults.sft_lr and config.model is None
-    assert parse_config(defaults, ["--eval-limit", "all"], "x").eval_limit is None
-    assert parse_config(defaults, ["--guides", "no"], "x").guides is False
-
-
-@pytest.mark.parametrize("argv", [["--rl-negative-scal", "0"], ["--guides", "flase"]])
-def test_parse_config_refuses_a_shortened_flag_and_a_misspelled_bool(tmp_path, argv, capsys):
-    defaults = PipelineConfig(data_dir=tmp_path / "d", out_dir=tmp_path / "o")
-    with pytest.raises(SystemExit):
-        parse_config(defaults, argv, "x")
-    assert argv[0] in capsys.readouterr().err
-
-
-def test_missing_data_names_the_file(tmp_path):
-    from scripts.results.pipeline import Pipeline
-
-    (tmp_path / "corpus.jsonl").write_text("")
-    with pytest.raises(SystemExit, match="train.jsonl is missing"):
-        Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out"))
-    for name in ("train.jsonl", "test.jsonl"):
-        (tmp_path / name).write_text("")
-    with pytest.raises(SystemExit, match="rl_n: GRPO compares samples"):
-        Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out", rl_n=1))
-    with pytest.raises(SystemExit, match="eval_runs: unknown \\['ppo-multi'\\]"):
-        Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out", eval_runs=("ppo-multi",)))
-    with pytest.raises(SystemExit, match="reward: expected em, f1 or format"):
-        Pipeline(PipelineConfig(data_dir=tmp_path, out_dir=tmp_path / "out", reward="bleu"))
-
-
-def test_latest_step_dir_orders_numerically(tmp_path):
-    for step in (2, 10, 9):
-        (tmp_path / f"global_step_{step}").mkdir()
-    assert latest_step_dir(tmp_path).name == "global_step_10"
-
-
-def test_sampled_questions_are_a_seeded_draw_in_file_order(tmp_path):
-    from scripts.results.pipeline import Pipeline
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("corpus.jsonl", "train.jsonl", "test.jsonl"):
-        (data / name).write_text("")
-    # Sorted by type, as hotpotqa_closed is: 20 bridge rows, then 20 comparisons.
-    rows = [json.dumps({"id": f"{kind}{i}"}) for kind in ("b", "c") for i in range(20)]
-    source = data / "train.jsonl"
-    source.write_text("\n".join(rows) + "\n")
-    pipeline = Pipeline(PipelineConfig(data_dir=data, out_dir=tmp_path / "out", seed=3))
-
-    first = pipeline.sampled(source, 10, tmp_path / "out" / "a.jsonl")
-    picked = [json.loads(line)["id"] for line in first.read_text().splitlines()]
-    assert len(set(picked)) == 10 and sorted(picked, key=lambda i: rows.index(json.dumps({"id": i}))) == picked
-    assert {i[0] for i in picked} == {"b", "c"}  # not the first ten (all bridge)
-    again = Pipeline(PipelineConfig(data_dir=data, out_dir=tmp_path / "again", seed=3))
-    assert again.sampled(source, 10, tmp_path / "again" / "a.jsonl").read_text() == first.read_text()
-    other = [json.loads(line)["id"] for line in pipeline.sampled(source, 10, tmp_path / "out" / "b.jsonl")
-             .read_text().splitlines()]
-    assert other != picked
-    # Resumed with another limit: the file is drawn again, not reused.
-    assert len(pipeline.sampled(source, 5, tmp_path / "out" / "a.jsonl").read_text().splitlines()) == 5
-    assert pipeline.sampled(source, None, tmp_path / "out" / "c.jsonl") == source
-    assert pipeline.sampled(source, 40, tmp_path / "out" / "c.jsonl") == source
-
-
-def test_invocation_names_the_module_args_and_data(monkeypatch):
+def test_invocation_names_the_profiles_overrides_and_data(monkeypatch):
     monkeypatch.setenv("DATA", "/data/my set")
     monkeypatch.delenv("OUT", raising=False)
-    assert invocation("scripts.results.make_results", ["--rl-steps", "2", "--model", "a b"]) == \
-        "DATA='/data/my set' python -m scripts.results.make_results --rl-steps 2 --model 'a b'"
+    argv = ["results", "rl.trainer.total_training_steps=2", "recipe.model=a b", "ppo"]
+    assert split_words(argv) == (["results", "ppo"], ["rl.trainer.total_training_steps=2", "recipe.model=a b"])
+    assert invocation(argv) == ("DATA='/data/my set' python -m recipe results rl.trainer.total_training_steps=2 "
+                                "'recipe.model=a b' ppo")
 
 
 def test_learning_checks_say_no_when_a_check_fails(tmp_path):
-    from scripts.results.report import learning_checks
-
     for label, em, queries in (("base-multi", 0.0, [["a"]]), ("sft-multi", 1.0, [["a", "b"]]),
                                ("rl-multi", 1.0, [["a"], ["b", "c"]]), ("rl-single", 1.0, [["a"], ["b"]])):
         (tmp_path / "eval" / label / "test").mkdir(parents=True)
@@ -188,7 +117,8 @@ def test_learning_checks_say_no_when_a_check_fails(tmp_path):
         "- after RL, comparison questions take fewer rounds in multi mode than in single mode (2.00 vs 2.00) at "
         "1.5 queries per round or more (1.50): **no**"]
     # an F1 reward: the check names it, and the policy's own EM (logged beside the score) gets a line
-    (tmp_path / "config.json").write_text(json.dumps({"pipeline": {"reward": "f1", "round_cost": 0.0}}))
+    (tmp_path / "config.json").write_text(json.dumps({"profile": {"rl": {
+        "custom_reward_function.reward_kwargs.scorer": "f1"}}}))
     rl = [{**row, "sampling/em": em} for row, em in zip(rl, [0.0, 0.1, 0.2, 0.25])]
     assert learning_checks(tmp_path, rl, {})[1:3] == [
         "- RL reward (f1) of the last quarter of the steps above the first (0.500 -> 0.200): **no**",
