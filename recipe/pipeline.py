@@ -182,9 +182,9 @@ class Pipeline:
     def build_rl_data(self, questions: Path) -> Path:
         out = self.out / "rl_data"
         if not built_from(out / "train.parquet", questions):
-            self.sh("RL data", ["-m", "scripts.data_process.qa_eval_sets", "--input_dir", questions.parent,
+            self.sh("RL data", ["-m", "scripts.data_process.qa_eval_sets", "--input-dir", questions.parent,
                                 "--sets", questions.stem, "--split", "train", "--mode", self.agent.mode,
-                                "--data_source", self.cfg.data_source, "--out", out])
+                                "--data-source", self.cfg.data_source, "--out", out])
         return out
 
     def run_sft(self, base: Path, data: list[Path]) -> Path:

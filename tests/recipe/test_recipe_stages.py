@@ -31,8 +31,11 @@ def make(tmp_path: Path, *overrides: str, profiles=("base",)) -> Pipeline:
             (data / name).write_text("")
     settings = load_settings(profiles, [f"recipe.data_dir={data}", f"recipe.out_dir={tmp_path / 'out'}", *APART,
                                         *overrides])
-    pipeline = Pipeline(settings)
+    return running_nothing(Pipeline(settings))
 
+
+def running_nothing(pipeline: Pipeline) -> Pipeline:
+    """`pipeline` with stages that raise Ran instead of running their command."""
     def run(title, args):
         raise Ran([str(a) for a in args])
 
@@ -331,6 +334,18 @@ def test_latest_step_dir_orders_numerically(tmp_path):
     for step in (2, 10, 9):
         (tmp_path / f"global_step_{step}").mkdir()
     assert latest_step_dir(tmp_path).name == "global_step_10"
+
+
+def test_demo_profile_draws_as_many_comparison_as_bridge_questions_and_evaluates_every_held_out_one(tmp_path):
+    from recipe.config import REPO
+
+    pipeline = running_nothing(Pipeline(load_settings(["demo"], [f"recipe.out_dir={tmp_path}"])))
+    kinds = [json.loads(row)["type"] for row in pipeline.rl_candidates().read_text().splitlines()]
+    assert len(kinds) == 16 and kinds.count("comparison") == kinds.count("bridge") == 8
+    args = command(lambda: pipeline.evaluate("rl", tmp_path / "rl", "multi", URL))
+    assert flag(args, "--questions") == str(REPO / "data" / "demo" / "test.jsonl")
+    # 64-token turns in RL and evaluation alike; evaluation one search round more than the rollouts
+    assert [flag(args, name) for name in ("--topk", "--max-new-tokens", "--max-turns")] == ["2", "64", "3"]
 
 
 # ---------------------------------------------------------------- what the results profiles set
