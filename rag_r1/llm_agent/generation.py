@@ -1,14 +1,20 @@
-"""GenerationManager: the multi-turn rollout in which the policy thinks, searches, reads and answers.
+"""The multi-turn rollout in which the policy thinks, searches, reads and answers.
 
-Per turn, for every trajectory still running:
-1. generate (stop at `</search>` or `</answer>`, at most `max_response_length` new tokens);
-2. parse the action (`actions.parse_action`, queries by the mode);
-3. ONE retrieval request for the queries of all rows (each distinct query once); with
-   `unseen_passages` a search shows only passages its trajectory has not been shown yet;
-4. append `"\\n<information>\\n" + results + "\\n</information>\\n"` (info_mask 1) after a search, a
-   short corrective note (info_mask 1: the policy did not write it either) after a turn with no
-   complete action; an answer ends the trajectory.
-After `max_turns` turns every row still running gets one more turn whose searches are not run.
+`TurnRules` is the agent's per-trajectory logic, the one both rollouts apply: after each generated
+turn it reads the action (through the tool format, tool_formats.py), counts it, and says whether
+the trajectory searches now; after a search it appends the observation. The rules:
+1. generate (stop at the format's stop strings, at most `max_response_length` new tokens) from the
+   rolling context (`context`);
+2. an answer ends the trajectory; a search with at least one query runs (all of the turn's queries
+   in one request); a turn without either gets the format's correction (info_mask 1), which says
+   what was wrong (no action, a search without a query, a malformed tool call);
+3. the observation shows each query's `topk` passages (with `unseen_passages` only passages the
+   trajectory has not been shown yet), cut to `max_obs_length` tokens, info_mask 1;
+4. after `max_turns` turns a trajectory still running gets one more turn whose searches are not run.
+
+`GenerationManager` advances a batch turn by turn: one generate call for every running row, then
+ONE retrieval request for the queries of all searching rows (each distinct query once). The
+per-trajectory rollout (async_agent.py) advances each row on its own.
 
 State is plain token lists per row (`Trajectory`); the engine sees one left-padded batch per turn
 through verl's `build_prompt_batch` / `response_token_lists`. Beside each generated token the row
@@ -22,24 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rag_r1.llm_agent.actions import parse_action
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.modes import mode_of
+# INFO_OPEN, INFO_CLOSE and observation_budget live with the tag format; the SFT builders import them from here
+from rag_r1.llm_agent.tool_formats import INFO_CLOSE, INFO_OPEN, Action, TagFormat, ToolFormat, observation_budget
 from verl.protocol import DataProto
 from verl.workers.rollout.base import build_prompt_batch, response_token_lists
 
-STOP = ["</search>", "</answer>"]
-INFO_OPEN, INFO_CLOSE = "\n<information>\n", "\n</information>\n"
-
-
-def observation_budget(tokenizer, max_obs_length: int) -> int:
-    """Tokens of results one `<information>` block of `max_obs_length` tokens holds: the rest is its
-    two tags. The rollout cuts results to it, and so do the SFT builders."""
-    tags = sum(len(tokenizer.encode(tag, add_special_tokens=False)) for tag in (INFO_OPEN, INFO_CLOSE))
-    if max_obs_length - tags < 1:
-        raise ValueError(f"agent.max_obs_length={max_obs_length} leaves no room inside the "
-                         f"<information> tags ({tags} tokens)")
-    return max_obs_length - tags
+__all__ = ["INFO_CLOSE", "INFO_OPEN", "GenerationManager", "Retriever", "RolloutStats", "Trajectory", "TurnRules",
+           "observation_budget", "response_log_prob_lists", "shown_hits", "trajectory_metrics", "unseen_depth"]
 
 
 def shown_hits(query_hits: list[list[dict]], topk: int, seen: set[str] | None = None) -> list[list[dict]]:
@@ -77,10 +74,10 @@ class Trajectory:
     log_probs: list[float] = field(default_factory=list)  # per response token: sampled log-prob, 0 if not the policy's
     done: bool = False
     turns: int = 0  # generation calls this row took part in
-    search_calls: int = 0  # <information> blocks received
+    search_calls: int = 0  # observations of a search received
     valid_actions: int = 0  # turns ending in a complete search (with queries) or answer
     answered: bool = False
-    obs_truncated: int = 0  # <information> blocks cut to max_obs_length
+    obs_truncated: int = 0  # observations cut to max_obs_length
     queries: list[list[str]] = field(default_factory=list)  # per search round
     retrieved_ids: list[list[str]] = field(default_factory=list)  # per search round, all queries' hits
 
@@ -98,10 +95,15 @@ class Trajectory:
         self.info_mask.extend([1] * len(tokens))
         self.log_probs.extend([0.0] * len(tokens))
 
+    def seen_ids(self) -> set[str]:
+        return {pid for ids in self.retrieved_ids for pid in ids}
+
 
 @dataclass
 class RolloutStats:
-    """Wall time split of one `run`, and the retrieval traffic it caused."""
+    """Wall time split of one rollout, and the retrieval traffic it caused. With trajectories in
+    flight at once, `generate_s` is the time some generation ran and `retrieve_s` the time retrieval
+    ran while no generation did, so the split still adds up to `total_s`."""
 
     generate_s: float = 0.0
     retrieve_s: float = 0.0
@@ -111,22 +113,83 @@ class RolloutStats:
     queries_asked: int = 0  # before de-duplication
     requests_per_turn: list[int] = field(default_factory=list)
 
+    def count_request(self, turn: int, sent: int, asked: int) -> None:
+        """One retrieval request of turn `turn` (0-based) with `sent` distinct of `asked` queries."""
+        self.requests_per_turn += [0] * (turn + 1 - len(self.requests_per_turn))
+        self.requests_per_turn[turn] += 1
+        self.retrieval_requests += 1
+        self.queries_sent += sent
+        self.queries_asked += asked
+
+
+class TurnRules:
+    """The turn logic of one trajectory (module docstring), shared by every rollout: the batch one
+    applies it row by row, the per-trajectory one trajectory by trajectory."""
+
+    def __init__(self, tokenizer, config: AgentConfig, tool_format: ToolFormat | None = None):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.format = tool_format or TagFormat(tokenizer, mode_of(config), config.max_obs_length)
+
+    def context(self, row: Trajectory) -> list[int]:
+        """What the policy sees: the prompt's last `max_start_length` tokens (the question and the
+        assistant header sit at its end), then as much of the latest response as fits."""
+        start = row.prompt[-self.config.max_start_length:]
+        room = self.config.max_prompt_length - len(start)
+        return start + (row.response[-room:] if room > 0 and row.response else [])
+
+    def after_turn(self, row: Trajectory, tokens: list[int], log_probs: list[float], final: bool) -> Action | None:
+        """Record one generated turn; return the search to run now, or None (the row may be done)."""
+        row.append_generated(tokens, log_probs)
+        row.turns += 1
+        action = self.format.parse(self.tokenizer.decode(tokens, skip_special_tokens=True))
+        if action.kind == "answer":
+            row.valid_actions += 1
+            row.answered = row.done = True
+            return None
+        if action.queries:
+            row.valid_actions += 1
+            if final:  # the last turn only gives a chance to answer; its searches are not run
+                row.done = True
+                return None
+            return action
+        if final:
+            row.done = True
+        else:
+            row.append_observation(self.format.correction(action, self._after_eos(row)))
+        return None
+
+    def depth(self, row: Trajectory, action: Action) -> int:
+        """Hits to retrieve per query for `action`."""
+        if not self.config.unseen_passages:
+            return self.config.topk
+        return unseen_depth(self.config.topk, len(row.seen_ids()), len(action.queries))
+
+    def observe(self, row: Trajectory, action: Action, hits_of: dict[str, list[dict]]) -> None:
+        """Append the observation of `action`'s search; `hits_of` maps each query to its hits."""
+        seen = row.seen_ids() if self.config.unseen_passages else None
+        shown = [shown_hits([hits_of[q] for q in call.queries], self.config.topk, seen) for call in action.calls]
+        tokens, cut = self.format.observation(action, shown, self._after_eos(row))
+        row.append_observation(tokens)
+        row.obs_truncated += cut
+        row.search_calls += 1
+        row.queries.append(action.queries)
+        row.retrieved_ids.append([hit["id"] for call_hits in shown for hits in call_hits for hit in hits])
+
+    def _after_eos(self, row: Trajectory) -> bool:
+        return bool(row.response) and row.response[-1] == self.tokenizer.eos_token_id
+
 
 class GenerationManager:
     def __init__(self, generate: Callable[[DataProto], DataProto], tokenizer, retriever: Retriever,
-                 config: AgentConfig):
+                 config: AgentConfig, tool_format: ToolFormat | None = None):
+        """`tool_format`: how the policy searches (default: RAG-R1's tags in `config.mode`)."""
         self.generate = generate
         self.tokenizer = tokenizer
         self.retriever = retriever
         self.config = config
         self.mode = mode_of(config)
-        self._open_ids = self._encode(INFO_OPEN)
-        self._close_ids = self._encode(INFO_CLOSE)
-        self._obs_budget = observation_budget(tokenizer, config.max_obs_length)
-        self._note_ids = self._encode(self.mode.invalid_note)
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        self.rules = TurnRules(tokenizer, config, tool_format)
 
     def run(self, prompts: list[list[int]], meta: dict | None = None) -> tuple[list[Trajectory], RolloutStats]:
         """Roll out every prompt (unpadded token lists); `meta` holds the sampling settings."""
@@ -138,80 +201,39 @@ class GenerationManager:
             if not active:
                 break
             searching = self._generate_turn(active, meta or {}, stats, final=turn == self.config.max_turns)
-            requests_before = stats.retrieval_requests
+            stats.requests_per_turn += [0] * (turn + 1 - len(stats.requests_per_turn))
             if searching:
-                self._search(searching, stats)
-            stats.requests_per_turn.append(stats.retrieval_requests - requests_before)
+                self._search(searching, stats, turn)
         stats.total_s = time.perf_counter() - start
         return rows, stats
 
-    def _context(self, row: Trajectory) -> list[int]:
-        """What the policy sees: the prompt's last `max_start_length` tokens (the question and the
-        assistant header sit at its end), then as much of the latest response as fits."""
-        start = row.prompt[-self.config.max_start_length:]
-        room = self.config.max_prompt_length - len(start)
-        return start + (row.response[-room:] if room > 0 and row.response else [])
-
     def _generate_turn(self, active: list[Trajectory], meta: dict, stats: RolloutStats,
-                       final: bool) -> list[tuple[Trajectory, list[str]]]:
-        """Generate one turn for `active`; return the rows that asked to search, with their queries."""
-        batch = build_prompt_batch([self._context(r) for r in active], self.tokenizer.pad_token_id)
-        batch.meta_info = {**meta, "max_new_tokens": self.config.max_response_length, "stop": list(STOP)}
+                       final: bool) -> list[tuple[Trajectory, Action]]:
+        """Generate one turn for `active`; return the rows that search now, with their actions."""
+        batch = build_prompt_batch([self.rules.context(r) for r in active], self.tokenizer.pad_token_id)
+        batch.meta_info = {**meta, "max_new_tokens": self.config.max_response_length, "stop": list(self.rules.format.stop)}
         tick = time.perf_counter()
         output = self.generate(batch)
         stats.generate_s += time.perf_counter() - tick
         searching = []
-        turns = response_token_lists(output)
-        log_probs = response_log_prob_lists(output)
-        texts = self.tokenizer.batch_decode(turns, skip_special_tokens=True)
-        for row, tokens, token_log_probs, text in zip(active, turns, log_probs, texts, strict=True):
-            row.append_generated(tokens, token_log_probs)
-            row.turns += 1
-            action, content = parse_action(text)
-            queries = self.mode.queries_of(content) if action == "search" else []
-            if action == "answer":
-                row.valid_actions += 1
-                row.answered = row.done = True
-            elif queries:
-                row.valid_actions += 1
-                if final:  # the last turn only gives a chance to answer; its searches are not run
-                    row.done = True
-                else:
-                    searching.append((row, queries))
-            elif final:
-                row.done = True
-            else:
-                row.append_observation(self._note_ids)
+        for row, tokens, log_probs in zip(active, response_token_lists(output), response_log_prob_lists(output),
+                                          strict=True):
+            action = self.rules.after_turn(row, tokens, log_probs, final)
+            if action is not None:
+                searching.append((row, action))
         return searching
 
-    def _search(self, searching: list[tuple[Trajectory, list[str]]], stats: RolloutStats) -> None:
+    def _search(self, searching: list[tuple[Trajectory, Action]], stats: RolloutStats, turn: int) -> None:
         """One retrieval request for every query of every searching row, each distinct query once."""
-        distinct = list(dict.fromkeys(q for _, queries in searching for q in queries))
-        unseen = self.config.unseen_passages
-        seen_of = [{pid for ids in row.retrieved_ids for pid in ids} if unseen else None for row, _ in searching]
-        depth = self.config.topk if not unseen else max(
-            unseen_depth(self.config.topk, len(seen), len(queries)) for seen, (_, queries) in zip(seen_of, searching))
+        distinct = list(dict.fromkeys(q for _, action in searching for q in action.queries))
+        depth = max(self.rules.depth(row, action) for row, action in searching)
         tick = time.perf_counter()
         hits = self.retriever.retrieve(distinct, depth)
         stats.retrieve_s += time.perf_counter() - tick
-        stats.retrieval_requests += 1
-        stats.queries_sent += len(distinct)
-        stats.queries_asked += sum(len(q) for _, q in searching)
+        stats.count_request(turn, len(distinct), sum(len(action.queries) for _, action in searching))
         hits_of = dict(zip(distinct, hits, strict=True))
-        row_hits = [shown_hits([hits_of[q] for q in queries], self.config.topk, seen)
-                    for (_, queries), seen in zip(searching, seen_of)]
-        # One batched tokenizer call for all observations (fast tokenizers encode a batch in parallel).
-        texts = [self.mode.format_observation(queries, h) for (_, queries), h in zip(searching, row_hits)]
-        bodies = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        for (row, queries), query_hits, body in zip(searching, row_hits, bodies):
-            if len(body) > self._obs_budget:
-                # cut the results, never the tags, so the block always closes
-                body = body[: self._obs_budget]
-                row.obs_truncated += 1
-            row.append_observation(self._open_ids + body + self._close_ids)
-            row.search_calls += 1
-            row.queries.append(queries)
-            row.retrieved_ids.append([hit["id"] for hits in query_hits for hit in hits])
+        for row, action in searching:
+            self.rules.observe(row, action, hits_of)
 
 
 def response_log_prob_lists(output: DataProto) -> list[list[float]]:

@@ -80,3 +80,27 @@ def invalid_action_note(mode: str) -> str:
     what = "queries" if mode == "multi" else "query"
     return (f"\nThat step had no complete action. Close the search {what} with the closing search tag, "
             "or give the final answer between the opening and closing answer tags.\n")
+
+
+def empty_search_note(mode: str) -> str:
+    """Appended (info_mask 1) after a turn whose search block held no query: the block was closed, so
+    the generic note would mislead. Tags are named, not written (see invalid_action_note)."""
+    what = "queries" if mode == "multi" else "query"
+    return (f"\nThat search had no query. Write the {what} between the opening and closing search tags, "
+            "or give the final answer between the opening and closing answer tags.\n")
+
+
+def agent_notes(mode: str) -> tuple[str, ...]:
+    """Every note the tag-format rollout may append in `mode` (SFT builders drop rollouts holding one)."""
+    return invalid_action_note(mode), empty_search_note(mode)
+
+
+# The tool-call format (veRL's search tool): the policy calls tools through its chat template, so the
+# corrective note is a user message and a malformed call's answer is its tool message.
+TOOL_INVALID_NOTE = ("That step called no tool and gave no final answer. Call the search tool, or give the "
+                     "final answer between the opening and closing answer tags.")
+
+
+def tool_call_error(problem: str) -> str:
+    """The tool message answering a malformed tool call: what was wrong, so the policy can fix it."""
+    return f"Error: {problem}. No search was run for this call."

@@ -29,6 +29,63 @@ def _endpoints(url: str) -> tuple[str, str]:
     return base + "/retrieve", base + "/health"
 
 
+def retrieve_urls(urls: str | list[str], retries: int) -> list[str]:
+    """The /retrieve URLs of the replicas (base URLs accepted), checked."""
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise ValueError("a retrieval client needs at least one server URL")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    return [_endpoints(u)[0] for u in urls]
+
+
+def endpoint_url(retrieve_url: str, endpoint: str) -> str:
+    return retrieve_url if endpoint == "retrieve" else _endpoints(retrieve_url)[1]
+
+
+def retry_delay(backoff: float, round_no: int) -> float:
+    """Seconds to wait before retry round `round_no` (1, 2, ...)."""
+    return backoff * 2 ** (round_no - 1)
+
+
+def request_payload(queries: list[str], topk: int, return_scores: bool) -> dict:
+    return {"queries": queries, "topk": topk, "return_scores": return_scores}
+
+
+def read_answer(url: str, response: httpx.Response, failures: list[str]) -> dict | None:
+    """The JSON of a 2xx answer; None after noting a 5xx in `failures` (try the next replica); a
+    4xx is the caller's bug and raises ValueError with the server's message."""
+    if response.status_code >= 500:
+        failures.append(f"{url}: HTTP {response.status_code} {response.text[:200]}")
+        return None
+    if response.status_code >= 400:
+        raise ValueError(f"retrieval server {url} refused the request "
+                         f"(HTTP {response.status_code}): {response.text[:500]}")
+    return response.json()
+
+
+def unanswered(order: list[str], retries: int, timeout: float, failures: list[str]) -> RetrievalError:
+    return RetrievalError(
+        f"retrieval server(s) {', '.join(order)} did not answer after {retries + 1} rounds "
+        f"(timeout {timeout}s); last errors: {' | '.join(failures[-len(order):])}"
+    )
+
+
+def read_hits(answer: dict, queries: list[str], return_scores: bool) -> list[list[dict]]:
+    """The hits of a /retrieve answer, one list per query (see RetrievalClient.retrieve)."""
+    result = answer.get("result")
+    if not isinstance(result, list) or len(result) != len(queries):
+        answered = len(result) if isinstance(result, list) else repr(result)
+        raise RetrievalError(f"retrieval server answered {answered} result lists for {len(queries)} queries")
+    if not return_scores:
+        return [[{"id": d["id"], "contents": d["contents"]} for d in hits] for hits in result]
+    return [
+        [{"id": h["document"]["id"], "contents": h["document"]["contents"], "score": float(h["score"])}
+         for h in hits]
+        for hits in result
+    ]
+
+
 class RetrievalClient:
     def __init__(
         self,
@@ -38,12 +95,7 @@ class RetrievalClient:
         backoff: float = 0.5,
         transport: httpx.BaseTransport | None = None,  # tests put an httpx.MockTransport here
     ):
-        urls = [urls] if isinstance(urls, str) else list(urls)
-        if not urls:
-            raise ValueError("RetrievalClient needs at least one server URL")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        self.urls = [_endpoints(u)[0] for u in urls]
+        self.urls = retrieve_urls(urls, retries)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -61,25 +113,18 @@ class RetrievalClient:
         failures: list[str] = []
         for round_no in range(self.retries + 1):
             if round_no:
-                time.sleep(self.backoff * 2 ** (round_no - 1))
+                time.sleep(retry_delay(self.backoff, round_no))
             for retrieve_url in order:
-                url = retrieve_url if endpoint == "retrieve" else _endpoints(retrieve_url)[1]
+                url = endpoint_url(retrieve_url, endpoint)
                 try:
                     response = self._http.request(method, url, json=payload)
                 except httpx.HTTPError as err:
                     failures.append(f"{url}: {type(err).__name__}: {err}")
                     continue
-                if response.status_code >= 500:
-                    failures.append(f"{url}: HTTP {response.status_code} {response.text[:200]}")
-                    continue
-                if response.status_code >= 400:
-                    raise ValueError(f"retrieval server {url} refused the request "
-                                     f"(HTTP {response.status_code}): {response.text[:500]}")
-                return response.json()
-        raise RetrievalError(
-            f"retrieval server(s) {', '.join(order)} did not answer after {self.retries + 1} rounds "
-            f"(timeout {self.timeout}s); last errors: {' | '.join(failures[-len(order):])}"
-        )
+                answer = read_answer(url, response, failures)
+                if answer is not None:
+                    return answer
+        raise unanswered(order, self.retries, self.timeout, failures)
 
     def retrieve(self, queries: list[str], topk: int, return_scores: bool = True) -> list[list[dict]]:
         """One list of hits per query, best first: `{"id", "contents", "score"}` (no score when
@@ -87,19 +132,8 @@ class RetrievalClient:
         queries = list(queries)
         if not queries:
             return []
-        payload = {"queries": queries, "topk": topk, "return_scores": return_scores}
-        result = self._request("POST", "retrieve", payload).get("result")
-        if not isinstance(result, list) or len(result) != len(queries):
-            answered = len(result) if isinstance(result, list) else repr(result)
-            raise RetrievalError(
-                f"retrieval server answered {answered} result lists for {len(queries)} queries")
-        if not return_scores:
-            return [[{"id": d["id"], "contents": d["contents"]} for d in hits] for hits in result]
-        return [
-            [{"id": h["document"]["id"], "contents": h["document"]["contents"], "score": float(h["score"])}
-             for h in hits]
-            for hits in result
-        ]
+        return read_hits(self._request("POST", "retrieve", request_payload(queries, topk, return_scores)),
+                         queries, return_scores)
 
     def health(self) -> dict:
         """The /health answer of the next replica (with the same retries and failover)."""

@@ -31,13 +31,13 @@ from tqdm import tqdm
 
 from rag_r1.llm_agent.config import MODES, AgentConfig
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN
-from rag_r1.llm_agent.prompts import invalid_action_note, user_content
+from rag_r1.llm_agent.prompts import agent_notes, user_content
 
 # The agent inserts exactly INFO_OPEN + formatted + INFO_CLOSE after a </search>.
 OBSERVATION_RE = re.compile(re.escape(INFO_OPEN) + ".*?" + re.escape(INFO_CLOSE), re.DOTALL)
 INFO_TAGS = ("<information>", "</information>")
 # Text the agent (not the model) writes outside information blocks.
-AGENT_NOTES = tuple(invalid_action_note(mode) for mode in MODES)
+AGENT_NOTES = tuple(note for mode in MODES for note in agent_notes(mode))
 
 
 def split_response(response: str) -> list[dict[str, str]]:

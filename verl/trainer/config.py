@@ -15,6 +15,7 @@ The `agent` and `retriever` nodes are free-form here: the rollout loop that read
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -132,12 +133,19 @@ class MultiTurnConfig:
     # Generations per trajectory, the last one's tool calls not run; None: the loop's own cap (the
     # search agent's is agent.max_turns + 1, and it refuses a disagreeing pair).
     max_assistant_turns: Optional[int] = None
+    # veRL's tool-config YAML (`tools: [{class_name, config, tool_schema}]`): the policy calls the
+    # tools through its chat template. None: the loop's own format (the search agent: RAG-R1's
+    # <search> tags). Read by the multi-turn loop (the search agent takes veRL's search tool).
+    tool_config_path: Optional[str] = None
 
 
 @dataclass
 class RolloutConfig:
     name: str = "hf"  # hf | vllm
-    mode: str = "sync"  # one generate call per turn for the whole batch (veRL's async servers: not yet)
+    # sync: the loop calls the workers' batch generate_sequences (every turn waits for the batch's
+    # slowest row); async: each worker hosts a rollout server and the loop sends it one request per
+    # trajectory turn (verl/trainer/ppo/rollout_servers.py), trajectories advancing on their own
+    mode: str = "sync"
     loop: str = "verl.trainer.ppo.rollout_loop:SingleTurnLoop"  # module:Class of the RolloutLoop
     n: int = 1  # samples per prompt (GRPO needs > 1)
     do_sample: bool = True
@@ -393,10 +401,9 @@ FIXED_KEYS: dict[str, tuple[tuple, str]] = {
     "actor_rollout_ref.rollout.free_cache_engine": ((True,), "the vLLM engine always sleeps between rollouts"),
     "actor_rollout_ref.actor.optim.total_training_steps": ((-1,), "the trainer sets it; use trainer.total_training_steps"),
     "critic.optim.total_training_steps": ((-1,), "the trainer sets it; use trainer.total_training_steps"),
-    "actor_rollout_ref.rollout.mode": (("sync",), "not yet: async rollout servers; each turn is one generate "
-                                                  "call for the whole batch"),
 }
 ROLLOUT_ENGINES = ("hf", "vllm")
+ROLLOUT_MODES = ("sync", "async")
 SINGLE_TURN_LOOP = RolloutConfig.loop
 FSDP_NODES = ("actor_rollout_ref.actor.fsdp_config", "actor_rollout_ref.ref.fsdp_config", "critic.model.fsdp_config")
 
@@ -440,6 +447,8 @@ def check_config(config: DictConfig) -> None:
     if arr.rollout.name not in ROLLOUT_ENGINES:
         problems.append(f"actor_rollout_ref.rollout.name={arr.rollout.name!r} is not supported: "
                         f"{' | '.join(ROLLOUT_ENGINES)}")
+    if arr.rollout.mode not in ROLLOUT_MODES:
+        problems.append(f"actor_rollout_ref.rollout.mode={arr.rollout.mode!r}: expected {' | '.join(ROLLOUT_MODES)}")
     problems += _multi_turn_problems(arr.rollout)
     if algo.filter_groups.metric == "reward":
         problems.append("algorithm.filter_groups.metric='reward' is veRL's name for the sequence score; "
@@ -465,6 +474,12 @@ def _multi_turn_problems(rollout: DictConfig) -> list[str]:
     if multi_turn.max_assistant_turns is not None and single_turn:
         problems.append(f"{key}.max_assistant_turns={multi_turn.max_assistant_turns} needs a multi-turn "
                         f"actor_rollout_ref.rollout.loop (SingleTurnLoop generates once)")
+    path = multi_turn.tool_config_path
+    if path is not None and single_turn:
+        problems.append(f"{key}.tool_config_path={path} needs a multi-turn actor_rollout_ref.rollout.loop that calls "
+                        f"tools (SingleTurnLoop calls none; the search agent: rag_r1.llm_agent.loop:SearchAgentLoop)")
+    if path is not None and not Path(path).is_file():
+        problems.append(f"{key}.tool_config_path={path}: no such file")
     return problems
 
 
@@ -509,9 +524,10 @@ def _unsupported(config: DictConfig) -> list[str]:
             problems.append(f"{node}.fsdp_size={size} is not supported (every model is sharded over all "
                             f"{world} workers); supported: -1 or {world}")
     rollout = config.actor_rollout_ref.rollout
-    if rollout.tensor_model_parallel_size > 1 and rollout.name != "vllm":
+    if rollout.tensor_model_parallel_size > 1 and (rollout.name != "vllm" or rollout.mode == "async"):
         problems.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size} "
-                        f"is not supported with rollout.name={rollout.name} (vllm only)")
+                        f"is not supported with rollout.name={rollout.name}, mode={rollout.mode} (vllm in sync mode "
+                        f"only: an async server runs one engine per GPU)")
     return problems
 
 

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 from verl.trainer.config import (CONFIG_DIR, CONFIG_NAME, check_config, need_critic, need_reference_policy,
                                  register_schema, screen_overrides)
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, total_training_steps
+from verl.trainer.ppo.rollout_servers import actor_concurrency
 from verl.trainer.ppo.reward import RewardManager, load_reward_function
 from verl.utils.dataset import RLHFDataset
 
@@ -46,7 +47,8 @@ def build_worker_groups(config: DictConfig):
                            use_gpu=config.trainer.device == "cuda")
     role = "actor_rollout_ref" if need_reference_policy(config) else "actor_rollout"
     actor_rollout_wg = RayWorkerGroup(pool, RayClassWithInitArgs(ActorRolloutRefWorker, config=config.actor_rollout_ref,
-                                                                 role=role))
+                                                                 role=role),
+                                      max_concurrency=actor_concurrency(config.actor_rollout_ref.rollout))
     actor_rollout_wg.init_model()
     critic_wg = None
     if need_critic(config):

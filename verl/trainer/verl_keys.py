@@ -42,7 +42,8 @@ _NO_SP = "sequence parallelism is not implemented"
 _NO_SEED = "the workers do not reseed torch; the data order follows data.seed"
 _PROFILER = "profiling is not implemented: the timing_s/* metrics and scripts/bench time the stages"
 _MULTIMODAL = "multimodal inputs are not supported: prompts are text"
-_TOOLS = "not yet: the RAG-R1 tag format (<search> ... </search>) is the supported tool format"
+_TOOLS = (f"not yet: the tools are veRL's search tool through {MULTI_TURN}.tool_config_path (hermes tool calls), "
+          "or RAG-R1's <search> tags without it")
 _MEGATRON_LORA = f"Megatron's LoRA node; LoRA here: {MODEL}.lora_rank, lora_alpha, target_modules"
 
 
@@ -208,9 +209,11 @@ VERL_KEYS: dict[str, VerlKey] = {
     f"{ROLLOUT}.engine_kwargs.vllm": _at("not yet: engine arguments beyond the rollout's keys", {}),
     f"{ROLLOUT}.engine_kwargs.sglang": _at("SGLang is not supported (rollout.name: hf | vllm)", {}),
     f"{ROLLOUT}.engine_kwargs.trtllm": _at("TensorRT-LLM is not supported (rollout.name: hf | vllm)", {}),
-    f"{ROLLOUT}.router_config_path": _at("rollout servers are not implemented (rollout.mode=sync)", None),
-    f"{MULTI_TURN}.tool_config_path": _at(_TOOLS, None),
+    f"{ROLLOUT}.router_config_path": _at("async mode sends each trajectory to one actor worker's rollout server; "
+                                         "no router is configured", None),
     f"{MULTI_TURN}.function_tool_path": _at(_TOOLS, None),
+    f"{MULTI_TURN}.format": _at("tool calls are parsed as hermes writes them (<tool_call>{json}</tool_call>, "
+                                "Qwen2.5's)", "hermes"),
     f"{MULTI_TURN}.max_user_turns": _at("the search agent has no user turns: observations go inside its one "
                                         "assistant turn", None),
     f"{MULTI_TURN}.max_parallel_calls": _refused("queries per <search>: agent.mode=multi and agent.max_queries"),
@@ -218,12 +221,12 @@ VERL_KEYS: dict[str, VerlKey] = {
                                                        "agent.max_obs_length"),
     f"{MULTI_TURN}.tool_response_truncate_side": _refused("an <information> block keeps its first "
                                                           "agent.max_obs_length tokens"),
-    f"{MULTI_TURN}.use_inference_chat_template": _refused("the agent writes one assistant turn; observations "
-                                                          "are appended inside it, with no chat template "
-                                                          "between turns"),
+    f"{MULTI_TURN}.use_inference_chat_template": _refused("the trajectory is the policy's tokens as generated "
+                                                          "and the observations appended after them (the tool "
+                                                          "format renders its tool messages with the chat "
+                                                          "template); no template is applied again"),
     f"{MULTI_TURN}.tokenization_sanity_check_mode": _refused("the trajectory is built from token ids, never "
                                                              "re-tokenized"),
-    f"{MULTI_TURN}.format": _refused(_TOOLS),
     f"{MULTI_TURN}.num_repeat_rollouts": _at(f"every prompt is sampled {ROLLOUT}.n times", None),
     f"{ROLLOUT}.calculate_log_probs": _at("the engines always return their log-probs (rollout_log_probs); "
                                           "the old log-probs are recomputed by the actor", True),
@@ -255,7 +258,8 @@ VERL_KEYS: dict[str, VerlKey] = {
     "data.reward_fn_key": _at("the reward function dispatches on the data_source column", "data_source"),
     "data.gen_batch_size": _at("each generation batch has data.train_batch_size prompts (filter_groups "
                                "refills from the next ones)", None),
-    "data.tool_config_path": _at(_TOOLS, None),
+    "data.tool_config_path": _at(f"the search agent renders the prompts with the tools of "
+                                 f"{MULTI_TURN}.tool_config_path itself", None),
     "data.function_tool_path": _at(_TOOLS, None),
     "data.return_raw_input_ids": _at("the batch carries the prompts' chat-templated token ids only", False),
     "data.return_full_prompt": _at("the batch carries the prompts' chat-templated token ids only", False),

@@ -7,7 +7,7 @@ import torch
 
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import INFO_CLOSE, INFO_OPEN, GenerationManager, trajectory_metrics
-from rag_r1.llm_agent.prompts import invalid_action_note, user_content
+from rag_r1.llm_agent.prompts import empty_search_note, invalid_action_note, user_content
 from rag_r1.llm_agent.scripted import ScriptedPolicy
 from verl.trainer.config import rollout_config, schema_node
 
@@ -89,12 +89,14 @@ def test_turn_cut_by_max_response_length_is_invalid_and_final_turn_ends(tokenize
     assert metrics["env/duplicate_query_ratio"] == 0.0 and metrics["env/valid_action_ratio"] == 0.0
 
 
-def test_empty_search_is_invalid_and_gets_the_note(tokenizer):
+def test_empty_search_is_invalid_and_gets_a_note_saying_so(tokenizer):
     policy = ScriptedPolicy(tokenizer, {"Q": ["<search> , , </search>", "<answer> x </answer>"]})
     retriever = FakeRetriever()
     [row], _ = GenerationManager(policy, tokenizer, retriever, config()).run([encode(tokenizer, "Q ")])
-    assert retriever.calls == [] and row.valid_actions == 1 and row.search_calls == 0
-    assert tokenizer.decode(row.response) == "<search> , , </search>" + invalid_action_note("multi") + "<answer> x </answer>"
+    assert retriever.calls == [] and row.valid_actions == 1 and row.search_calls == 0  # the answer only
+    note = empty_search_note("multi")
+    assert note.startswith("\nThat search had no query.") and note != invalid_action_note("multi")
+    assert tokenizer.decode(row.response) == "<search> , , </search>" + note + "<answer> x </answer>"
 
 
 def test_retrieval_failure_is_raised_not_swallowed(tokenizer):

@@ -228,7 +228,7 @@ def test_the_first_batch_of_training_and_of_validation_is_checked(tokenizer, mon
 
     checked = []
     real = loop_module.check_instruction
-    monkeypatch.setattr(loop_module, "check_instruction", lambda *a: checked.append(a[2]) or real(*a))
+    monkeypatch.setattr(loop_module, "check_instruction", lambda *a, **kw: checked.append(a[2]) or real(*a, **kw))
     loop = answering_loop(tokenizer)
     prompts, _ = prompt_batch(tokenizer, list(QUESTIONS), "multi")
     for validate in (False, False, True, True, False):

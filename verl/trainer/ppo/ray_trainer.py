@@ -4,6 +4,10 @@
 -> values -> KL penalty -> advantages -> critic update -> actor update -> metrics -> validation
 -> checkpoint. The worker groups (`actor_rollout_wg`, `critic_wg`) are built by `main_ppo` and
 called through the methods listed in docs/architecture.md; everything here runs on the driver.
+
+`actor_rollout_ref.rollout.mode` says how the rollout loop reaches the engines: sync hands it the
+worker group's batch `generate_sequences`; async the workers' rollout servers
+(verl/trainer/ppo/rollout_servers.py), woken before every rollout (new weights load once per step).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.metric_utils import compute_data_metrics, compute_throughput_metrics, compute_timing_metrics
 from verl.trainer.ppo.reward import RewardManager, reward_metrics
 from verl.trainer.ppo.rollout_loop import load_rollout_loop
+from verl.trainer.ppo.rollout_servers import ServerPool
 from verl.trainer.steps import is_due, run_length
 from verl.utils import checkpoint
 from verl.utils.dataset import RLHFDataset, StatefulLoader
@@ -89,7 +94,9 @@ def keep_rows(batch: DataProto, extras: dict[str, list[float]], keep: np.ndarray
 class RayPPOTrainer:
     def __init__(self, config: DictConfig, tokenizer, actor_rollout_wg, critic_wg, reward_fn: RewardManager,
                  val_reward_fn: RewardManager | None, train_dataset: RLHFDataset, val_dataset: RLHFDataset | None,
-                 tracker: Tracking | None = None):
+                 tracker: Tracking | None = None, servers: ServerPool | None = None):
+        """`servers`: the rollout servers in async mode; None builds them over `actor_rollout_wg`'s
+        actors (a test passes those of a worker in its own process)."""
         self.config = config
         self.tokenizer = tokenizer
         self.actor_rollout_wg, self.critic_wg = actor_rollout_wg, critic_wg
@@ -107,7 +114,13 @@ class RayPPOTrainer:
         self.total_training_steps = total_training_steps(config, len(train_dataset))
         kl_ctrl = config.algorithm.kl_ctrl
         self.kl_ctrl = core_algos.get_kl_controller(kl_ctrl.type, kl_ctrl.kl_coef, kl_ctrl.target_kl, kl_ctrl.horizon)
-        self.rollout_loop = load_rollout_loop(config, tokenizer, actor_rollout_wg.generate_sequences)
+        self.servers = None
+        generate = actor_rollout_wg.generate_sequences
+        if config.actor_rollout_ref.rollout.mode == "async":
+            self.servers = servers or ServerPool.of_worker_group(actor_rollout_wg, config.actor_rollout_ref.rollout,
+                                                                 tokenizer.pad_token_id)
+            generate = self.servers.generate_batch
+        self.rollout_loop = load_rollout_loop(config, tokenizer, generate, self.servers)
         self.tracker = tracker or Tracking(config.trainer.project_name, config.trainer.experiment_name,
                                            backends=config.trainer.logger,
                                            config=OmegaConf.to_container(config, resolve=True),
@@ -243,6 +256,7 @@ class RayPPOTrainer:
 
     def rollout(self, prompts: DataProto) -> tuple[DataProto, dict]:
         """Trajectories from the configured RolloutLoop, and the loop's own metrics."""
+        self.wake_servers()
         batch = self.rollout_loop.run(prompts)
         metrics = batch.meta_info.pop("metrics", {})
         return batch, metrics
@@ -313,6 +327,7 @@ class RayPPOTrainer:
         scores_by_source, loop_metrics, extras_all = defaultdict(list), defaultdict(list), defaultdict(list)
         lengths = []
         for prompts in self.val_loader:
+            self.wake_servers()
             batch = self.rollout_loop.run(prompts.repeat(n, interleave=True), validate=True)
             for key, value in batch.meta_info.get("metrics", {}).items():
                 loop_metrics[key].append(value)
@@ -358,6 +373,11 @@ class RayPPOTrainer:
         if self.use_critic:
             self.critic_wg.load_checkpoint(str(directory / "critic"))
         print(f"resumed from {directory} at global step {self.global_steps}", flush=True)
+
+    def wake_servers(self) -> None:
+        """Async mode, before a rollout: the servers load the actor's weights if they changed and resume."""
+        if self.servers is not None:
+            self.servers.wake()
 
     @property
     def n_workers(self) -> int:

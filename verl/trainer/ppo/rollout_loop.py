@@ -6,6 +6,12 @@ The trainer never knows what a trajectory looks like: it builds the loop named b
 evaluation), and calls `loop.run(prompts)`. `SingleTurnLoop` generates one response per prompt;
 RAG-R1's search agent (`rag_r1.llm_agent.loop:SearchAgentLoop`) interleaves generation and
 retrieval in the same interface.
+
+With `actor_rollout_ref.rollout.mode=async` the loop is also given `servers`, the workers' rollout
+servers (verl/trainer/ppo/rollout_servers.py: `await servers.generate(request_id, prompt_ids,
+params)`, one trajectory turn per request), and `generate` runs each row of a batch as its own
+request on them, so a loop that knows only batches works unchanged. A loop that takes advantage of
+the servers runs every trajectory on its own (the search agent does).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
+from verl.trainer.ppo.rollout_servers import ServerPool
 
 GenerateFn = Callable[[DataProto], DataProto]
 TRAJECTORY_KEYS = ("prompts", "responses", "input_ids", "attention_mask", "position_ids", "response_mask", "info_mask",
@@ -29,10 +36,12 @@ class RolloutLoop:
     of each token the policy sampled (0 elsewhere), which the trainer compares with its own.
     """
 
-    def __init__(self, config: DictConfig, tokenizer, generate: GenerateFn):
+    def __init__(self, config: DictConfig, tokenizer, generate: GenerateFn, servers: ServerPool | None = None):
+        """`servers`: the rollout servers in async mode (module docstring), None in sync mode."""
         self.config = config
         self.tokenizer = tokenizer
         self.generate = generate
+        self.servers = servers
 
     def run(self, prompts: DataProto, validate: bool = False) -> DataProto:
         raise NotImplementedError
@@ -62,11 +71,15 @@ class SingleTurnLoop(RolloutLoop):
         return trajectory
 
 
-def load_rollout_loop(config: DictConfig, tokenizer, generate: GenerateFn) -> RolloutLoop:
-    """Build the loop named by `actor_rollout_ref.rollout.loop` ("module:Class")."""
+def load_rollout_loop(config: DictConfig, tokenizer, generate: GenerateFn,
+                      servers: ServerPool | None = None) -> RolloutLoop:
+    """Build the loop named by `actor_rollout_ref.rollout.loop` ("module:Class"); `servers` only in
+    async mode (a loop written for sync mode alone need not take them)."""
     dotted = config.actor_rollout_ref.rollout.loop
     module_name, _, class_name = dotted.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, RolloutLoop)):
         raise TypeError(f"actor_rollout_ref.rollout.loop={dotted!r} is not a RolloutLoop subclass")
-    return cls(config, tokenizer, generate)
+    if servers is None:
+        return cls(config, tokenizer, generate)
+    return cls(config, tokenizer, generate, servers=servers)
