@@ -152,6 +152,11 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1  # -1: off
+    # Each actor worker seeds torch with seed + rank before it builds its model and adapters (a LoRA
+    # adapter's initial weights) and samples; a vLLM engine's seed is seed + the index of its
+    # tensor-parallel group. Runs that differ only in it tell a result from one run's luck. (veRL's
+    # default is 42; 0 keeps each engine's seed its group's index.)
+    seed: int = 0
     dtype: str = "bfloat16"  # vllm only; hf follows the actor's dtype
     gpu_memory_utilization: float = 0.5  # vllm
     tensor_model_parallel_size: int = 1  # vllm

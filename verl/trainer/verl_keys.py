@@ -39,7 +39,7 @@ MULTI_TURN = f"{ROLLOUT}.multi_turn"
 _ENTROPY = "the entropy is computed from the whole logits in one piece"
 _NO_COMPILE = "nothing is compiled with torch.compile"
 _NO_SP = "sequence parallelism is not implemented"
-_NO_SEED = "the workers do not reseed torch; the data order follows data.seed"
+_NO_SEED = f"the actor workers seed torch from {ROLLOUT}.seed (seed + rank); the data order follows data.seed"
 _PROFILER = "profiling is not implemented: the timing_s/* metrics and scripts/bench time the stages"
 _MULTIMODAL = "multimodal inputs are not supported: prompts are text"
 _TOOLS = (f"not yet: the tools are veRL's search tool through {MULTI_TURN}.tool_config_path (hermes tool calls), "
@@ -185,8 +185,6 @@ VERL_KEYS: dict[str, VerlKey] = {
     f"{ROLLOUT}.nnodes": _at("the rollout runs on the training workers (hybrid engine)", 0),
     f"{ROLLOUT}.n_gpus_per_node": _refused("the rollout runs on the training workers: trainer.n_gpus_per_node"),
     f"{ROLLOUT}.full_determinism": _at("deterministic kernels are not forced", False),
-    f"{ROLLOUT}.seed": _refused("each vLLM engine is seeded by the index of its tensor-parallel group; hf "
-                                "samples from torch's generator"),
     f"{ROLLOUT}.ignore_eos": _at("generation stops at the end-of-sequence token", False),
     f"{ROLLOUT}.cudagraph_capture_sizes": _at("vLLM picks its CUDA-graph sizes (enforce_eager=false)", None),
     f"{ROLLOUT}.data_parallel_size": _refused("the vLLM engines' data parallelism is the world size over "

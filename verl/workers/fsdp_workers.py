@@ -167,6 +167,8 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
+        # adapters' initial weights and every sample hf draws follow the run's seed; ranks draw apart
+        torch.manual_seed(self.config.rollout.seed + self.rank)
         model_cfg = self.config.model
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_cfg.tokenizer_path or model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
@@ -233,7 +235,7 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
                 raise ValueError("actor_rollout_ref.model.lora_rank > 0 is supported with rollout.name=hf only")
             from verl.workers.rollout.vllm_server import VLLMServer
 
-            server = VLLMServer(self.config.model.path, rollout, seed=self.rank)
+            server = VLLMServer(self.config.model.path, rollout, seed=rollout.seed + self.rank)
         else:
             raise ValueError(f"rollout.name must be hf or vllm, got {rollout.name!r}")
         host = ServerHost(server, self._server_weights, load_on_generate=self.world_size == 1)

@@ -56,7 +56,7 @@ class VLLMRollout(BaseRollout):
             enable_sleep_mode=True,
             load_format="dummy",  # the actor's weights come in through the sharding manager
             # the ranks of one TP group must sample identically, different groups independently
-            seed=dist.get_rank() // tp_size,
+            seed=config.seed + dist.get_rank() // tp_size,
             # log-probs of the distribution sampled from (logits / temperature), as the actor computes them
             logprobs_mode="processed_logprobs",
         )
