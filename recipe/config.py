@@ -33,6 +33,9 @@ PROFILE_DIR = REPO / "configs" / "recipe"
 NODES = ("recipe", "agent", "eval_agent", "sft", "rl")
 MODELS = ("base", "sft", "rl")
 MODES = ("single", "multi")
+CONTROL = "control"
+# What makes the control imitation only: every guide stays in its group, and the policy's own samples teach nothing.
+CONTROL_KEYS = {"algorithm.guides.keep": "always", "algorithm.guides.sampled_weight": 0.0}
 
 
 @dataclass
@@ -61,12 +64,21 @@ class RecipeConfig:
     # the draw; the dev questions stay the same.
     rl_yes_no: bool = True
     guides: bool = True  # mix the gold evidence trajectory of each RL question into its group (agent.guide_file)
-    # model-mode pairs evaluated on the test questions, in this order (model: base | sft | rl; mode: single | multi)
+    # One RL run per seed, from the same SFT model, questions and guides, so that a gain can be told from
+    # one run's luck. A seed is the run's data.seed (question order) and actor_rollout_ref.rollout.seed (its
+    # workers' adapter initialisation and sampling). The first seed's model is `rl`, seed k's `rl_seed<k>`.
+    rl_seeds: list[int] = field(default_factory=lambda: [0])
+    # A guide-only control run (`control`): the first seed's RL run with guides (built even when guides is
+    # false), kept in every group, and the policy's own samples weighted 0, so that only the guides teach.
+    # Evaluated beside rl in agent.mode: how much of RL's gain imitating the guides alone reaches.
+    guide_control: bool = False
+    # model-mode pairs evaluated on the test questions, in this order (model: base | sft | rl; mode: single | multi);
+    # rl-<mode> evaluates every seed's RL model
     eval_runs: list[str] = field(default_factory=lambda: ["base-multi", "sft-single", "sft-multi", "rl-single",
                                                           "rl-multi"])
     eval_questions: Optional[int] = 50  # a seeded sample of test questions evaluated; None = all
-    # Train questions that neither SFT nor RL drew, on which the SFT and RL models are evaluated in
-    # agent.mode too (eval/<model>-<mode>/dev): the set to compare settings on, so that the test
+    # Train questions that neither SFT nor RL drew, on which the SFT, RL and control models are evaluated
+    # in agent.mode too (eval/<model>-<mode>/dev): the set to compare settings on, so that the test
     # questions decide nothing. 0 = none.
     dev_questions: int = 0
     eval_batch_size: int = 16  # trajectories an evaluation advances together
@@ -217,8 +229,36 @@ def check_recipe(config: RecipeConfig) -> None:
     for key in ("frontier_n", "dev_questions"):
         if getattr(config, key) < 0:
             problems.append(f"recipe.{key}={getattr(config, key)}: expected an integer >= 0")
+    if not config.rl_seeds or len(set(config.rl_seeds)) < len(config.rl_seeds):
+        problems.append(f"recipe.rl_seeds={config.rl_seeds}: expected one or more distinct seeds")
     if problems:
         raise SystemExit("; ".join(problems))
+
+
+# ---------------------------------------------------------------- the RL runs
+
+@dataclass(frozen=True)
+class RLRun:
+    """One run of the RL stage: its model is checkpoints/<name>, its log runs/<name>, its evaluations
+    eval/<name>-<mode>/."""
+
+    name: str  # rl (the first seed), rl_seed<k>, or control
+    seed: int
+    guided: bool  # whether its groups get the guides (agent.guide_file)
+    control: bool = False  # the guide-only control: CONTROL_KEYS over the RL stage's keys
+
+    def trainer_keys(self) -> dict[str, Any]:
+        """The PPO trainer keys this run sets over the RL stage's."""
+        seeds = {key: self.seed for key in RL_SEED_KEYS}
+        return {**seeds, **CONTROL_KEYS} if self.control else seeds
+
+
+def rl_runs(config: RecipeConfig) -> list[RLRun]:
+    """The RL stage's runs, in the order they train: one per seed, then the control."""
+    runs = [RLRun("rl" if i == 0 else f"rl_seed{seed}", seed, config.guides) for i, seed in enumerate(config.rl_seeds)]
+    if config.guide_control:
+        runs.append(RLRun(CONTROL, config.rl_seeds[0], guided=True, control=True))
+    return runs
 
 
 # ---------------------------------------------------------------- the stages' trainer commands, checked
@@ -227,6 +267,7 @@ def check_recipe(config: RecipeConfig) -> None:
 RL_STAGE_KEYS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path", "trainer.default_local_dir",
                  "retriever.url")
 SFT_STAGE_KEYS = ("data.train_files", "model.partial_pretrain", "trainer.default_local_dir")
+RL_SEED_KEYS = ("data.seed", "actor_rollout_ref.rollout.seed")  # each RL run's seed (recipe.rl_seeds)
 # rag_r1.eval and the frontier take these agent keys as flags; an agent key evaluation has no flag for
 # (max_queries, query_delimiter) would leave RL and evaluation disagreeing, so a profile cannot set it.
 EVAL_AGENT_KEYS = ("max_turns", "topk", "max_obs_length", "unseen_passages")
@@ -245,12 +286,14 @@ class Checked:
     eval_agent: Any  # AgentConfig of evaluation: agent with eval_agent's keys
 
 
-def rl_overrides(settings: Settings, stage: Mapping[str, Any]) -> list[str]:
-    """The PPO trainer's overrides of the RL stage: its paths (`stage`), the rl node and the agent node."""
+def rl_overrides(settings: Settings, stage: Mapping[str, Any], run: RLRun | None = None) -> list[str]:
+    """The PPO trainer's overrides of one RL run (`run`; None: the first): its paths (`stage`), the rl
+    node, the run's own keys over it and the agent node."""
     from verl.trainer.config import FREE_FORM_NODES, PPOConfig
 
+    run = run or rl_runs(settings.recipe)[0]
     agent = {f"agent.{key}": value for key, value in settings.agent.items()}
-    return trainer_overrides({**stage, **settings.rl, **agent}, PPOConfig, FREE_FORM_NODES)
+    return trainer_overrides({**stage, **settings.rl, **run.trainer_keys(), **agent}, PPOConfig, FREE_FORM_NODES)
 
 
 def sft_overrides(settings: Settings, stage: Mapping[str, Any]) -> list[str]:
@@ -290,6 +333,7 @@ def check_stage_keys(settings: Settings) -> None:
     from rag_r1.llm_agent.config import AgentConfig
 
     problems = [f"rl.{key}: set by the RL stage" for key in RL_STAGE_KEYS if key in settings.rl]
+    problems += [f"rl.{key}: set for each RL run by recipe.rl_seeds" for key in RL_SEED_KEYS if key in settings.rl]
     problems += [f"sft.{key}: set by the SFT stage" for key in SFT_STAGE_KEYS if key in settings.sft]
     problems += [f"rl.{key}: agent keys belong in the profile's agent node" for key in settings.rl
                  if key.split(".")[0] == "agent"]

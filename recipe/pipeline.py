@@ -1,5 +1,5 @@
-"""The recipe's stages: index -> retrieval server -> SFT data -> SFT -> RL questions -> RL data -> RL ->
-evaluation -> report.
+"""The recipe's stages: index -> retrieval server -> SFT data -> SFT -> RL questions -> RL data -> RL (one run
+per seed, and the guide-only control) -> evaluation -> report.
 
 Every stage runs the same command-line tool a researcher would run by hand (each command is printed
 and appended to OUT/commands.sh) and writes under OUT; a stage whose output is complete is skipped on
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rag_r1.eval.metrics import is_yes_no
 from rag_r1.eval.report import read_jsonl
-from recipe.config import REPO, Settings, check_settings, rl_overrides, sft_overrides
+from recipe.config import REPO, RLRun, Settings, check_settings, rl_overrides, rl_runs, sft_overrides
 from recipe.samples import built_from, sampled, write_if_changed
 
 
@@ -54,14 +54,8 @@ class Pipeline:
             sft = self.run_sft(base, sft_data)
             rl_questions = self.pick_rl_questions(sft, url)
             rl_data = self.build_rl_data(rl_questions)
-            guides = self.build_guides(rl_questions, url) if self.cfg.guides else None
-            rl = self.run_rl(sft, rl_data, url, guides)
-            models = {"base": base, "sft": sft, "rl": rl}
-            for run in self.cfg.eval_runs:
-                name, mode = run.split("-")
-                self.evaluate(name, models[name], mode, url)
-            for name in ("sft", "rl") if self.cfg.dev_questions else ():
-                self.evaluate(name, models[name], self.agent.mode, url, split="dev")
+            models = {"base": base, "sft": sft, **self.train_rl(sft, rl_data, rl_questions, url)}
+            self.evaluate_all(models, url)
         from recipe.report import write_results_readme
 
         readme = write_results_readme(self.out, wall_seconds=time.time() - started, command=command)
@@ -198,29 +192,55 @@ class Pipeline:
         shutil.copytree(latest_step_dir(run_dir), target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.pt"))
         return target
 
-    def run_rl(self, sft: Path, rl_data: Path, url: str, guides: Path | None = None) -> Path:
-        """RL from the SFT model; the trainer saves every step, so a rerun resumes at the last one. A
-        finished run asked for more steps (PROFILE=long on a results run) carries on from its last
-        step; the evaluations of the model it had exported move aside (`set_aside_rl_evaluations`)."""
-        target = self.ckpt / "rl"
-        run_dir = self.out / "runs" / "rl"
+    def train_rl(self, sft: Path, rl_data: Path, questions: Path, url: str) -> dict[str, Path]:
+        """Every RL run (recipe/config.py: rl_runs), each from the SFT model on the same data; the guides
+        of the RL questions are built when a run mixes them in. Their models by run name."""
+        runs = rl_runs(self.cfg)
+        guides = self.build_guides(questions, url) if any(run.guided for run in runs) else None
+        return {run.name: self.run_rl(sft, rl_data, url, guides if run.guided else None, run) for run in runs}
+
+    def run_rl(self, sft: Path, rl_data: Path, url: str, guides: Path | None = None, run: RLRun | None = None) -> Path:
+        """One RL run from the SFT model (`run`; None: the first seed's), with `guides` in its groups when
+        given; the trainer saves every step, so a rerun resumes at the last one. A finished run asked
+        for more steps (PROFILE=long on a results run) carries on from its last step; the evaluations of
+        the model it had exported move aside (`set_aside_evaluations`)."""
+        run = run or rl_runs(self.cfg)[0]
+        target = self.ckpt / run.name
+        run_dir = self.out / "runs" / run.name
         if (target / "config.json").exists():
             done, wanted = trained_steps(run_dir), self.rl.trainer.total_training_steps
             if done is None or wanted is None or done >= wanted:
                 return target
-            set_aside_rl_evaluations(self.out / "eval", done)
-        title = f"RL ({self.rl.algorithm.adv_estimator})"
-        self.sh(title, ["-m", "verl.trainer.main_ppo", *self.rl_overrides(sft, rl_data, url, run_dir, guides)])
+            set_aside_evaluations(self.out / "eval", run.name, done)
+        title = f"RL ({self.rl.algorithm.adv_estimator}, {run.name}, seed {run.seed})"
+        self.sh(title, ["-m", "verl.trainer.main_ppo", *self.rl_overrides(sft, rl_data, url, run_dir, guides, run)])
         shutil.copytree(latest_step_dir(run_dir) / "actor" / "huggingface", target, dirs_exist_ok=True)
         return target
 
-    def rl_overrides(self, sft: Path, rl_data: Path, url: str, run_dir: Path, guides: Path | None = None) -> list[str]:
-        """The trainer's `key=value` overrides of the RL stage (also the learning benchmark's base)."""
+    def rl_overrides(self, sft: Path, rl_data: Path, url: str, run_dir: Path, guides: Path | None = None,
+                     run: RLRun | None = None) -> list[str]:
+        """The trainer's `key=value` overrides of one RL run (None: the first seed's; also the learning
+        benchmark's base)."""
         stage = {"data.train_files": rl_data / "train.parquet", "data.val_files": rl_data / "train.parquet",
                  "actor_rollout_ref.model.path": sft, "trainer.default_local_dir": run_dir, "retriever.url": url}
         if guides is not None:
             stage["agent.guide_file"] = guides
-        return rl_overrides(self.settings, stage)
+        return rl_overrides(self.settings, stage, run)
+
+    def evaluate_all(self, models: dict[str, Path], url: str) -> None:
+        """The eval_runs (`rl-<mode>` evaluates every seed's model), the control in agent.mode, and with
+        dev questions the SFT, RL and control models on them in agent.mode."""
+        runs = rl_runs(self.cfg)
+        seeds = [run.name for run in runs if not run.control]
+        controls = [run.name for run in runs if run.control]
+        for label in self.cfg.eval_runs:
+            name, mode = label.split("-")
+            for model in seeds if name == "rl" else [name]:
+                self.evaluate(model, models[model], mode, url)
+        for model in controls:
+            self.evaluate(model, models[model], self.agent.mode, url)
+        for model in ["sft", *seeds, *controls] if self.cfg.dev_questions else ():
+            self.evaluate(model, models[model], self.agent.mode, url, split="dev")
 
     def evaluate(self, name: str, model: Path, mode: str, url: str, split: str = "test") -> Path:
         """`model` in `mode` on the evaluated test questions, or (split "dev") on the dev questions."""
@@ -316,11 +336,11 @@ def trained_steps(run_dir: Path) -> int | None:
     return step_of(steps[-1]) if steps else None
 
 
-def set_aside_rl_evaluations(eval_dir: Path, step: int) -> None:
-    """eval/rl-<mode>/ becomes eval/rl-<mode>@step<step>/: the evaluations of the RL model a run had
-    exported at `step`, kept (the report lists them as their own rows) instead of passing for the
-    model that more steps will export under the same path."""
-    for old in sorted(eval_dir.glob("rl-*")):
+def set_aside_evaluations(eval_dir: Path, name: str, step: int) -> None:
+    """eval/<name>-<mode>/ becomes eval/<name>-<mode>@step<step>/: the evaluations of the model the RL
+    run `name` had exported at `step`, kept (the report lists them as their own rows) instead of
+    passing for the model that more steps will export under the same path."""
+    for old in sorted(eval_dir.glob(f"{name}-*")):
         if old.is_dir() and "@" not in old.name:
             old.rename(old.with_name(f"{old.name}@step{step}"))
 

@@ -1,11 +1,13 @@
 """OUT/README.md of a recipe run: rag_r1.eval.report's tables, plus what only the recipe has: RL against
-SFT on the same questions, the learning checks, training curves, the frontier and stage times.
+SFT on the same questions (per seed and pooled), RL against the guide-only control, the learning
+checks, training curves and every RL run step by step, the frontier and stage times.
 
     python -m recipe.report OUT      # re-write OUT/README.md from what a run left
 
 Reads `OUT/eval/<model>-<mode>/<set>/{summary.json,trajectories.jsonl}` (rag_r1.eval),
-`OUT/runs/{sft,rl}/metrics.jsonl` (the trainers' jsonl logger), `OUT/frontier/counts.json`,
-`OUT/config.json` and `OUT/stage_times.jsonl`; writes README.md, eval.png and curves.png beside them.
+`OUT/runs/<run>/metrics.jsonl` (the trainers' jsonl logger: sft, and the RL runs rl, rl_seed<k> and
+control), `OUT/frontier/counts.json`, `OUT/config.json` and `OUT/stage_times.jsonl`; writes README.md,
+eval.png and curves.png beside them.
 """
 from __future__ import annotations
 
@@ -13,17 +15,21 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
-from rag_r1.eval.metrics import is_yes_no, paired_bootstrap
+from rag_r1.eval.metrics import is_yes_no
 from rag_r1.eval.report import (MISSING, evidence_by_round, evidence_table, load_runs, markdown_report,
-                                markdown_table, outcome_table, passage_titles, plot_report, pyplot,
-                                read_jsonl, read_trajectories, type_stats, type_table)
+                                markdown_table, mean_scores, outcome_table, paired_comparison, paired_table,
+                                passage_titles, plot_report, pyplot, read_jsonl, read_trajectories, type_stats,
+                                type_table)
+from recipe.config import CONTROL
 
-# (metric key in the RL log, panel title); a key missing from the log leaves its panel out.
+# (metric key in the RL log, panel title); a key missing from every log leaves its panel out.
 RL_CURVES = [
-    ("sampling/score_mean", "reward per step (every sample)"),
+    ("sampling/score_mean", "reward per step (the policy's own samples)"),
+    ("adv/guide_positive_share", "share of positive advantage on guide rows"),
     ("critic/score/mean", "reward of the trained groups"),
     ("reward/em", "EM per step (every sample)"),
     ("reward/f1", "F1 per step (every sample)"),
@@ -40,19 +46,24 @@ def curve(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_curves(rl: list[dict], sft: list[dict], png: Path) -> Path | None:
-    panels = [(key, title, rl) for key, title in RL_CURVES if curve(rl, key)[0]]
+def plot_curves(rl: dict[str, list[dict]], sft: list[dict], png: Path) -> Path | None:
+    """A panel per metric of RL_CURVES that some RL run logged, a line per run (`rl`: logs by run name),
+    the SFT loss first."""
+    panels = [(key, title, rl) for key, title in RL_CURVES if any(curve(log, key)[0] for log in rl.values())]
     if curve(sft, "train/loss")[0]:
-        panels.insert(0, ("train/loss", "SFT loss", sft))
+        panels.insert(0, ("train/loss", "SFT loss", {"sft": sft}))
     if not panels:
         return None
     plt = pyplot()
     cols = min(4, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, (key, title, log) in zip(axes.flat, panels):
-        steps, values = curve(log, key)
-        ax.plot(steps, values, marker="o", markersize=3)
+    for ax, (key, title, logs) in zip(axes.flat, panels):
+        drawn = {name: curve(log, key) for name, log in logs.items() if curve(log, key)[0]}
+        for name, (steps, values) in drawn.items():
+            ax.plot(steps, values, marker="o", markersize=3, label=name)
+        if len(drawn) > 1:
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
     for ax in list(axes.flat)[len(panels):]:
@@ -72,6 +83,52 @@ def rl_table(rl: list[dict]) -> str:
     return markdown_table(["step", *keys], rows)
 
 
+# (metric key, column, format) of the step-by-step table of every RL run: what the policy's own samples
+# scored, how much of the learning signal the guides carried, and how far sampling drifted from training.
+RUN_STEP_COLUMNS = [
+    ("sampling/score_mean", "reward (own samples)", "{:.3f}"),
+    ("adv/guide_positive_share", "guide share of positive advantage", "{:.3f}"),
+    ("adv/guided_rows", "guide rows", "{:.0f}"),
+    ("actor/entropy", "entropy", "{:.3f}"),
+    ("rollout/logprob_diff_max", "log-prob diff max", "{:.3g}"),
+]
+
+
+def runs_table(logs: dict[str, list[dict]]) -> str:
+    """One row per step of every RL run (`logs`: its metrics.jsonl rows by run name)."""
+    rows = [[name, row["step"], *(fmt.format(row[key]) if isinstance(row.get(key), (int, float)) else MISSING
+                                  for key, _, fmt in RUN_STEP_COLUMNS)]
+            for name, log in logs.items() for row in log if "step" in row]
+    return markdown_table(["run", "step", *(column for _, column, _ in RUN_STEP_COLUMNS)], rows)
+
+
+def model_rank(model: str) -> tuple[int, int]:
+    """Where a model's rows go: base, sft, rl, rl_seed<k> by k (recipe/config.py: rl_runs names them),
+    control, then any other."""
+    seed = re.fullmatch(r"rl_seed(\d+)", model)
+    if seed:
+        return (3, int(seed.group(1)))
+    return ({"base": 0, "sft": 1, "rl": 2, CONTROL: 4}.get(model, 5), 0)
+
+
+def rl_seed_models(names) -> list[str]:
+    """The RL models of one seed each among `names` (rl, rl_seed<k>), in seed order."""
+    return sorted({name for name in names if model_rank(name)[0] in (2, 3)}, key=model_rank)
+
+
+def evaluated_models(out: Path) -> set[str]:
+    """The models with an evaluation directory eval/<model>-<mode>/."""
+    root = out / "eval"
+    return {path.name.partition("-")[0] for path in root.iterdir() if path.is_dir()} if root.is_dir() else set()
+
+
+def rl_logs(out: Path) -> dict[str, list[dict]]:
+    """The metrics.jsonl rows of every RL run under OUT/runs, by run name, in the recipe's order."""
+    names = [path.parent.name for path in (out / "runs").glob("*/metrics.jsonl") if path.parent.name != "sft"]
+    return {name: read_jsonl(out / "runs" / name / "metrics.jsonl")
+            for name in sorted(names, key=lambda name: (model_rank(name), name))}
+
+
 def git_commit() -> str:
     """Short HEAD, with "-dirty" when tracked files differ from it (the numbers came from other code)."""
     repo = Path(__file__).resolve().parents[1]
@@ -86,13 +143,13 @@ def git_commit() -> str:
 
 
 def recipe_order(runs):
-    """Rows in the order of the recipe (base, sft, rl; single before multi), unknown labels last."""
-    models, modes = ["base", "sft", "rl"], ["single", "multi"]
+    """Rows in the order of the recipe (base, sft, rl, rl_seed<k>, control; single before multi),
+    unknown labels last."""
+    modes = ["single", "multi"]
 
     def key(run):
         model, _, mode = run.label.partition("-")
-        return (models.index(model) if model in models else len(models),
-                modes.index(mode) if mode in modes else len(modes), run.label, run.dataset)
+        return (model_rank(model), modes.index(mode) if mode in modes else len(modes), run.label, run.dataset)
 
     return sorted(runs, key=key)
 
@@ -127,38 +184,78 @@ def reward_label(out: Path) -> str:
     return f" ({scorer}{f', round cost {cost:g}' if cost else ''})"
 
 
+def seed_trajectories(out: Path, mode: str, split: str) -> dict[str, dict[str, dict]]:
+    """The trajectories by id of every seed's RL model evaluated in `mode` on `split`, by model name."""
+    runs = {name: read_trajectories(out / "eval", f"{name}-{mode}", split) for name in
+            rl_seed_models(evaluated_models(out))}
+    return {name: rows for name, rows in runs.items() if rows}
+
+
 def rl_vs_sft(out: Path, modes=("single", "multi"), split: str = "test") -> list[dict]:
-    """Per mode evaluated for both models: EM of each on the same questions, the RL - SFT difference
-    with its 95 % paired-bootstrap interval, and the questions only one of them answered. Where some of
-    the questions are answered by yes or no, a second row leaves those out: there a model scores by
-    the answer it always gives, so the row tells reading gains from a changed guess."""
+    """Per mode evaluated for SFT and RL: EM of each on the same questions, the RL - SFT difference
+    with its 95 % paired-bootstrap interval, and the questions gained and lost. With several seeds,
+    a row per seed's model and one for their mean: each question's EM averaged over the seeds, the
+    questions resampled. Where some of the questions are answered by yes or no, a last row leaves
+    those out: there a model scores by the answer it always gives, so the row tells reading gains from
+    a changed guess."""
     results = []
     for mode in modes:
-        sft = read_trajectories(out / "eval", f"sft-{mode}", split)
-        rl = read_trajectories(out / "eval", f"rl-{mode}", split)
-        ids = [i for i in sft if i in rl]
+        sft, seeds = read_trajectories(out / "eval", f"sft-{mode}", split), seed_trajectories(out, mode, split)
+        ids = [i for i in sft if seeds and all(i in rows for rows in seeds.values())]
         if not ids:
             continue
-        results.append(paired_em(mode, sft, rl, ids))
+        variants = {mode: list(seeds.values())} if len(seeds) == 1 else {
+            **{f"{mode}, {name}": [rows] for name, rows in seeds.items()},
+            f"{mode}, mean of {len(seeds)} seeds": list(seeds.values())}
+        for label, runs in variants.items():
+            results.append(paired_comparison(label, mean_scores([sft], ids), mean_scores(runs, ids)))
         open_ids = [i for i in ids if not is_yes_no(sft[i].get("golden_answers", ()))]
-        if 0 < len(open_ids) < len(ids):
-            results.append(paired_em(f"{mode}, without yes/no", sft, rl, open_ids))
+        if 0 < len(open_ids) < len(ids):  # for the only seed, or the seeds' mean: the last variant
+            results.append(paired_comparison(f"{label}, without yes/no", mean_scores([sft], open_ids),
+                                             mean_scores(runs, open_ids)))
     return results
 
 
-def paired_em(label: str, sft: dict[str, dict], rl: dict[str, dict], ids: list[str]) -> dict:
-    """One row of `rl_vs_sft`: both models' EM on `ids`, the paired bootstrap, questions gained and lost."""
-    before, after = [sft[i]["em"] for i in ids], [rl[i]["em"] for i in ids]
-    return {"mode": label, "sft": sum(before) / len(ids), "rl": sum(after) / len(ids),
-            "gained": sum(a > b for a, b in zip(after, before)),
-            "lost": sum(a < b for a, b in zip(after, before)), **paired_bootstrap(before, after)}
-
-
 def rl_vs_sft_table(results: list[dict]) -> str:
-    rows = [[r["mode"], r["n"], f"{r['sft']:.3f}", f"{r['rl']:.3f}", f"{r['diff']:+.3f}",
-             f"[{r['lo']:+.3f}, {r['hi']:+.3f}]", f"{r['gained']} / {r['lost']}"] for r in results]
-    return markdown_table(["mode", "questions", "SFT EM", "SFT+RL EM", "difference", "95 % interval", "gained / lost"],
-                          rows)
+    return paired_table(results, "mode", "SFT EM", "SFT+RL EM")
+
+
+def control_comparisons(out: Path, split: str = "test") -> list[tuple[dict, dict, dict]]:
+    """Per mode the guide-only control was evaluated in, on the questions SFT, the control and every
+    seed's RL model answered: `paired_comparison` rows of SFT -> control, control -> RL and SFT -> RL
+    (RL: each question's EM averaged over the seeds)."""
+    results = []
+    for mode in ("single", "multi"):
+        sft = read_trajectories(out / "eval", f"sft-{mode}", split)
+        control = read_trajectories(out / "eval", f"{CONTROL}-{mode}", split)
+        seeds = list(seed_trajectories(out, mode, split).values())
+        ids = [i for i in sft if i in control and seeds and all(i in rows for rows in seeds)]
+        if not ids:
+            continue
+        rl = "RL" if len(seeds) == 1 else f"RL (mean of {len(seeds)} seeds)"
+        before, imitation, after = (mean_scores(runs, ids) for runs in ([sft], [control], seeds))
+        results.append((paired_comparison(f"{mode}: SFT -> control", before, imitation),
+                        paired_comparison(f"{mode}: control -> {rl}", imitation, after),
+                        paired_comparison(f"{mode}: SFT -> {rl}", before, after)))
+    return results
+
+
+def control_table(results: list[tuple[dict, dict, dict]]) -> str:
+    return paired_table([row for rows in results for row in rows], "comparison", "EM from", "EM to")
+
+
+def imitation_share(results: list[tuple[dict, dict, dict]]) -> list[str]:
+    """A sentence per mode of `control_comparisons`: how much of RL's gain over SFT the control reaches."""
+    lines = []
+    for control, _, rl in results:
+        mode = control["label"].split(":")[0]
+        if rl["diff"] > 0:
+            lines.append(f"In {mode} mode, imitation of the guides alone gives {control['diff']:+.3f} EM of RL's "
+                         f"{rl['diff']:+.3f} over SFT ({control['diff'] / rl['diff']:.0%}), on {rl['n']} questions.")
+        else:
+            lines.append(f"In {mode} mode RL gains no EM over SFT ({rl['diff']:+.3f}); imitation of the guides alone "
+                         f"gives {control['diff']:+.3f}, on {rl['n']} questions.")
+    return lines
 
 
 def corpus_titles(out: Path) -> dict[str, str]:
@@ -172,8 +269,9 @@ def corpus_titles(out: Path) -> dict[str, str]:
 def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[str]:
     """What shows RL teaching the agent, each as a line that says whether it holds: EM in multi mode
     rising untrained < SFT < SFT+RL, the RL reward of the last quarter of the steps above the first,
-    and comparison questions taking fewer rounds in multi mode than in single mode after RL, at 1.5
-    queries per round or more. A check whose runs were not evaluated is left out."""
+    comparison questions taking fewer rounds in multi mode than in single mode after RL, at 1.5
+    queries per round or more, and RL's EM above the guide-only control's (more than imitation of
+    the guides). A check whose runs were not evaluated is left out."""
     def verdict(ok: bool) -> str:
         return "**yes**" if ok else "**no**"
 
@@ -200,7 +298,25 @@ def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[s
         lines.append(f"- after RL, comparison questions take fewer rounds in multi mode than in single mode "
                      f"({multi['rounds']:.2f} vs {single['rounds']:.2f}) at 1.5 queries per round or more "
                      f"({multi['queries_per_round']:.2f}): {verdict(ok)}")
+    for _, above, _ in control_comparisons(out):
+        mode, _, rl_name = above["label"].partition(": control -> ")
+        lines.append(f"- {rl_name} above the guide-only control in {mode} mode ({above['before']:.3f} -> "
+                     f"{above['after']:.3f}, 95 % interval of the difference [{above['lo']:+.3f}, "
+                     f"{above['hi']:+.3f}]): {verdict(above['diff'] > 0)}")
     return lines
+
+
+def imitation_section(out: Path) -> list[str]:
+    """The README's section on RL against the guide-only control ([] without a control evaluated)."""
+    results = control_comparisons(out)
+    if not results:
+        return []
+    return ["## How much of RL's gain is imitation of the guides?", "",
+            "The guide-only control (`control`) is the RL run of the first seed with the same SFT model, questions, "
+            "guides, steps, LoRA and learning rate, but only the guides teach: the policy's own samples are weighted "
+            "0 (algorithm.guides.sampled_weight=0, every guide kept). Each row compares two models on the same "
+            "questions (from -> to; 95 % paired bootstrap).", "", control_table(results), "",
+            *imitation_share(results), ""]
 
 
 def write_results_readme(out: Path, wall_seconds: float | None = None, command: str | None = None) -> Path:
@@ -208,9 +324,10 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
     # the dev split (recipe.dev_questions) is held-out train questions, not a dataset: its own section
     runs = recipe_order([run for run in load_runs(out / "eval") if run.dataset != "dev"])
     plot_report(runs, out / "eval.png")
-    rl = read_jsonl(out / "runs" / "rl" / "metrics.jsonl", missing_ok=True)
+    logs = rl_logs(out)
+    rl = logs.get("rl", [])
     sft = read_jsonl(out / "runs" / "sft" / "metrics.jsonl", missing_ok=True)
-    curves = plot_curves(rl, sft, out / "curves.png")
+    curves = plot_curves(logs, sft, out / "curves.png")
     by_round = evidence_by_round(runs)
 
     stages = read_jsonl(out / "stage_times.jsonl", missing_ok=True)
@@ -231,13 +348,20 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
     if comparison:
         parts += ["## Does RL improve on SFT?", "",
                   "EM of the SFT model and of the SFT+RL model on the same questions; the interval is a 95 % "
-                  "paired bootstrap over questions (10,000 resamples).", "", rl_vs_sft_table(comparison), ""]
+                  "paired bootstrap over questions (10,000 resamples). With several seeds (recipe.rl_seeds), a row "
+                  "per seed's model (rl: the first seed, rl_seed<k>: seed k) and one for their mean, where each "
+                  "question's EM is averaged over the seeds before the questions are resampled.", "",
+                  rl_vs_sft_table(comparison), ""]
+    parts += imitation_section(out)
     dev = rl_vs_sft(out, split="dev")
     if dev:
         parts += ["## RL vs SFT on held-out train questions (dev)", "",
                   f"The same comparison on {dev[0]['n']} train questions that neither SFT nor RL drew "
                   "(`eval/dev_questions.jsonl`): the set to compare settings on, so that the test questions above "
                   "decide nothing.", "", rl_vs_sft_table(dev), ""]
+        dev_control = control_comparisons(out, split="dev")
+        if dev_control:
+            parts += [control_table(dev_control), "", *imitation_share(dev_control), ""]
     titles = corpus_titles(out)
     checks = learning_checks(out, rl, titles)
     if checks:
@@ -266,6 +390,12 @@ def write_results_readme(out: Path, wall_seconds: float | None = None, command: 
                       f"{trend['last_quarter']:.3f}.", ""]
         if rl:
             parts += [rl_table(rl), ""]
+    if logs:
+        parts += ["## RL runs step by step", "",
+                  "Per step of every RL run: the mean reward of the policy's own samples (guides left out), the share "
+                  "of the trained batch's positive advantage that guide rows carry (1: only the guides teach), the "
+                  "guide rows trained on, the policy's entropy, and the largest difference between the log-prob "
+                  "the rollout engine sampled a token with and the trainer's.", "", runs_table(logs), ""]
     frontier = out / "frontier" / "counts.json"
     if frontier.exists():
         counts = json.loads(frontier.read_text())

@@ -71,6 +71,33 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
+def mean_scores(runs: Sequence[dict[str, dict]], ids: Sequence[str], key: str = "em") -> list[float]:
+    """Per question of `ids`, the mean of `key` over `runs` (each a run's trajectories by id).
+
+    >>> mean_scores([{"a": {"em": 1.0}, "b": {"em": 0.0}}, {"a": {"em": 0.0}, "b": {"em": 0.0}}], ["a", "b"])
+    [0.5, 0.0]
+    """
+    return [sum(run[i][key] for run in runs) / len(runs) for i in ids]
+
+
+def paired_comparison(label: str, before: Sequence[float], after: Sequence[float]) -> dict:
+    """Two models' scores on the same questions, in the same order: both means, the mean difference
+    after - before with its 95 % paired-bootstrap interval over questions (`diff`, `lo`, `hi`, `n`), and
+    the questions scored higher after (`gained`) and lower (`lost`)."""
+    from rag_r1.eval.metrics import paired_bootstrap
+
+    return {"label": label, "before": sum(before) / len(before), "after": sum(after) / len(after),
+            "gained": sum(a > b for a, b in zip(after, before)), "lost": sum(a < b for a, b in zip(after, before)),
+            **paired_bootstrap(before, after)}
+
+
+def paired_table(rows: Sequence[dict], first: str, before: str, after: str) -> str:
+    """`paired_comparison` rows as a table: `first` heads their labels, `before` and `after` the two means."""
+    cells = [[r["label"], r["n"], f"{r['before']:.3f}", f"{r['after']:.3f}", f"{r['diff']:+.3f}",
+              f"[{r['lo']:+.3f}, {r['hi']:+.3f}]", f"{r['gained']} / {r['lost']}"] for r in rows]
+    return markdown_table([first, "questions", before, after, "difference", "95 % interval", "gained / lost"], cells)
+
+
 def pyplot():
     """matplotlib's pyplot drawing to files only: no display on servers and CI."""
     import matplotlib

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rag_r1.eval.report import evidence_table, question_type
 from recipe.__main__ import invocation, split_words
-from recipe.report import learning_checks, write_results_readme
+from recipe.report import control_comparisons, imitation_share, learning_checks, write_results_readme
 
 
 def write_summary(root: Path, label: str, split: str = "test", **summary) -> None:
@@ -187,3 +187,69 @@ def test_rl_vs_sft_has_a_row_without_the_yes_no_questions(tmp_path):
 
     assert "| multi | 4 | 0.500 | 0.750 | +0.250 |" in readme and "| 2 / 1 |" in readme
     assert "| multi, without yes/no | 2 | 0.500 | 1.000 | +0.500 | [+0.000, +1.000] | 1 / 0 |" in readme
+
+
+def write_metrics(root: Path, run: str, rows: list[dict]) -> None:
+    path = root / "runs" / run / "metrics.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_seeds_are_reported_each_and_pooled_beside_the_guide_only_control(tmp_path):
+    em = {"sft": [0, 0, 1, 0], "rl": [1, 1, 1, 0], "rl_seed1": [1, 0, 1, 1], "control": [1, 0, 1, 0]}
+    for model, scores in em.items():
+        write_summary(tmp_path, f"{model}-multi", **summary(sum(scores) / 4, 1.0, 1.0, [0.5]))
+        write_trajectories(tmp_path, f"{model}-multi", [trajectory(f"q{i}", float(s), [["a"]], "bridge")
+                                                       for i, s in enumerate(scores, 1)])
+    write_metrics(tmp_path, "rl", [
+        {"step": 1, "sampling/score_mean": 0.25, "adv/guide_positive_share": 0.6, "adv/guided_rows": 2.0,
+         "actor/entropy": 1.234, "rollout/logprob_diff_max": 0.0123},
+        {"step": 2, "sampling/score_mean": 0.5, "adv/guide_positive_share": 0.4, "adv/guided_rows": 2.0,
+         "actor/entropy": 1.1, "rollout/logprob_diff_max": 0.02}])
+    write_metrics(tmp_path, "rl_seed1", [{"step": 1, "sampling/score_mean": 0.3, "adv/guide_positive_share": 0.5,
+                                          "adv/guided_rows": 2.0, "actor/entropy": 1.3,
+                                          "rollout/logprob_diff_max": 0.01}])
+    write_metrics(tmp_path, "control", [{"step": 1, "sampling/score_mean": 0.2, "adv/guide_positive_share": 1.0,
+                                         "adv/guided_rows": 2.0, "actor/entropy": 1.25}])
+
+    readme = write_results_readme(tmp_path).read_text()
+
+    assert readme.index("| sft-multi |") < readme.index("| rl-multi |") < readme.index("| rl_seed1-multi |") \
+        < readme.index("| control-multi |")
+    # the mean over seeds per question: 1, .5, 1, .5 against SFT's 0, 0, 1, 0; its differences 1, .5, 0, .5
+    # resample as 1/8 of a Binomial(8, 1/2), whose 2.5 % and 97.5 % points are 1/8 and 7/8
+    assert ("| mode | questions | SFT EM | SFT+RL EM | difference | 95 % interval | gained / lost |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n"
+            "| multi, rl | 4 | 0.250 | 0.750 | +0.500 | [+0.000, +1.000] | 2 / 0 |\n"
+            "| multi, rl_seed1 | 4 | 0.250 | 0.750 | +0.500 | [+0.000, +1.000] | 2 / 0 |\n"
+            "| multi, mean of 2 seeds | 4 | 0.250 | 0.750 | +0.500 | [+0.125, +0.875] | 3 / 0 |\n") in readme
+    assert ("| comparison | questions | EM from | EM to | difference | 95 % interval | gained / lost |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n"
+            "| multi: SFT -> control | 4 | 0.250 | 0.500 | +0.250 | [+0.000, +0.750] | 1 / 0 |\n"
+            "| multi: control -> RL (mean of 2 seeds) | 4 | 0.500 | 0.750 | +0.250 | [+0.000, +0.500] | 2 / 0 |\n"
+            "| multi: SFT -> RL (mean of 2 seeds) | 4 | 0.250 | 0.750 | +0.500 | [+0.125, +0.875] | 3 / 0 |\n"
+            "\nIn multi mode, imitation of the guides alone gives +0.250 EM of RL's +0.500 over SFT (50%), on 4 "
+            "questions.\n") in readme
+    assert ("- RL (mean of 2 seeds) above the guide-only control in multi mode (0.500 -> 0.750, 95 % interval of the "
+            "difference [+0.000, +0.500]): **yes**") in readme
+    assert ("| run | step | reward (own samples) | guide share of positive advantage | guide rows | entropy | "
+            "log-prob diff max |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+            "| rl | 1 | 0.250 | 0.600 | 2 | 1.234 | 0.0123 |\n"
+            "| rl | 2 | 0.500 | 0.400 | 2 | 1.100 | 0.02 |\n"
+            "| rl_seed1 | 1 | 0.300 | 0.500 | 2 | 1.300 | 0.01 |\n"
+            "| control | 1 | 0.200 | 1.000 | 2 | 1.250 | – |\n") in readme
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_the_control_check_says_no_and_the_sentence_says_when_rl_gains_nothing(tmp_path):
+    for model, scores in {"sft": [1, 0], "rl": [1, 0], "control": [1, 1]}.items():
+        (tmp_path / "eval" / f"{model}-multi" / "test").mkdir(parents=True)
+        write_trajectories(tmp_path, f"{model}-multi", [trajectory(f"q{i}", float(s), [["a"]], "bridge")
+                                                       for i, s in enumerate(scores)])
+    results = control_comparisons(tmp_path)
+    assert imitation_share(results) == [
+        "In multi mode RL gains no EM over SFT (+0.000); imitation of the guides alone gives +0.500, on 2 questions."]
+    # control -> RL: 1, 1 -> 1, 0; the difference's resamples are 0, -0.5 or -1
+    assert learning_checks(tmp_path, [], {}) == [
+        "- RL above the guide-only control in multi mode (1.000 -> 0.500, 95 % interval of the difference "
+        "[-1.000, +0.000]): **no**"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe.config import load_settings
+from recipe.config import load_settings, rl_runs
 from recipe.pipeline import Pipeline, latest_step_dir
 
 URL = "http://127.0.0.1:1/retrieve"
@@ -400,3 +400,107 @@ def test_results_profiles_sft_on_twice_the_base_questions_and_leave_50_dev_quest
     sft = {mode: pipeline.sft_questions(mode).read_text().splitlines() for mode in ("multi", "single")}
     assert len(sft["multi"]) == len(sft["single"]) == 2 * RecipeConfig.sft_questions == 128
     assert len(pipeline.dev_set().read_text().splitlines()) == 50
+
+
+# ---------------------------------------------------------------- RL seeds and the guide-only control
+
+def producing(pipeline: Pipeline) -> list[list[str]]:
+    """`pipeline` with stages that record their command and leave what the tool would (RL: a checkpoint
+    at the last step; guides: their file); the recorded commands."""
+    ran: list[list[str]] = []
+
+    def run(title, args):
+        args = [str(a) for a in args]
+        ran.append(args)
+        if args[1] == "verl.trainer.main_ppo":
+            keys = dict(a.split("=", 1) for a in args[2:])
+            step = Path(keys["trainer.default_local_dir"]) / f"global_step_{keys['trainer.total_training_steps']}"
+            (step / "actor" / "huggingface").mkdir(parents=True)
+            (step / "actor" / "huggingface" / "config.json").write_text("{}")
+        elif args[1] == "scripts.data_process.build_sft_from_evidence":
+            Path(flag(args, "--out")).parent.mkdir(parents=True, exist_ok=True)
+            Path(flag(args, "--out")).write_text("")
+
+    pipeline.sh = run
+    return ran
+
+
+def rl_configs(ran: list[list[str]]):
+    """The trainer configs of the recorded RL commands, in order."""
+    from verl.trainer.config import compose_config
+
+    return [compose_config(args[2:]) for args in ran if args[1] == "verl.trainer.main_ppo"]
+
+
+def test_each_seed_trains_its_own_rl_model_and_the_control_imitates_the_guides_alone(tmp_path):
+    pipeline = make(tmp_path, "recipe.rl_seeds=[0,1]", "recipe.guide_control=true", "recipe.guides=false",
+                    "rl.algorithm.guides.keep=unsolved")
+    questions = tmp_path / "rl_questions.jsonl"
+    questions.write_text("")
+    ran = producing(pipeline)
+    models = pipeline.train_rl(tmp_path / "sft", tmp_path / "rl_data", questions, URL)
+    out = pipeline.out
+    assert models == {name: out / "checkpoints" / name for name in ("rl", "rl_seed1", "control")}
+    assert all((model / "config.json").exists() for model in models.values())
+    # guides are built for the control alone: recipe.guides is off
+    assert ran[0][:2] == ["-m", "scripts.data_process.build_sft_from_evidence"]
+    guides = flag(ran[0], "--out")
+    configs = rl_configs(ran)
+    assert [(c.trainer.default_local_dir, c.data.seed, c.actor_rollout_ref.rollout.seed) for c in configs] == [
+        (str(out / "runs" / "rl"), 0, 0), (str(out / "runs" / "rl_seed1"), 1, 1), (str(out / "runs" / "control"), 0, 0)]
+    assert [c.agent.get("guide_file") for c in configs] == [None, None, guides]
+    # the control: every guide kept, the policy's own samples weighted 0; all else the RL stage's
+    assert [(c.algorithm.guides.keep, c.algorithm.guides.sampled_weight) for c in configs] == [
+        ("unsolved", 1.0), ("unsolved", 1.0), ("always", 0.0)]
+    assert {c.actor_rollout_ref.model.lora_rank for c in configs} == {8}
+    assert {c.actor_rollout_ref.actor.optim.lr for c in configs} == {1e-4}
+    assert {c.trainer.total_training_steps for c in configs} == {10}
+
+
+def test_every_seeds_model_and_the_control_are_evaluated(tmp_path):
+    pipeline = make(tmp_path, "recipe.rl_seeds=[0,3]", "recipe.guide_control=true",
+                    "recipe.eval_runs=[sft-multi,rl-single,rl-multi]", "recipe.sft_questions=2",
+                    "recipe.rl_questions=4", "recipe.dev_questions=4")
+    write_questions(pipeline, 5, split="test")
+    write_questions(pipeline, 30)
+    ran = producing(pipeline)
+    models = {name: tmp_path / name for name in ("sft", "rl", "rl_seed3", "control")}
+    pipeline.evaluate_all(models, URL)
+    evaluated = [(Path(flag(args, "--out")).relative_to(pipeline.out / "eval"), flag(args, "--model"),
+                  flag(args, "--mode")) for args in ran]
+    assert evaluated == [(Path(label, split), str(tmp_path / label.split("-")[0]), label.split("-")[1])
+                         for label, split in (("sft-multi", "test"), ("rl-single", "test"), ("rl_seed3-single", "test"),
+                                              ("rl-multi", "test"), ("rl_seed3-multi", "test"),
+                                              ("control-multi", "test"), ("sft-multi", "dev"), ("rl-multi", "dev"),
+                                              ("rl_seed3-multi", "dev"), ("control-multi", "dev"))]
+
+
+def test_a_finished_seed_is_skipped_and_carries_its_evaluations(tmp_path):
+    from verl.utils.checkpoint import mark_latest, save_trainer_state
+
+    pipeline = make(tmp_path, "recipe.rl_seeds=[0,1]", "recipe.guides=false")
+    out = pipeline.out
+    (out / "checkpoints" / "rl").mkdir(parents=True)
+    (out / "checkpoints" / "rl" / "config.json").write_text("{}")
+    save_trainer_state(out / "runs" / "rl" / "global_step_10", 10, {})
+    mark_latest(out / "runs" / "rl", 10)
+    (out / "eval" / "rl-multi" / "test").mkdir(parents=True)
+    ran = producing(pipeline)
+    pipeline.train_rl(tmp_path / "sft", tmp_path / "rl_data", tmp_path / "q.jsonl", URL)
+    assert [c.trainer.default_local_dir for c in rl_configs(ran)] == [str(out / "runs" / "rl_seed1")]
+    pipeline.train_rl(tmp_path / "sft", tmp_path / "rl_data", tmp_path / "q.jsonl", URL)
+    assert len(ran) == 1  # both seeds finished: nothing runs again
+    # more steps asked for: each run carries on, and only its own evaluations move aside
+    (out / "eval" / "rl_seed1-multi" / "test").mkdir(parents=True)
+    longer = make(tmp_path, "recipe.rl_seeds=[0,1]", "recipe.guides=false", "rl.trainer.total_training_steps=12")
+    ran = producing(longer)
+    longer.run_rl(tmp_path / "sft", tmp_path / "rl_data", URL, run=rl_runs(longer.cfg)[1])
+    assert [(c.trainer.default_local_dir, c.trainer.total_training_steps) for c in rl_configs(ran)] == [
+        (str(out / "runs" / "rl_seed1"), 12)]
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["rl-multi", "rl_seed1-multi@step10"]
+
+
+def test_results_profile_trains_two_seeds_and_the_control(tmp_path):
+    assert [(run.name, run.seed, run.guided, run.control) for run in rl_runs(load_settings(["results"]).recipe)] == [
+        ("rl", 0, True, False), ("rl_seed1", 1, True, False), ("control", 0, True, True)]
+    assert [run.name for run in rl_runs(load_settings(["demo"]).recipe)] == ["rl", "control"]
