@@ -146,6 +146,16 @@ class RolloutConfig:
     # slowest row); async: each worker hosts a rollout server and the loop sends it one request per
     # trajectory turn (verl/trainer/ppo/rollout_servers.py), trajectories advancing on their own
     mode: str = "sync"
+    # Policy lag of the trained batches: 0 | 1 (1 is veRL's one-step-off recipe). 0: a step samples with
+    # the weights of the last update, then trains. 1 (mode=async): the next step's rollout runs on the
+    # servers, with the weights they hold, while this step trains; they get the updated weights only
+    # after the update, so every batch is trained one update after the policy that sampled it (the
+    # first step overlaps nothing). The loss is then taken against the sampler: old_log_probs are the
+    # rollout_log_probs (not recomputed), the ratio starts at pi_now / pi_sampler instead of 1, and the
+    # first mini-batch already clips the tokens whose probability the last update moved beyond
+    # clip_ratio. The servers stay awake while the actor trains (vllm: gpu_memory_utilization must
+    # leave the training room).
+    lag: int = 0
     loop: str = "verl.trainer.ppo.rollout_loop:SingleTurnLoop"  # module:Class of the RolloutLoop
     n: int = 1  # samples per prompt (GRPO needs > 1)
     do_sample: bool = True
@@ -455,6 +465,11 @@ def check_config(config: DictConfig) -> None:
     if arr.rollout.mode not in ROLLOUT_MODES:
         problems.append(f"actor_rollout_ref.rollout.mode={arr.rollout.mode!r}: expected {' | '.join(ROLLOUT_MODES)}")
     problems += _multi_turn_problems(arr.rollout)
+    if arr.rollout.lag not in (0, 1):
+        problems.append(f"actor_rollout_ref.rollout.lag={arr.rollout.lag}: expected 0 or 1")
+    elif arr.rollout.lag == 1 and arr.rollout.mode != "async":
+        problems.append("actor_rollout_ref.rollout.lag=1 needs actor_rollout_ref.rollout.mode=async (the next "
+                        "rollout runs on the rollout servers while the actor trains)")
     if algo.filter_groups.metric == "reward":
         problems.append("algorithm.filter_groups.metric='reward' is veRL's name for the sequence score; "
                         "set score")

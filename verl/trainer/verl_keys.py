@@ -314,12 +314,15 @@ VERL_KEYS: dict[str, VerlKey] = {
     "sandbox_fusion": _refused("code-execution sandboxes are not implemented"),
     # algorithm
     "algorithm.rollout_correction": _refused("rollout corrections are not implemented: the old log-probs are "
-                                             "the actor's own"),
+                                             "the actor's own (the sampler's with "
+                                             "actor_rollout_ref.rollout.lag=1)"),
     "algorithm.rollout_correction.rollout_is": _at("importance weights for rollout-training mismatch are not "
                                                    "implemented", None),
     "algorithm.rollout_correction.rollout_rs": _at("rejection sampling for rollout-training mismatch is not "
                                                    "implemented", None),
-    "algorithm.rollout_correction.bypass_mode": _at("rollout corrections are not implemented", False),
+    "algorithm.rollout_correction.bypass_mode": _at("the ratio is taken against the sampler's log-probs (bypass "
+                                                    "mode with ppo_clip) exactly when training one step off: set "
+                                                    "actor_rollout_ref.rollout.lag=1", False),
     "algorithm.filter_groups.max_inflight_gen_batches": _at("generation batches run one at a time", 1),
     "algorithm.use_pf_ppo": _at("PF-PPO's reweighting is not implemented", False),
     "algorithm.pf_ppo": _refused("PF-PPO's reweighting is not implemented"),

@@ -14,7 +14,9 @@ With `rollout.mode=async` the worker hosts a rollout server (verl/workers/rollou
 instead of the batch rollout: the driver sends it one request per trajectory turn with
 `server_generate`, many at once when the worker group is threaded
 (`RayWorkerGroup(..., max_concurrency=n)`). The server gets the actor's weights once after each
-change and frees its memory when the training passes start, as the batch engines do.
+change and frees its memory when the training passes start, as the batch engines do; with
+`rollout.lag=1` it instead goes on generating with the weights it holds while the actor trains, and
+loads the new ones when the driver next calls `wake_server`, which returns their version.
 """
 from __future__ import annotations
 
@@ -159,6 +161,11 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         self._is_rollout = role in ("rollout", "actor_rollout", "actor_rollout_ref")
         self._is_ref = role in ("ref", "actor_rollout_ref")
         self._hosts_server = self._is_rollout and config.rollout.mode == "async"
+        # rollout.lag=1: the server goes on serving the next step's rollout, with the weights it holds,
+        # while the actor trains; it loads the new ones when the driver next wakes it
+        self._serves_while_training = self._hosts_server and config.rollout.lag == 1
+        self.weights_version = 0  # changes of the actor's weights in this worker: updates, a checkpoint load
+        self.server_weights_version: int | None = None  # the version the server holds
         self.use_gpu = device().type == "cuda"
         self.trains_adapter_only = lora_enabled(config.model)
         if self._is_actor:
@@ -244,14 +251,19 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
 
     def _server_weights(self):
         """What the server loads: the actor's full weights, LoRA adapters merged."""
+        self.server_weights_version = self.weights_version
         scaling = lora_scaling(self.config.model) if self.trains_adapter_only else None
         return plain_state_dict(self.module, scaling).items()
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def wake_server(self) -> None:
-        """All ranks together, before a rollout's requests: the server loads the actor's weights if
-        they changed (or it freed them) and resumes."""
+    def wake_server(self) -> int:
+        """All ranks together, before a rollout's requests and never while the actor trains: the server
+        loads the actor's weights if they changed (or it freed them) and resumes. Returns the version
+        of the weights it now holds (`weights_version` when they loaded)."""
+        if self.server_weights_version != self.weights_version:
+            self.server_host.weights_changed()  # with rollout.lag=1 the update left the server alone
         self.server_host.ready()
+        return self.server_weights_version
 
     def server_generate(self, request_id: str, prompt_ids: list[int], params: SamplingSettings) -> GenerationOutput:
         """One turn of trajectory `request_id` on this rank's server; blocks until it is generated.
@@ -277,17 +289,21 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
 
     def _rollout_finished(self) -> None:
         """Training passes start: the rollout's cached keys/values are stale (or about to be), and a
-        vLLM engine frees its GPU memory for training."""
+        vLLM engine frees its GPU memory for training. A server serving while the actor trains
+        (rollout.lag=1) is left alone: the next step's rollout is running on it."""
         if self._hosts_server:
-            self.server_host.release()
+            if not self._serves_while_training:
+                self.server_host.release()
         elif self._is_rollout:
             self.rollout.clear_cache()
             self.sharding_manager.rollout_finished()
 
     def _weights_changed(self) -> None:
+        self.weights_version += 1
         self._rollout_finished()
         if self._hosts_server:
-            self.server_host.weights_changed()
+            if not self._serves_while_training:  # that one keeps its weights until wake_server
+                self.server_host.weights_changed()
         elif self._is_rollout:
             self.sharding_manager.weights_changed()
 

@@ -98,6 +98,8 @@ def test_async_mode_gives_sync_modes_trajectories_and_step(tmp_path, tiny_model_
     sync_history, sync_batches, _ = run(tmp_path / "sync", tiny_model_dir, "sync")
     history, batches, loads = run(tmp_path / "async", tiny_model_dir, "async")
     assert loads == [1, 1]  # the weights reached the server once per step
+    # rollout.lag=0: each step samples with the weights of the last update (the versions count updates)
+    assert [set(b.non_tensor_batch["weights_version"].tolist()) for b in batches] == [{0}, {1}]
     for mine, theirs in zip(batches, sync_batches, strict=True):
         for key in ("prompts", "responses", "response_mask", "info_mask", "input_ids", "attention_mask"):
             assert torch.equal(mine.batch[key], theirs.batch[key]), key

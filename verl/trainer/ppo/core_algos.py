@@ -291,6 +291,28 @@ def rollout_logprob_diff(rollout_log_probs: torch.Tensor, log_probs: torch.Tenso
     return {"rollout/logprob_diff_max": float(diff.max()), "rollout/logprob_diff_mean": float(diff.mean())}
 
 
+def sampler_old_log_probs(rollout_log_probs: torch.Tensor, loss_mask: torch.Tensor,
+                          sampled_mask: torch.Tensor) -> torch.Tensor:
+    """The old log-probs of an update taken against the policy that sampled the batch, when the actor
+    has moved past it (one step off): the sampler's log-prob on every token the policy loss counts, 0
+    elsewhere. The PPO ratio is then pi_now / pi_sampler, which is not 1 at the first mini-batch.
+
+    rollout_log_probs: the engine's log-probs; loss_mask: the tokens the policy loss counts;
+    sampled_mask: the tokens the policy sampled itself (info_mask 0, rows not guided). All
+    (bs, response_length). A counted token outside sampled_mask (an observation when the loss does not
+    mask them, a guide's token) has no sampler log-prob to take the ratio against: ValueError.
+
+    >>> sampler_old_log_probs(torch.tensor([[-0.5, -1.0, -2.0]]), torch.tensor([[1, 1, 0]]),
+    ...                       torch.tensor([[1, 1, 1]])).tolist()
+    [[-0.5, -1.0, 0.0]]
+    """
+    unsampled = loss_mask.bool() & ~sampled_mask.bool()
+    if unsampled.any():
+        raise ValueError(f"the policy loss counts {int(unsampled.sum())} token(s) no policy sampled (observations "
+                         "the loss does not mask, guided rows): they have no sampler log-prob for the ratio")
+    return torch.where(loss_mask.bool(), rollout_log_probs, torch.zeros_like(rollout_log_probs))
+
+
 # ----------------------------------------------------------------------------- KL
 
 

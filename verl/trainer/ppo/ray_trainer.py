@@ -8,13 +8,19 @@ called through the methods listed in docs/architecture.md; everything here runs 
 `actor_rollout_ref.rollout.mode` says how the rollout loop reaches the engines: sync hands it the
 worker group's batch `generate_sequences`; async the workers' rollout servers
 (verl/trainer/ppo/rollout_servers.py), woken before every rollout (new weights load once per step).
+With `actor_rollout_ref.rollout.lag=1` (async mode) the trainer runs one step off: while a step
+trains, the next step's rollout runs on the servers with the weights they hold (`sampling_ahead`),
+and each batch is trained against the log-probs of the policy that sampled it.
 """
 from __future__ import annotations
 
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +47,21 @@ def timer(name: str, timing: dict):
     start = time.perf_counter()
     yield
     timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
+
+
+def timed(function: Callable, *args):
+    """(function(*args), the seconds it took)."""
+    start = time.perf_counter()
+    return function(*args), time.perf_counter() - start
+
+
+@dataclass
+class SampledAhead:
+    """The next step's scored batch, sampled while this step trained (rollout.lag=1)."""
+
+    batch: DataProto
+    metrics: dict
+    loader_state: dict  # the prompt loader before it served them: where a resumed run reads again
 
 
 def total_training_steps(config: DictConfig, train_dataset_rows: int) -> int:
@@ -121,6 +142,9 @@ class RayPPOTrainer:
                                                                  tokenizer.pad_token_id)
             generate = self.servers.generate_batch
         self.rollout_loop = load_rollout_loop(config, tokenizer, generate, self.servers)
+        self.one_step_off = config.actor_rollout_ref.rollout.lag == 1
+        self.ahead: SampledAhead | None = None
+        self.rollout_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-ahead")
         self.tracker = tracker or Tracking(config.trainer.project_name, config.trainer.experiment_name,
                                            backends=config.trainer.logger,
                                            config=OmegaConf.to_container(config, resolve=True),
@@ -140,10 +164,11 @@ class RayPPOTrainer:
             metrics, timing = {}, {}
             with timer("step", timing):
                 with timer("gen", timing):
-                    batch, sampling_metrics = self.sample_scored_batch(prompt_batches)
+                    batch, sampling_metrics = self.next_scored_batch(prompt_batches)
                 metrics.update(sampling_metrics)
                 if len(batch):
-                    metrics.update(self.train_on(batch, timing))
+                    with self.sampling_ahead(prompt_batches, timing):
+                        metrics.update(self.train_on(batch, timing))
             is_last_step = self.global_steps >= self.total_training_steps
             if is_due(self.config.trainer.test_freq, self.global_steps, is_last_step) and self.val_loader is not None:
                 with timer("testing", timing):
@@ -159,10 +184,40 @@ class RayPPOTrainer:
         self.tracker.finish()
         return self.history
 
+    def next_scored_batch(self, prompt_batches) -> tuple[DataProto, dict]:
+        """The step's scored batch: the one sampled while the last step trained (rollout.lag=1), else
+        rollouts sampled now with the current weights."""
+        if self.ahead is not None:
+            ahead, self.ahead = self.ahead, None
+            return ahead.batch, ahead.metrics
+        self.wake_servers()
+        return self.sample_scored_batch(prompt_batches)
+
+    @contextmanager
+    def sampling_ahead(self, prompt_batches, timing: dict):
+        """rollout.lag=1 (one step off): the next step's rollouts are sampled and scored on a thread of
+        their own, on the servers and with the weights they hold, while the body trains this step (the
+        actor update included); they are joined when it ends, and the servers get the updated weights
+        only at the next wake, so every batch is trained one update after the policy that sampled it.
+        `timing_s/gen_ahead` is their duration, `timing_s/gen_ahead_wait` the part training left
+        uncovered. At lag 0, and at the last step, the body runs alone."""
+        if not self.one_step_off or self.global_steps >= self.total_training_steps:
+            yield
+            return
+        loader_state = self.train_loader.state_dict()
+        self.wake_servers()
+        sampling = self.rollout_thread.submit(timed, self.sample_scored_batch, prompt_batches)
+        yield
+        with timer("gen_ahead_wait", timing):
+            (batch, metrics), timing["gen_ahead"] = sampling.result()
+        self.ahead = SampledAhead(batch, metrics, loader_state)
+
     def train_on(self, batch: DataProto, timing: dict) -> dict:
         """Old/ref log-probs, values, KL in the reward, advantages and the updates, for one scored batch."""
         metrics = {}
-        if self.recompute_old_log_probs:
+        if self.one_step_off:
+            self.use_sampler_log_probs(batch)
+        elif self.recompute_old_log_probs:
             with timer("old_log_prob", timing):
                 metrics.update(self.compute_old_log_probs(batch))
         if self.use_reference_policy:
@@ -255,10 +310,13 @@ class RayPPOTrainer:
         return prompts.repeat(self.config.actor_rollout_ref.rollout.n, interleave=True)
 
     def rollout(self, prompts: DataProto) -> tuple[DataProto, dict]:
-        """Trajectories from the configured RolloutLoop, and the loop's own metrics."""
-        self.wake_servers()
+        """Trajectories from the configured RolloutLoop, and the loop's own metrics. In async mode each
+        row records in `weights_version` the version of the weights its server sampled it with (the
+        servers were woken before; no weights load until the next wake)."""
         batch = self.rollout_loop.run(prompts)
         metrics = batch.meta_info.pop("metrics", {})
+        if self.servers is not None:
+            batch.non_tensor_batch["weights_version"] = np.full(len(batch), self.servers.weights_version)
         return batch, metrics
 
     def compute_scores(self, batch: DataProto) -> dict[str, list[float]]:
@@ -278,6 +336,14 @@ class RayPPOTrainer:
         return {"actor/entropy_at_rollout": float(masked_mean(output.batch["entropys"], scored)),
                 **core_algos.rollout_logprob_diff(batch.batch["rollout_log_probs"], batch.batch["old_log_probs"],
                                                   sampled)}
+
+    def use_sampler_log_probs(self, batch: DataProto) -> None:
+        """old_log_probs := the batch's rollout_log_probs over the policy-loss mask (one step off: the
+        ratio is taken against the policy that sampled, which the actor has moved past)."""
+        own_tokens = core_algos.sampled_token_mask(core_algos.batch_state_mask(batch.batch, True),
+                                                   batch.non_tensor_batch)
+        batch.batch["old_log_probs"] = core_algos.sampler_old_log_probs(
+            batch.batch["rollout_log_probs"], self.policy_loss_mask(batch), own_tokens)
 
     def policy_loss_mask(self, batch: DataProto) -> torch.Tensor:
         """The response tokens the policy loss counts (actor.state_masking)."""
@@ -354,7 +420,9 @@ class RayPPOTrainer:
         self.actor_rollout_wg.save_hf_model(str(directory / "actor" / "huggingface"))
         if self.use_critic:
             self.critic_wg.save_checkpoint(str(directory / "critic"))
-        checkpoint.save_trainer_state(directory, self.global_steps, self.train_loader.state_dict(),
+        # a batch sampled ahead is not trained yet: a resumed run samples its prompts again
+        loader_state = self.ahead.loader_state if self.ahead else self.train_loader.state_dict()
+        checkpoint.save_trainer_state(directory, self.global_steps, loader_state,
                                       extra={"kl_coef": float(self.kl_ctrl.value)})
         checkpoint.mark_latest(root, self.global_steps)
         checkpoint.prune(root, "actor", self.config.trainer.max_actor_ckpt_to_keep)
@@ -375,7 +443,8 @@ class RayPPOTrainer:
         print(f"resumed from {directory} at global step {self.global_steps}", flush=True)
 
     def wake_servers(self) -> None:
-        """Async mode, before a rollout: the servers load the actor's weights if they changed and resume."""
+        """Async mode, before a rollout and never while the actor updates: the servers load the actor's
+        weights if they changed and resume."""
         if self.servers is not None:
             self.servers.wake()
 

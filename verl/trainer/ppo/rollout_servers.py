@@ -4,6 +4,7 @@ Each actor worker hosts one server (verl/workers/rollout/server.py, the worker's
 and `wake_server`). `ServerPool` is the one client a rollout loop talks to:
 
     pool.wake()                                    # before a rollout: new weights, once per version
+    pool.weights_version                           # the version the servers then hold
     await pool.generate(request_id, prompt_ids, SamplingSettings(...))   # one turn of one trajectory
     pool.generate_batch(prompts)                   # a batch call (BaseRollout's contract) over the servers
 
@@ -30,16 +31,18 @@ ServerCall = Callable[[str, list[int], SamplingSettings], Awaitable[GenerationOu
 
 
 class ServerPool:
-    def __init__(self, servers: list[ServerCall], wake: Callable[[], object], rollout: DictConfig, pad_token_id: int):
+    def __init__(self, servers: list[ServerCall], wake: Callable[[], list[int]], rollout: DictConfig,
+                 pad_token_id: int):
         """`servers`: one coroutine function per server; `wake`: readies every server for a rollout
-        (collective across the workers); `rollout` (the rollout config) and `pad_token_id` shape
-        `generate_batch`'s settings and output."""
+        (collective across the workers) and returns the version of the weights each then holds;
+        `rollout` (the rollout config) and `pad_token_id` shape `generate_batch`'s settings and output."""
         if not servers:
             raise ValueError("a server pool needs at least one server")
         self.servers, self._wake, self.rollout, self.pad_token_id = servers, wake, rollout, pad_token_id
         self.assigned: dict[str, int] = {}  # request id -> server index, for the current rollout
         self.load = [0] * len(servers)  # trajectories of the current rollout per server
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.weights_version: int | None = None  # what the servers hold since the last wake
 
     @classmethod
     def of_worker_group(cls, worker_group, rollout: DictConfig, pad_token_id: int) -> "ServerPool":
@@ -58,12 +61,15 @@ class ServerPool:
             return await asyncio.get_running_loop().run_in_executor(
                 executor, worker.server_generate, request_id, prompt_ids, params)
 
-        return cls([call], worker.wake_server, rollout, pad_token_id)
+        return cls([call], lambda: [worker.wake_server()], rollout, pad_token_id)
 
     def wake(self) -> None:
-        """Ready every server for a rollout (the weights load once per version) and start a new
-        assignment of trajectories."""
-        self._wake()
+        """Ready every server for a rollout (the weights load once per version), note the version they
+        hold and start a new assignment of trajectories."""
+        versions = set(self._wake())
+        if len(versions) != 1:  # the ranks update together: a difference is a broken weight sync
+            raise RuntimeError(f"the rollout servers hold different weights versions: {sorted(versions)}")
+        self.weights_version = versions.pop()
         self.assigned.clear()
         self.load = [0] * len(self.servers)
 

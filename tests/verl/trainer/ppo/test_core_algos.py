@@ -255,6 +255,21 @@ def test_policy_loss_asymmetric_clip_higher():
         ca.compute_policy_loss(old, new, adv, mask, clip_ratio_c=1.0)
 
 
+def test_a_stale_batch_is_clipped_against_its_sampler_from_the_first_mini_batch():
+    rollout = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])  # the sampler's log-probs
+    loss_mask = torch.tensor([[1, 1, 1, 0]])  # t3 is not in the loss (padding, an observation)
+    old = ca.sampler_old_log_probs(rollout, loss_mask, sampled_mask=torch.ones(1, 4))
+    assert old.tolist() == [[-1.0, -2.0, -0.5, 0.0]]
+    # the actor is one update past the sampler: before any step of this batch the ratios are 1.5, 1, 0.5
+    new = old + torch.tensor([[1.5, 1.0, 0.5, 1.0]]).log()
+    pg_loss, clipfrac, _, _ = ca.compute_policy_loss(old, new, torch.ones(1, 4), loss_mask, cliprange=0.2)
+    # A=1: t0 max(-1.5, -1.2) = -1.2 (clipped), t1 -1, t2 max(-0.5, -0.8) = -0.5; (-1.2 - 1 - 0.5) / 3 = -0.9
+    assert pg_loss.item() == pytest.approx(-0.9, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match=r"counts 1 token\(s\) no policy sampled"):  # t2 not sampled: a guide's
+        ca.sampler_old_log_probs(rollout, loss_mask, sampled_mask=torch.tensor([[1, 1, 0, 0]]))
+
+
 # ----------------------------------------------------------------------------- value and entropy loss
 
 

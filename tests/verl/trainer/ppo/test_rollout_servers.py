@@ -41,8 +41,11 @@ def rollout_node(**values):
 
 
 def pool_of(servers: list[CountingServer], wakes: list | None = None, **rollout) -> ServerPool:
-    return ServerPool([s.generate for s in servers], lambda: (wakes if wakes is not None else []).append(1),
-                      rollout_node(**rollout), pad_token_id=0)
+    def wake() -> list[int]:
+        (wakes if wakes is not None else []).append(1)
+        return [0] * len(servers)
+
+    return ServerPool([s.generate for s in servers], wake, rollout_node(**rollout), pad_token_id=0)
 
 
 def test_a_trajectorys_turns_stay_on_its_server_and_new_ones_go_to_the_least_loaded():
@@ -62,6 +65,17 @@ def test_a_trajectorys_turns_stay_on_its_server_and_new_ones_go_to_the_least_loa
     pool.wake()  # a new rollout starts a new assignment
     pool.run(pool.generate("t9", [1], params))
     assert servers[0].requests[-1][0] == "t9" and wakes == [1, 1]
+
+
+def test_a_wake_notes_the_weights_version_the_servers_hold_and_refuses_a_split():
+    answers = [[3, 3], [4, 5]]  # what the workers' wake_server returns, one per rank
+    pool = ServerPool([CountingServer().generate, CountingServer().generate], lambda: answers.pop(0),
+                      rollout_node(), pad_token_id=0)
+    assert pool.weights_version is None
+    pool.wake()
+    assert pool.weights_version == 3
+    with pytest.raises(RuntimeError, match=r"different weights versions: \[4, 5\]"):
+        pool.wake()
 
 
 def test_a_batch_call_is_one_request_per_row_with_the_batch_settings():
@@ -98,7 +112,7 @@ def test_the_trainer_wakes_the_servers_before_every_rollout(tmp_path, tiny_model
     reward = RewardManager(tokenizer, load_reward_function(config.custom_reward_function.path,
                                                            config.custom_reward_function.name))
     server, wakes = CountingServer(), []
-    pool = ServerPool([server.generate], lambda: wakes.append(len(server.requests)),
+    pool = ServerPool([server.generate], lambda: wakes.append(len(server.requests)) or [0],
                       config.actor_rollout_ref.rollout, tokenizer.pad_token_id)
     trainer = RayPPOTrainer(config, tokenizer, InProcessFakeActorRolloutRefWG(tiny_model_dir, tokenizer,
                                                                               config.actor_rollout_ref),
