@@ -74,8 +74,7 @@ class RecipeConfig:
     guide_control: bool = False
     # model-mode pairs evaluated on the test questions, in this order (model: base | sft | rl; mode: single | multi);
     # rl-<mode> evaluates every seed's RL model
-    eval_runs: list[str] = field(default_factory=lambda: ["base-multi", "sft-single", "sft-multi", "rl-single",
-                                                          "rl-multi"])
+    eval_runs: list[str] = field(default_factory=lambda: ["base-multi", "sft-multi", "rl-multi"])
     eval_questions: Optional[int] = 50  # a seeded sample of test questions evaluated; None = all
     # Train questions that neither SFT nor RL drew, on which the SFT, RL and control models are evaluated
     # in agent.mode too (eval/<model>-<mode>/dev): the set to compare settings on, so that the test

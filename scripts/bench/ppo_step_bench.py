@@ -91,11 +91,14 @@ def bench_config(model_dir: str, data: str, workdir: Path, prompts: int, args: a
 
 def bare_generate_tokens_per_s(model_dir: str, prompts, max_new_tokens: int, device: str) -> tuple[float, int]:
     """tokens/s of plain HF generate (greedy) on the trainer's first batch of prompts, in the dtype
-    the trainer's rollout uses (fp32 on CPU, bf16 on GPU)."""
+    the trainer's rollout uses by default (rollout.dtype auto: bf16 on GPU and on a CPU with bf16
+    instructions, else fp32)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from verl.utils.precision import AUTO, engine_dtype
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = engine_dtype(AUTO, use_gpu=device == "cuda")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     input_ids, attention_mask = prompts.batch["input_ids"].to(device), prompts.batch["attention_mask"].to(device)
 

@@ -16,11 +16,13 @@ def test_long_is_the_results_profile_carried_on_with_dev_questions():
     results, long = load_settings(["results"]), load_settings(["long"])
     assert (long.recipe.out_dir, long.recipe.dev_questions) == (REPO / "results-long", 50)
     assert long.rl.pop("trainer.total_training_steps") == 24
-    assert results.rl.pop("trainer.total_training_steps") == 10
+    assert results.rl.pop("trainer.total_training_steps") == 6
     # the same samples, agent and trainers: a long run resumes a results run at its last step
     assert (long.rl, long.sft, long.agent) == (results.rl, results.sft, results.agent)
-    assert {k: v for k, v in vars(long.recipe).items() if k not in ("out_dir", "dev_questions")} == \
-        {k: v for k, v in vars(results.recipe).items() if k not in ("out_dir", "dev_questions")}
+    own = ("out_dir", "dev_questions", "eval_runs")
+    assert {k: v for k, v in vars(long.recipe).items() if k not in own} == \
+        {k: v for k, v in vars(results.recipe).items() if k not in own}
+    assert set(results.recipe.eval_runs) < set(long.recipe.eval_runs)
     assert results.recipe.data_dir == REPO.parent / "shared" / "data" / "hotpotqa_closed"
 
 
@@ -134,7 +136,8 @@ def test_a_profile_composes_and_sets_only_what_differs_from_the_schemas_defaults
 
     settings = profile_settings(profile)
     checked = check_settings(settings)
-    assert (checked.agent.mode, checked.eval_agent.max_turns) == ("multi", 3)
+    # RL is trained for the episode it is scored on
+    assert (checked.agent.mode, checked.agent.max_turns, checked.eval_agent.max_turns) == ("multi", 2, 2)
     defaults = {"rl": compose_ppo(["data.train_files=t", "data.val_files=t", "actor_rollout_ref.model.path=m"]),
                 "sft": compose_sft(["data.train_files=t", "model.partial_pretrain=m"])}
     repeated = [f"{node}.{key}" for node in ("agent", "eval_agent", "rl", "sft")

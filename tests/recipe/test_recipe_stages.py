@@ -137,10 +137,10 @@ def test_evaluation_and_rl_share_the_agent_but_the_search_rounds_the_profile_set
     agent = agent_config(rl)
     assert [flag(evaluation, "--topk"), flag(evaluation, "--max-obs-length"), flag(evaluation, "--max-new-tokens")] \
         == [str(agent.topk), str(agent.max_obs_length), str(rl.data.max_response_length)]
-    # base.yaml's eval_agent: one round more than the RL rollouts
-    assert (agent.max_turns, flag(evaluation, "--max-turns")) == (2, "3")
-    same = make(tmp_path, "eval_agent.max_turns=2")
-    assert flag(command(lambda: same.evaluate("sft", tmp_path / "sft", "multi", URL)), "--max-turns") == "2"
+    # the search rounds RL trains for are those evaluation scores; eval_agent may set them apart
+    assert (agent.max_turns, flag(evaluation, "--max-turns")) == (2, "2")
+    apart = make(tmp_path, "eval_agent.max_turns=3")
+    assert flag(command(lambda: apart.evaluate("sft", tmp_path / "sft", "multi", URL)), "--max-turns") == "3"
 
 
 def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
@@ -156,7 +156,7 @@ def test_rl_questions_are_the_seeded_sample_or_its_frontier(pipeline, tmp_path):
     assert args[:2] == ["-m", "rag_r1.eval.frontier"] and flag(args, "--n") == "5"
     # sampled as RL samples: the rollouts' temperature, rounds and per-turn length
     assert [flag(args, name) for name in ("--temperature", "--max-turns", "--max-new-tokens", "--mode")] == [
-        "0.7", "2", "96", "multi"]
+        "1.0", "2", "96", "multi"]
     # the frontier filters the very sample a run without it trains on (and so leaves the same dev questions)
     assert open(flag(args, "--questions")).read().splitlines() == picked
 
@@ -344,8 +344,8 @@ def test_demo_profile_draws_as_many_comparison_as_bridge_questions_and_evaluates
     assert len(kinds) == 16 and kinds.count("comparison") == kinds.count("bridge") == 8
     args = command(lambda: pipeline.evaluate("rl", tmp_path / "rl", "multi", URL))
     assert flag(args, "--questions") == str(REPO / "data" / "demo" / "test.jsonl")
-    # 64-token turns in RL and evaluation alike; evaluation one search round more than the rollouts
-    assert [flag(args, name) for name in ("--topk", "--max-new-tokens", "--max-turns")] == ["2", "64", "3"]
+    # 64-token turns and two search rounds in RL and evaluation alike
+    assert [flag(args, name) for name in ("--topk", "--max-new-tokens", "--max-turns")] == ["2", "64", "2"]
 
 
 # ---------------------------------------------------------------- what the results profiles set
@@ -379,14 +379,13 @@ def test_results_profiles_reward_f1_which_ranks_a_near_miss_above_a_wrong_entity
 
 
 @pytest.mark.parametrize("profile", ["results", "long"])
-def test_results_profiles_sample_groups_of_8_at_the_base_profiles_cost_per_step(tmp_path, profile):
+def test_results_profiles_take_one_optimizer_step_of_four_questions_a_step(tmp_path, profile):
     config = profile_rl_config(tmp_path / profile, profile)
     base = profile_rl_config(tmp_path / "base", "base")
-    n, batch = config.actor_rollout_ref.rollout.n, config.data.train_batch_size
-    assert n == 8 and n * batch == base.actor_rollout_ref.rollout.n * base.data.train_batch_size == 16
-    # one question's group per optimizer step: two updates a step, as the base profile makes
-    assert batch // config.actor_rollout_ref.actor.ppo_mini_batch_size == 2
-    assert base.data.train_batch_size // base.actor_rollout_ref.actor.ppo_mini_batch_size == 2
+    actor = config.actor_rollout_ref.actor
+    assert (config.actor_rollout_ref.rollout.n, config.data.train_batch_size, actor.ppo_mini_batch_size) == (4, 4, 4)
+    # the base profile: four questions per optimizer step too, two updates from a step's samples
+    assert (base.data.train_batch_size, base.actor_rollout_ref.actor.ppo_mini_batch_size) == (8, 4)
 
 
 @pytest.mark.parametrize("profile", ["results", "long"])
@@ -453,7 +452,7 @@ def test_each_seed_trains_its_own_rl_model_and_the_control_imitates_the_guides_a
     assert [(c.algorithm.guides.keep, c.algorithm.guides.sampled_weight) for c in configs] == [
         ("unsolved", 1.0), ("unsolved", 1.0), ("always", 0.0)]
     assert {c.actor_rollout_ref.model.lora_rank for c in configs} == {8}
-    assert {c.actor_rollout_ref.actor.optim.lr for c in configs} == {1e-4}
+    assert {c.actor_rollout_ref.actor.optim.lr for c in configs} == {1e-3}
     assert {c.trainer.total_training_steps for c in configs} == {10}
 
 

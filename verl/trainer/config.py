@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from verl.trainer import verl_keys
 from verl.trainer.ppo import core_algos
+from verl.utils import precision
 from verl.utils.hydra_config import CONFIG_DIR, compose_checked
 from verl.utils.tracking import BACKENDS as LOGGER_BACKENDS
 
@@ -85,6 +86,11 @@ class FSDPConfig:
     param_offload: bool = False
     optimizer_offload: bool = False
     fsdp_size: int = -1  # ranks a model is sharded over: all of them (-1, or the world size) is what is supported
+    # The dtype forwards and backwards compute in: auto | bfloat16 | float32 (veRL's default is bfloat16).
+    # auto is bf16 on a GPU and on a CPU with bf16 instructions (AVX512-BF16 or AMX), fp32 on other
+    # CPUs, where bf16 is emulated and slower. Master weights stay fp32 (veRL's model_dtype), gradients
+    # are reduced in fp32, and log-probs and losses are computed in fp32 from the logits.
+    dtype: str = "auto"
 
 
 @dataclass
@@ -167,7 +173,11 @@ class RolloutConfig:
     # tensor-parallel group. Runs that differ only in it tell a result from one run's luck. (veRL's
     # default is 42; 0 keeps each engine's seed its group's index.)
     seed: int = 0
-    dtype: str = "bfloat16"  # vllm only; hf follows the actor's dtype
+    # The engine's compute dtype (hf and vllm), by default the actor's fsdp_config.dtype: auto | bfloat16
+    # | float16 | float32. The hf engine stores its copy of the policy in it. Its log-probs are fp32
+    # from its logits, which in bf16 differ from the trainer's by more than in fp32
+    # (rollout/logprob_diff_* shows by how much).
+    dtype: str = "${actor_rollout_ref.actor.fsdp_config.dtype}"  # type: ignore[assignment]
     gpu_memory_utilization: float = 0.5  # vllm
     tensor_model_parallel_size: int = 1  # vllm
     enforce_eager: bool = False  # vllm: False captures CUDA graphs (faster decoding, as veRL)
@@ -477,8 +487,16 @@ def check_config(config: DictConfig) -> None:
         if backend not in LOGGER_BACKENDS:
             problems.append(f"trainer.logger has {backend!r}: expected one of {', '.join(LOGGER_BACKENDS)}")
     problems += _unsupported(config)
+    problems += _dtype_problems(config)
     if problems:
         raise ValueError("config: " + "; ".join(problems))
+
+
+def _dtype_problems(config: DictConfig) -> list[str]:
+    problems = [problem for node in FSDP_NODES
+                for problem in precision.dtype_problems(f"{node}.dtype", OmegaConf.select(config, f"{node}.dtype"))]
+    return problems + precision.dtype_problems("actor_rollout_ref.rollout.dtype", config.actor_rollout_ref.rollout.dtype,
+                                               precision.ENGINE_DTYPES)
 
 
 def _multi_turn_problems(rollout: DictConfig) -> list[str]:

@@ -27,8 +27,10 @@ from tqdm import tqdm
 
 from verl.trainer.steps import is_due, run_length
 from verl.utils import checkpoint as ckpt
+from verl.utils import precision
 from verl.utils.dataset.sft_dataset import SFTDataset
 from verl.utils.distributed import resolve_device
+from verl.utils.fsdp_utils import mixed_precision_policy
 from verl.utils.hydra_config import CONFIG_DIR, compose_checked
 from verl.utils.torch_functional import HEAD_CHUNK_TOKENS, head_scores, token_scores_in_chunks
 from verl.utils.tracking import BACKENDS, Tracking
@@ -50,10 +52,21 @@ class DataConfig:
 
 
 @dataclass
+class FSDPConfig:
+    # The dtype forwards and backwards compute in: auto | bfloat16 | float32, as the PPO trainer's
+    # fsdp_config.dtype (auto: bf16 on a GPU and on a CPU with bf16 instructions, AVX512-BF16 or AMX;
+    # fp32 on other CPUs). Weights, gradients and Adam's states stay fp32 and the loss is computed in
+    # fp32 from the logits: one process runs the forward under torch.autocast, FSDP2 casts the
+    # gathered weights.
+    dtype: str = "auto"
+
+
+@dataclass
 class ModelConfig:
     partial_pretrain: str = MISSING  # HF model directory (or hub id) to start from
     enable_gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     trust_remote_code: bool = False
+    fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
 
 
 @dataclass
@@ -119,6 +132,7 @@ def check_config(config: DictConfig) -> None:
         problems.append(f"optim.warmup_steps_ratio={optim.warmup_steps_ratio}: expected a value in [0, 1]")
     if trainer.device not in ("auto", "cpu", "cuda"):
         problems.append(f"trainer.device={trainer.device!r}: expected auto, cpu or cuda")
+    problems += precision.dtype_problems("model.fsdp_config.dtype", config.model.fsdp_config.dtype)
     problems += [f"trainer.logger has {b!r}: expected some of {BACKENDS}" for b in trainer.logger if b not in BACKENDS]
     if problems:
         raise ValueError("config: " + "; ".join(problems))
@@ -137,7 +151,8 @@ def init_distributed(device: str) -> tuple[int, int]:
 
 
 def build_model(path: str, config: ModelConfig, device: str, world_size: int) -> torch.nn.Module:
-    """The HF causal LM, sharded with FSDP2 (each decoder layer, then the root) when world_size > 1."""
+    """The HF causal LM with fp32 weights, computing in model.fsdp_config.dtype: sharded with FSDP2
+    (each decoder layer, then the root) when world_size > 1, else its forward under torch.autocast."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
@@ -147,14 +162,17 @@ def build_model(path: str, config: ModelConfig, device: str, world_size: int) ->
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
     if world_size > 1:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
-        # bf16 compute on GPU, fp32 master weights and gradient reduction; CPU stays fp32 throughout.
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device == "cuda" \
-            else MixedPrecisionPolicy()
+        mp = mixed_precision_policy(config.fsdp_config.dtype, use_gpu=device == "cuda")
         for layer in model.model.layers:
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
+        return model
+    dtype = precision.compute_dtype(config.fsdp_config.dtype, use_gpu=device == "cuda")
+    if dtype != torch.float32:
+        # on the instance, so every caller (training, validation) computes in it; backward follows
+        model.forward = torch.autocast(device_type=device, dtype=dtype)(model.forward)
     return model
 
 

@@ -55,7 +55,8 @@ def _fsdp_entries(node: str, forward_only: bool) -> dict[str, VerlKey]:
                                       False),
         f"{node}.reshard_after_forward": _at("blocks reshard after their forward (FSDP2's default)", True),
         f"{node}.forward_prefetch": _at("FSDP2 prefetches as it does by default", False),
-        f"{node}.model_dtype": _at("the master weights are fp32", "fp32", "float32"),
+        f"{node}.model_dtype": _at("the master weights are fp32; fsdp_config.dtype sets the compute dtype",
+                                   "fp32", "float32"),
         f"{node}.use_orig_params": _at("an FSDP1 option; FSDP2 shards the original parameters", False),
         f"{node}.seed": _refused(_NO_SEED),
         f"{node}.full_determinism": _at("deterministic kernels are not forced", False),
@@ -71,7 +72,6 @@ def _fsdp_entries(node: str, forward_only: bool) -> dict[str, VerlKey]:
         f"{node}.forward_only": _at("veRL's engine marker: the reference only runs forwards, actor and critic "
                                     "train", forward_only),
         f"{node}.strategy": _at("training always runs FSDP2", "fsdp", "fsdp2"),
-        f"{node}.dtype": _at("GPU forwards compute in bf16 (fp32 on CPU)", "bfloat16", "bf16"),
         f"{node}.qat": _refused("quantization-aware training is not implemented"),
         f"{node}.qat.enable": _at("quantization-aware training is not implemented", False),
         f"{node}.turbo_config": _refused("veRL's TorchTitan engine; training runs FSDP2 over all workers"),
@@ -283,6 +283,7 @@ VERL_KEYS: dict[str, VerlKey] = {
     "critic.fsdp.param_offload": _refused("set critic.model.fsdp_config.param_offload"),
     "critic.fsdp.optimizer_offload": _refused("set critic.model.fsdp_config.optimizer_offload"),
     "critic.fsdp.fsdp_size": _refused("set critic.model.fsdp_config.fsdp_size"),
+    "critic.fsdp.dtype": _refused("set critic.model.fsdp_config.dtype"),
     "critic.enable": _at("the critic is built when algorithm.adv_estimator needs one (gae)", None),
     "critic.ppo_micro_batch_size": _at("veRL's deprecated global micro-batch size; set "
                                        "critic.ppo_micro_batch_size_per_gpu", None),

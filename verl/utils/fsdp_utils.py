@@ -1,8 +1,10 @@
 """FSDP2 (`fully_shard`) applied from outside the model, full state dicts, lr schedules.
 
-CPU: params stay fp32, collectives over gloo. GPU: bf16 compute with fp32 gradient reduction;
-`fsdp_config.param_offload` keeps the fp32 parameter shards and their gradients in CPU memory
-(FSDP2's CPUOffloadPolicy: Adam then steps on the CPU, its states beside the shards), and
+Parameters are stored in fp32; forwards and backwards compute in `fsdp_config.dtype` (FSDP2's
+MixedPrecisionPolicy casts the gathered parameters; `auto`: bf16 on GPU and on a CPU with bf16
+instructions, see verl/utils/precision.py) and gradients are reduced in fp32. Collectives go over
+gloo on CPU. `fsdp_config.param_offload` keeps the fp32 parameter shards and their gradients in CPU
+memory (FSDP2's CPUOffloadPolicy: Adam then steps on the CPU, its states beside the shards), and
 `fsdp_config.optimizer_offload` keeps only Adam's states there between updates
 (`move_optimizer_state`). Both on GPU only: on CPU there is nothing to offload to.
 """
@@ -23,6 +25,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard
 
+from verl.utils import precision
 from verl.utils.model import decoder_layer_classes
 
 
@@ -34,8 +37,7 @@ def apply_fsdp2(model: torch.nn.Module, fsdp_cfg, use_gpu: bool) -> torch.nn.Mod
     mesh = init_device_mesh("cuda" if use_gpu else "cpu", (dist.get_world_size(),))
     kwargs = {
         "mesh": mesh,
-        "mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if use_gpu else MixedPrecisionPolicy(),
+        "mp_policy": mixed_precision_policy(fsdp_cfg.dtype, use_gpu),
         "offload_policy": CPUOffloadPolicy() if offload_params else OffloadPolicy(),
     }
     blocks = decoder_layer_classes(model)
@@ -44,6 +46,12 @@ def apply_fsdp2(model: torch.nn.Module, fsdp_cfg, use_gpu: bool) -> torch.nn.Mod
             fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def mixed_precision_policy(dtype: str, use_gpu: bool) -> MixedPrecisionPolicy:
+    """FSDP2's policy for computing in `dtype` (a config name, see precision.compute_dtype) over
+    fp32 parameters: gathered parameters are cast to it; gradients are reduced in fp32."""
+    return MixedPrecisionPolicy(param_dtype=precision.compute_dtype(dtype, use_gpu), reduce_dtype=torch.float32)
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

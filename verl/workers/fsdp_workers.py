@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
 from verl.single_controller.base.worker import peak_rss_bytes
-from verl.utils import fsdp_utils
+from verl.utils import fsdp_utils, precision
 from verl.utils.distributed import all_reduce_max, device, empty_device_cache
 from verl.utils.lora import (adapter_state_dict, adapters_disabled, apply_lora, lora_enabled, lora_scaling,
                              merged_state_dict, save_peft_adapter)
@@ -223,9 +223,8 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         raise ValueError(f"rollout.name must be hf or vllm, got {name!r}")
 
     def _hf_engine_module(self) -> torch.nn.Module:
-        """The HF engines' plain copy of the policy: fp32 on CPU (no fast bf16 kernels there); on GPU
-        the dtype FSDP computes in."""
-        dtype = getattr(torch, self.config.rollout.dtype) if self.use_gpu else torch.float32
+        """The HF engines' plain copy of the policy, stored in the dtype it computes in (rollout.dtype)."""
+        dtype = precision.engine_dtype(self.config.rollout.dtype, self.use_gpu)
         return load_causal_lm(self.config.model, dtype=dtype).to(device()).eval()
 
     def _build_server_host(self) -> ServerHost:

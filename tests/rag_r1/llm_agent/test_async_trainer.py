@@ -46,6 +46,7 @@ def run(tmp_path: Path, model_dir, mode: str):
         f"data.train_files={data}", f"data.val_files={data}", f"data.train_batch_size={len(QUESTIONS)}",
         "data.shuffle=false", "data.max_prompt_length=1024", "data.max_start_length=512", "data.max_response_length=8",
         f"actor_rollout_ref.model.path={model_dir}", "actor_rollout_ref.actor.optim.lr=5e-2",
+        "actor_rollout_ref.actor.fsdp_config.dtype=float32", "critic.model.fsdp_config.dtype=float32",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={len(QUESTIONS)}",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8", "actor_rollout_ref.rollout.n=2",
         "actor_rollout_ref.rollout.do_sample=false", f"actor_rollout_ref.rollout.mode={mode}",

@@ -85,7 +85,7 @@ def learning_config(tmp_path: Path, model_dir, overrides=()):
         "data.shuffle=false", "data.max_prompt_length=1024", "data.max_start_length=512",
         "data.max_response_length=8",
         f"actor_rollout_ref.model.path={model_dir}", "actor_rollout_ref.model.lora_rank=8",
-        "actor_rollout_ref.model.lora_alpha=16",
+        "actor_rollout_ref.model.lora_alpha=16", "actor_rollout_ref.actor.fsdp_config.dtype=float32",
         "actor_rollout_ref.actor.optim.lr=5e-2", "actor_rollout_ref.actor.optim.weight_decay=0.0",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={len(QUESTIONS)}",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64",

@@ -51,10 +51,12 @@ def load_model(path):
 
 
 def config(model_dir, train_file, out_dir, *overrides) -> SFTConfig:
+    """fp32 compute, so runs compare to 1e-6 on any CPU."""
     return to_config(compose_config([
         f"model.partial_pretrain={model_dir}", f"data.train_files={train_file}", f"data.val_files={train_file}",
         f"trainer.default_local_dir={out_dir}", "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2",
-        "optim.lr=1e-3", "trainer.total_epochs=1", "trainer.device=cpu", "trainer.logger=[tensorboard]", *overrides]))
+        "optim.lr=1e-3", "trainer.total_epochs=1", "trainer.device=cpu", "trainer.logger=[tensorboard]",
+        "model.fsdp_config.dtype=float32", *overrides]))
 
 
 def test_one_step_lowers_the_loss_on_its_batch(tiny_model_dir, dataset):
@@ -133,7 +135,8 @@ def test_fit_saves_a_loadable_hf_checkpoint_and_resumes_like_an_uninterrupted_ru
 def test_two_process_fsdp2_over_gloo_matches_one_process(tiny_model_dir, sft_file, tmp_path):
     common = [f"model.partial_pretrain={tiny_model_dir}", f"data.train_files={sft_file}", "data.train_batch_size=4",
               "data.micro_batch_size_per_gpu=1", "optim.lr=1e-3", "trainer.total_training_steps=2",
-              "trainer.device=cpu", "trainer.logger=[tensorboard]", f"data.val_files={sft_file}"]
+              "trainer.device=cpu", "trainer.logger=[tensorboard]", f"data.val_files={sft_file}",
+              "model.fsdp_config.dtype=float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
                     "-m", "verl.trainer.fsdp_sft_trainer", *common, f"trainer.default_local_dir={tmp_path / 'fsdp'}"],
@@ -170,12 +173,13 @@ def test_config_errors_name_the_key():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, dataset):
-    from verl.trainer.fsdp_sft_trainer import ModelConfig, build_model
+    from verl.trainer.fsdp_sft_trainer import FSDPConfig, ModelConfig, build_model
 
     batch = dataset.collate([dataset[i] for i in range(2)])
     grads = []
     for checkpointing in (False, True):
-        model = build_model(str(tiny_model_dir), ModelConfig(str(tiny_model_dir), checkpointing), "cpu", world_size=1)
+        model_config = ModelConfig(str(tiny_model_dir), checkpointing, fsdp_config=FSDPConfig(dtype="float32"))
+        model = build_model(str(tiny_model_dir), model_config, "cpu", world_size=1)
         assert model.is_gradient_checkpointing == checkpointing
         train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), [batch], clip_grad=1e9)
         grads.append([p.grad for p in model.parameters()])

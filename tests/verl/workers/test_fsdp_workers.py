@@ -33,20 +33,26 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def actor_config(model_dir, **actor_overrides):
-    """The schema's actor_rollout_ref node with the test's model and batch sizes; no gradient clipping."""
+    """The schema's actor_rollout_ref node with the test's model and batch sizes; no gradient clipping.
+    Actor, reference and rollout compute in fp32 (unless `fsdp_config` says otherwise), so the workers
+    equal the fp32 references on any CPU."""
+    fsdp_config = {"dtype": "float32", **actor_overrides.pop("fsdp_config", {})}
     return schema_node("actor_rollout_ref", {
         "model": {"path": str(model_dir)},
         "actor": {"ppo_mini_batch_size": 8, "ppo_micro_batch_size_per_gpu": 2, "grad_clip": 1.0e6,
-                  "optim": {"lr": 1e-3, "weight_decay": 0.0}, **actor_overrides},
+                  "optim": {"lr": 1e-3, "weight_decay": 0.0}, "fsdp_config": fsdp_config, **actor_overrides},
         "rollout": {"response_length": RESPONSE, "log_prob_micro_batch_size_per_gpu": 3},
-        "ref": {"log_prob_micro_batch_size_per_gpu": 4, "fsdp_config": {"param_offload": False}},
+        "ref": {"log_prob_micro_batch_size_per_gpu": 4, "fsdp_config": {"param_offload": False,
+                                                                        "dtype": fsdp_config["dtype"]}},
     })
 
 
 def critic_config(model_dir, **overrides):
-    """The schema's critic node with the test's model and batch sizes; no clipping of values or gradients."""
+    """The schema's critic node with the test's model and batch sizes; no clipping of values or
+    gradients; fp32 compute."""
     return schema_node("critic", {
-        "model": {"path": str(model_dir)}, "optim": {"lr": 1e-2, "weight_decay": 0.0},
+        "model": {"path": str(model_dir), "fsdp_config": {"dtype": "float32"}},
+        "optim": {"lr": 1e-2, "weight_decay": 0.0},
         "ppo_mini_batch_size": 8, "ppo_micro_batch_size_per_gpu": 2, "forward_micro_batch_size_per_gpu": 3,
         "cliprange_value": 100.0, "grad_clip": 1.0e6, **overrides,
     })
@@ -444,8 +450,8 @@ def test_one_gpu_rank_computes_in_bf16_and_learns(ray_gpu, tiny_model_dir):
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     actor_wg = RayWorkerGroup(RayResourcePool([1], use_gpu=True),
-                              RayClassWithInitArgs(ActorRolloutRefWorker, config=actor_config(tiny_model_dir),
-                                                   role="actor_rollout_ref"))
+                              RayClassWithInitArgs(ActorRolloutRefWorker, role="actor_rollout_ref",
+                                                   config=actor_config(tiny_model_dir, fsdp_config={"dtype": "auto"})))
     actor_wg.init_model()
 
     prompts = build_prompt_batch([tok.encode("Who was born first?"), tok.encode("The")] * 2, tok.pad_token_id)
@@ -494,7 +500,7 @@ class InspectableActor(ActorRolloutRefWorker):
 ])
 def test_one_gpu_rank_trains_and_resumes_with_offload(ray_gpu, tiny_model_dir, tmp_path, offload, params_on, moments_on):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    config = actor_config(tiny_model_dir, grad_clip=1e-3, fsdp_config={offload: True})  # clipping bites
+    config = actor_config(tiny_model_dir, grad_clip=1e-3, fsdp_config={offload: True, "dtype": "auto"})  # clipping bites
     actor_wg = RayWorkerGroup(RayResourcePool([1], use_gpu=True),
                               RayClassWithInitArgs(InspectableActor, config=config, role="actor"))
     actor_wg.init_model()

@@ -218,7 +218,7 @@ def test_a_threaded_worker_serves_concurrent_requests_as_it_serves_them_one_by_o
     config = schema_node("actor_rollout_ref", {
         "model": {"path": str(tiny_model_dir)},
         "actor": {"ppo_mini_batch_size": 1, "ppo_micro_batch_size_per_gpu": 1},
-        "rollout": {"mode": "async", "response_length": 10, "max_num_seqs": 8},
+        "rollout": {"mode": "async", "response_length": 10, "max_num_seqs": 8, "dtype": "float32"},
     })
     group = RayWorkerGroup(RayResourcePool([1], use_gpu=False),
                            RayClassWithInitArgs(ActorRolloutRefWorker, config=config, role="actor_rollout"),

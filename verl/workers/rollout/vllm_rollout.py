@@ -19,6 +19,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from verl.protocol import DataProto
+from verl.utils import precision
 from verl.utils.distributed import device
 from verl.workers.rollout.base import BaseRollout, assemble_output, pad_responses, prompt_token_lists
 from verl.workers.rollout.server import SamplingSettings
@@ -43,7 +44,7 @@ class VLLMRollout(BaseRollout):
             tokenizer=model_path,
             tensor_parallel_size=tp_size,
             distributed_executor_backend="external_launcher",
-            dtype=config.dtype,
+            dtype=precision.dtype_name(precision.engine_dtype(config.dtype, use_gpu=True)),
             enforce_eager=config.enforce_eager,
             # custom all-reduce shares buffers between GPUs (CUDA IPC) mapped once at start-up, while sleep
             # releases and re-maps the engine's memory: NCCL, as veRL does

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from verl.utils import precision
 from verl.utils.distributed import device
 from verl.workers.rollout.server import GenerationOutput, RolloutServer, SamplingSettings, Weights
 from verl.workers.rollout.vllm_rollout import completion_log_probs, sampling_params
@@ -51,11 +52,11 @@ class VLLMServer(RolloutServer):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.dtype = getattr(torch, config.dtype)
+        self.dtype = precision.engine_dtype(config.dtype, use_gpu=True)
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
             model=model_path,
             tokenizer=model_path,  # stop strings are matched in detokenized text
-            dtype=config.dtype,
+            dtype=precision.dtype_name(self.dtype),
             enforce_eager=config.enforce_eager,
             gpu_memory_utilization=config.gpu_memory_utilization,
             max_model_len=config.max_model_len,

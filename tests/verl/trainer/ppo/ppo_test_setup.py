@@ -8,6 +8,9 @@ import pandas as pd
 from verl.trainer.config import compose_config
 
 TARGET = "e"
+# Every model computes in fp32, so runs compare to tight tolerances on any CPU.
+FP32 = ["actor_rollout_ref.actor.fsdp_config.dtype=float32", "actor_rollout_ref.ref.fsdp_config.dtype=float32",
+        "critic.model.fsdp_config.dtype=float32"]
 
 
 def contains_target(data_source, solution_str, ground_truth, extra_info=None):
@@ -47,5 +50,5 @@ def tiny_config(tmp_path: Path, model_dir, adv_estimator: str = "gae", overrides
         "trainer.total_training_steps=8", "trainer.logger=[console]", "trainer.val_before_train=true",
         "trainer.test_freq=-1", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
         f"custom_reward_function.path={Path(__file__).resolve()}", "custom_reward_function.name=contains_target",
-        *overrides,
+        *FP32, *overrides,
     ])
