@@ -15,8 +15,7 @@ import itertools
 
 import httpx
 
-from rag_r1.search.client import (endpoint_url, read_answer, read_hits, request_payload, retrieve_urls, retry_delay,
-                                  unanswered)
+from rag_r1.search.client import attempts, read_answer, read_hits, request_payload, retrieve_urls, unanswered
 
 
 class AsyncRetrievalClient:
@@ -51,19 +50,17 @@ class AsyncRetrievalClient:
         start = next(self._next) % len(self.urls)
         order = self.urls[start:] + self.urls[:start]
         failures: list[str] = []
-        for round_no in range(self.retries + 1):
-            if round_no:
-                await asyncio.sleep(retry_delay(self.backoff, round_no))
-            for retrieve_url in order:
-                url = endpoint_url(retrieve_url, endpoint)
-                try:
-                    response = await self._http.request(method, url, json=payload)
-                except httpx.HTTPError as err:
-                    failures.append(f"{url}: {type(err).__name__}: {err}")
-                    continue
-                answer = read_answer(url, response, failures)
-                if answer is not None:
-                    return answer
+        for wait, url in attempts(order, endpoint, self.retries, self.backoff):
+            if wait:
+                await asyncio.sleep(wait)
+            try:
+                response = await self._http.request(method, url, json=payload)
+            except httpx.HTTPError as err:
+                failures.append(f"{url}: {type(err).__name__}: {err}")
+                continue
+            answer = read_answer(url, response, failures)
+            if answer is not None:
+                return answer
         raise unanswered(order, self.retries, self.timeout, failures)
 
     async def aclose(self) -> None:

@@ -48,6 +48,14 @@ def retry_delay(backoff: float, round_no: int) -> float:
     return backoff * 2 ** (round_no - 1)
 
 
+def attempts(order: list[str], endpoint: str, retries: int, backoff: float):
+    """(seconds to wait first, URL) of every request a call may make: each replica in `order`, in
+    `retries` + 1 rounds, a round after the first starting after its back-off."""
+    for round_no in range(retries + 1):
+        for i, retrieve_url in enumerate(order):
+            yield (retry_delay(backoff, round_no) if round_no and i == 0 else 0.0), endpoint_url(retrieve_url, endpoint)
+
+
 def request_payload(queries: list[str], topk: int, return_scores: bool) -> dict:
     return {"queries": queries, "topk": topk, "return_scores": return_scores}
 
@@ -111,19 +119,17 @@ class RetrievalClient:
     def _request(self, method: str, endpoint: str, payload: dict | None = None) -> dict:
         order = self._replica_order()
         failures: list[str] = []
-        for round_no in range(self.retries + 1):
-            if round_no:
-                time.sleep(retry_delay(self.backoff, round_no))
-            for retrieve_url in order:
-                url = endpoint_url(retrieve_url, endpoint)
-                try:
-                    response = self._http.request(method, url, json=payload)
-                except httpx.HTTPError as err:
-                    failures.append(f"{url}: {type(err).__name__}: {err}")
-                    continue
-                answer = read_answer(url, response, failures)
-                if answer is not None:
-                    return answer
+        for wait, url in attempts(order, endpoint, self.retries, self.backoff):
+            if wait:
+                time.sleep(wait)
+            try:
+                response = self._http.request(method, url, json=payload)
+            except httpx.HTTPError as err:
+                failures.append(f"{url}: {type(err).__name__}: {err}")
+                continue
+            answer = read_answer(url, response, failures)
+            if answer is not None:
+                return answer
         raise unanswered(order, self.retries, self.timeout, failures)
 
     def retrieve(self, queries: list[str], topk: int, return_scores: bool = True) -> list[list[dict]]:

@@ -255,11 +255,16 @@ def main(argv: list[str] | None = None) -> dict:
               "ran while the step trained")
     else:
         report.update(variant_reports(model_dir, data, workdir, args))
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    emit_report(report, args.out)
     return report
+
+
+def emit_report(report: dict, out: Path | None) -> None:
+    """Print a benchmark's report as JSON, and write it to `out` when one is given."""
+    print(json.dumps(report, indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.bench.ppo_step_bench import VARIANTS, bench_config, fit_on_ray, write_prompts
+from scripts.bench.ppo_step_bench import VARIANTS, bench_config, emit_report, fit_on_ray, write_prompts
 
 DTYPES = ("float32", "bfloat16")
 PASSAGE = ("<information>\nDoc 1(Title: Dracula) Dracula is an 1897 Gothic horror novel by Irish author Bram "
@@ -152,10 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     fp32, bf16 = runs["float32"], runs["bfloat16"]
     report["fp32_over_bf16"] = {**pair_ratios(fp32["rl"], bf16["rl"]),
                                 "sft_step": pair_ratios(fp32["sft_step"], bf16["sft_step"])["seconds"]}
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    emit_report(report, args.out)
     return report
 
 
