@@ -60,9 +60,11 @@ def with_overrides(base: list[str], changes: list[str]) -> list[str]:
 
 
 def bench_overrides(questions: int, steps: int, run_dir: Path, rl_data: Path) -> list[str]:
-    """What the benchmark changes in the recipe's RL stage: every question in every step, greedy
-    validation on the same questions before and after, no guides, no checkpoints."""
-    return [f"data.train_batch_size={questions}", f"data.val_files={rl_data / 'train.parquet'}",
+    """What the benchmark changes in the recipe's RL stage: every question in every step, in one optimizer
+    step as the recipe takes one a step, greedy validation on the same questions before and after, no
+    guides, no checkpoints."""
+    return [f"data.train_batch_size={questions}", f"actor_rollout_ref.actor.ppo_mini_batch_size={questions}",
+            f"data.val_files={rl_data / 'train.parquet'}",
             f"trainer.total_training_steps={steps}", f"trainer.test_freq={steps}", "trainer.val_before_train=true",
             "trainer.save_freq=-1", "trainer.resume_mode=disable", f"trainer.default_local_dir={run_dir}",
             "algorithm.filter_groups.enable=false"]

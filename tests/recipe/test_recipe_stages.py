@@ -384,8 +384,8 @@ def test_results_profiles_take_one_optimizer_step_of_four_questions_a_step(tmp_p
     base = profile_rl_config(tmp_path / "base", "base")
     actor = config.actor_rollout_ref.actor
     assert (config.actor_rollout_ref.rollout.n, config.data.train_batch_size, actor.ppo_mini_batch_size) == (4, 4, 4)
-    # the base profile: four questions per optimizer step too, two updates from a step's samples
-    assert (base.data.train_batch_size, base.actor_rollout_ref.actor.ppo_mini_batch_size) == (8, 4)
+    # as the base profile: four questions, one optimizer step
+    assert (base.data.train_batch_size, base.actor_rollout_ref.actor.ppo_mini_batch_size) == (4, 4)
 
 
 @pytest.mark.parametrize("profile", ["results", "long"])
