@@ -25,6 +25,17 @@ from verl.workers.rollout.base import BaseRollout, assemble_output, pad_response
 from verl.workers.rollout.server import SamplingSettings
 
 
+def engine_settings(config: DictConfig) -> dict:
+    """The engine arguments every vLLM engine here takes from rollout.*: it starts asleep-capable with
+    dummy weights (the actor's arrive after each update) and reports the log-probs of the
+    distribution it samples from (logits / temperature), as the actor computes them."""
+    return dict(dtype=precision.dtype_name(precision.engine_dtype(config.dtype, use_gpu=True)),
+                enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
+                max_model_len=config.max_model_len, max_num_batched_tokens=config.max_num_batched_tokens,
+                max_num_seqs=config.max_num_seqs, enable_prefix_caching=config.enable_prefix_caching,
+                enable_sleep_mode=True, load_format="dummy", logprobs_mode="processed_logprobs")
+
+
 class VLLMRollout(BaseRollout):
     """`generate_sequences` also returns `rollout_log_probs` [B, R] float32 (0 on padding): vLLM's
     log-prob of each sampled token under the distribution it sampled from, logits / temperature, as
@@ -44,22 +55,12 @@ class VLLMRollout(BaseRollout):
             tokenizer=model_path,
             tensor_parallel_size=tp_size,
             distributed_executor_backend="external_launcher",
-            dtype=precision.dtype_name(precision.engine_dtype(config.dtype, use_gpu=True)),
-            enforce_eager=config.enforce_eager,
             # custom all-reduce shares buffers between GPUs (CUDA IPC) mapped once at start-up, while sleep
             # releases and re-maps the engine's memory: NCCL, as veRL does
             disable_custom_all_reduce=tp_size > 1,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            max_model_len=config.max_model_len,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            max_num_seqs=config.max_num_seqs,
-            enable_prefix_caching=config.enable_prefix_caching,
-            enable_sleep_mode=True,
-            load_format="dummy",  # the actor's weights come in through the sharding manager
             # the ranks of one TP group must sample identically, different groups independently
             seed=config.seed + dist.get_rank() // tp_size,
-            # log-probs of the distribution sampled from (logits / temperature), as the actor computes them
-            logprobs_mode="processed_logprobs",
+            **engine_settings(config),
         )
         self.llm.sleep(level=2)
 

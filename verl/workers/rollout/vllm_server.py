@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from verl.utils import precision
 from verl.utils.distributed import device
 from verl.workers.rollout.server import GenerationOutput, RolloutServer, SamplingSettings, Weights
-from verl.workers.rollout.vllm_rollout import completion_log_probs, sampling_params
+from verl.workers.rollout.vllm_rollout import completion_log_probs, engine_settings, sampling_params
 
 
 def gpu_uuid() -> str:
@@ -56,18 +56,9 @@ class VLLMServer(RolloutServer):
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
             model=model_path,
             tokenizer=model_path,  # stop strings are matched in detokenized text
-            dtype=precision.dtype_name(self.dtype),
-            enforce_eager=config.enforce_eager,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            max_model_len=config.max_model_len,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            max_num_seqs=config.max_num_seqs,
-            enable_prefix_caching=config.enable_prefix_caching,
-            enable_sleep_mode=True,
-            load_format="dummy",  # the actor's weights come in through update_weights
             seed=seed,
-            logprobs_mode="processed_logprobs",
-            weight_transfer_config={"backend": "ipc"},
+            weight_transfer_config={"backend": "ipc"},  # the actor's weights come in through update_weights
+            **engine_settings(config),
             disable_log_stats=True,
         ))
         self.asleep = False
