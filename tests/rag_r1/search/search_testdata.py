@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
+
 from rag_r1.search.launcher import ServerProcess, free_port  # noqa: F401  (the tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -33,6 +35,23 @@ LIMITS = {"max_topk": 5, "max_queries": 4, "max_query_chars": 200, "max_body_byt
 
 def passage_contents(title: str, text: str) -> str:
     return f'"{title}"\n{text}'
+
+
+CONTENTS = {pid: passage_contents(title, text) for pid, title, text in PASSAGES}
+
+
+def server_answer(request: httpx.Request) -> httpx.Response:
+    """What the retrieval server answers a request that reached it, for mock transports: its health on
+    /health, 422 for topk < 1, else `topk` copies of passage p6 per query (scored when asked)."""
+    if request.url.path == "/health":
+        return httpx.Response(200, json={"status": "ok", "host": request.url.host})
+    body = json.loads(request.content)
+    if body["topk"] < 1:
+        return httpx.Response(422, json={"error": "'topk' must be in 1..100, got 0"})
+    hit = {"id": "p6", "contents": CONTENTS["p6"]}
+    if body["return_scores"]:
+        hit = {"document": hit, "score": 0.5}
+    return httpx.Response(200, json={"result": [[hit] * body["topk"] for _ in body["queries"]]})
 
 
 def write_jsonl(path: Path, passages=PASSAGES) -> Path:

@@ -3,16 +3,13 @@ requests in flight at once up to `max_requests`."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import pytest
-from search_testdata import PASSAGES, passage_contents
+from search_testdata import CONTENTS, server_answer
 
 from rag_r1.search.async_client import AsyncRetrievalClient
 from rag_r1.search.client import RetrievalError
-
-CONTENTS = {pid: passage_contents(title, text) for pid, title, text in PASSAGES}
 
 
 class SlowServer:
@@ -35,13 +32,7 @@ class SlowServer:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         await asyncio.sleep(self.delay)
         self.in_flight -= 1
-        body = json.loads(request.content)
-        if body["topk"] < 1:
-            return httpx.Response(422, json={"error": "'topk' must be in 1..100, got 0"})
-        hit = {"id": "p6", "contents": CONTENTS["p6"]}
-        if body["return_scores"]:
-            hit = {"document": hit, "score": 0.5}
-        return httpx.Response(200, json={"result": [[hit] * body["topk"] for _ in body["queries"]]})
+        return server_answer(request)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)

@@ -1,17 +1,14 @@
 """RetrievalClient: contract mapping, replicas, retries and errors (mock transport and a real server)."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import httpx
 import pytest
-from search_testdata import PASSAGES, free_port, passage_contents
+from search_testdata import CONTENTS, free_port, server_answer
 
 from rag_r1.search.client import RetrievalClient, RetrievalError
-
-CONTENTS = {pid: passage_contents(title, text) for pid, title, text in PASSAGES}
 
 
 def fake_server(calls: list[str], down: set[str] = frozenset(), status_5xx: set[str] = frozenset()):
@@ -24,15 +21,7 @@ def fake_server(calls: list[str], down: set[str] = frozenset(), status_5xx: set[
             raise httpx.ConnectError("connection refused", request=request)
         if host in status_5xx:
             return httpx.Response(503, json={"error": "overloaded"})
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok", "host": host})
-        body = json.loads(request.content)
-        if body["topk"] < 1:
-            return httpx.Response(422, json={"error": "'topk' must be in 1..100, got 0"})
-        hit = {"id": "p6", "contents": CONTENTS["p6"]}
-        if body["return_scores"]:
-            hit = {"document": hit, "score": 0.5}
-        return httpx.Response(200, json={"result": [[hit] * body["topk"] for _ in body["queries"]]})
+        return server_answer(request)
 
     return httpx.MockTransport(handle)
 

@@ -9,16 +9,14 @@ import httpx
 import numpy as np
 import pytest
 from search_testdata import (
+    CONTENTS,
     KNOWN_ANSWERS,
     LIMITS,
     PASSAGES,
     ROOT,
     ServerProcess,
-    passage_contents,
     write_jsonl,
 )
-
-CONTENTS = {pid: passage_contents(title, text) for pid, title, text in PASSAGES}
 
 
 def post(server, payload=None, content: bytes | None = None, **kwargs) -> httpx.Response:
