@@ -25,6 +25,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_rank(monkeypatch):
+    """The environment a worker group gives a rank, for a world of one: the worker joins a gloo group.
+    Afterwards the group is destroyed and this process's torch threads are what they were."""
+    import torch
+    import torch.distributed as dist
+
+    from verl.utils.distributed import free_port
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(key, value)
+    threads = torch.get_num_threads()
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from tiny_model import make_tiny_model

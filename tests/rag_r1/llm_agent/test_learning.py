@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from omegaconf import OmegaConf, open_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -29,7 +28,6 @@ from verl.trainer.config import compose_config
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, total_training_steps
 from verl.trainer.ppo.reward import RewardManager, load_reward_function
 from verl.utils.dataset import RLHFDataset
-from verl.utils.distributed import free_port
 from verl.utils.tracking import Tracking
 from verl.workers.fsdp_workers import ActorRolloutRefWorker
 
@@ -61,19 +59,6 @@ def sharpened_model(model_dir, out_dir: Path, scale: float = 8.0) -> Path:
 @pytest.fixture(scope="module")
 def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return sharpened_model(tiny_model_dir, tmp_path_factory.mktemp("sharp_model"))
-
-
-@pytest.fixture
-def one_rank(monkeypatch):
-    """torch.distributed over gloo with this process as its only rank, as a worker group sets it up."""
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())}.items():
-        monkeypatch.setenv(key, value)
-    threads = torch.get_num_threads()
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    torch.set_num_threads(threads)
 
 
 def learning_config(tmp_path: Path, model_dir, overrides=()):

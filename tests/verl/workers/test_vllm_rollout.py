@@ -19,7 +19,6 @@ from fake_vllm import Call, fake_vllm_modules
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import INFO_OPEN, GenerationManager
 from verl.trainer.config import rollout_config, schema_node
-from verl.utils.distributed import free_port
 from verl.workers.rollout import vllm_rollout
 from verl.workers.rollout.base import assemble_output, build_prompt_batch, response_token_lists
 from verl.workers.sharding_manager import FSDPVLLMShardingManager
@@ -180,17 +179,7 @@ class ScriptedRetriever:
 TURNS = ["<search> fox </search>", "<search> dog </search>", "<answer> fox </answer>"]
 
 
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    """The environment a worker group gives a rank, for a world of one: the worker joins a gloo group."""
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
-        monkeypatch.setenv(key, value)
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def test_worker_loads_weights_once_per_version_across_agent_turns(install_vllm, one_rank_group, tiny_model_dir,
+def test_worker_loads_weights_once_per_version_across_agent_turns(install_vllm, one_rank, tiny_model_dir,
                                                                   tmp_path):
     from transformers import AutoTokenizer
 

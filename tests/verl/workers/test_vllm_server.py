@@ -176,22 +176,7 @@ def test_host_loads_each_version_once_across_turns(install_vllm):
     host.close()
 
 
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    """The environment a worker group gives a rank, for a world of one: the worker joins a gloo group."""
-    import torch.distributed as dist
-
-    from verl.utils.distributed import free_port
-
-    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def test_worker_server_gets_each_version_of_the_weights_once(install_vllm, one_rank_group, tiny_model_dir):
+def test_worker_server_gets_each_version_of_the_weights_once(install_vllm, one_rank, tiny_model_dir):
     from verl.trainer.config import schema_node
     from verl.workers.fsdp_workers import ActorRolloutRefWorker
     from verl.workers.rollout.base import assemble_output, build_prompt_batch

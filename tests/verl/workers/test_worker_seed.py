@@ -2,12 +2,9 @@
 seed gives the same initial adapter, another seed another one."""
 from __future__ import annotations
 
-import pytest
 import torch
-import torch.distributed as dist
 
 from verl.trainer.config import schema_node
-from verl.utils.distributed import free_port
 from verl.utils.lora import ADAPTER_KEY
 from verl.workers.fsdp_workers import ActorRolloutRefWorker
 
@@ -22,18 +19,6 @@ def initial_adapter(model_dir, seed: int) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng():  # init_model reseeds this process's generator
         worker.init_model()
     return {name: p.detach().clone() for name, p in worker.module.named_parameters() if ADAPTER_KEY in name}
-
-
-@pytest.fixture
-def one_rank(monkeypatch):
-    """The environment a worker group gives a rank, for a world of one: the workers join one gloo group."""
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave this process's threads alone
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def test_the_rollout_seed_decides_the_initial_lora_adapter(one_rank, tiny_model_dir):

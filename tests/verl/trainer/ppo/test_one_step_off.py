@@ -14,7 +14,6 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from ppo_test_setup import tiny_config
@@ -24,25 +23,11 @@ from verl.trainer.ppo.reward import RewardManager, load_reward_function
 from verl.trainer.ppo.rollout_servers import ServerPool
 from verl.utils import checkpoint
 from verl.utils.dataset import RLHFDataset
-from verl.utils.distributed import free_port
 from verl.utils.tracking import Tracking
 from verl.workers.fsdp_workers import ActorRolloutRefWorker
 
 STEPS = 4
 WAIT_S = 60  # a gate wait that times out means the rollout and the update did not overlap
-
-
-@pytest.fixture
-def one_rank(monkeypatch):
-    """The environment a worker group gives a rank, for a world of one: the worker joins a gloo group."""
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())}.items():
-        monkeypatch.setenv(key, value)
-    threads = torch.get_num_threads()
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    torch.set_num_threads(threads)
 
 
 class Gate:
