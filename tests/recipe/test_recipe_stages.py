@@ -95,16 +95,21 @@ def test_ppo_profile_trains_the_critic_on_the_actors_batches(tmp_path):
     assert config.algorithm.use_kl_in_reward is True
 
 
-def test_a_finished_rl_run_asked_for_more_steps_carries_on_and_sets_its_evaluations_aside(tmp_path):
+def finished_rl_run(out: Path) -> None:
+    """What a finished 10-step `rl` run leaves in `out`: its model, its last step marked, an evaluation."""
     from verl.utils.checkpoint import mark_latest, save_trainer_state
 
-    pipeline = make(tmp_path)
-    out = pipeline.out
     (out / "checkpoints" / "rl").mkdir(parents=True)
     (out / "checkpoints" / "rl" / "config.json").write_text("{}")
     save_trainer_state(out / "runs" / "rl" / "global_step_10", 10, {})
     mark_latest(out / "runs" / "rl", 10)
     (out / "eval" / "rl-multi" / "test").mkdir(parents=True)
+
+
+def test_a_finished_rl_run_asked_for_more_steps_carries_on_and_sets_its_evaluations_aside(tmp_path):
+    pipeline = make(tmp_path)
+    out = pipeline.out
+    finished_rl_run(out)
     (out / "eval" / "sft-multi" / "test").mkdir(parents=True)
     assert pipeline.run_rl(tmp_path / "sft", tmp_path / "rl_data", URL) == out / "checkpoints" / "rl"
     assert (out / "eval" / "rl-multi").is_dir()  # the profile's 10 steps are done: the evaluations stand
@@ -475,15 +480,9 @@ def test_every_seeds_model_and_the_control_are_evaluated(tmp_path):
 
 
 def test_a_finished_seed_is_skipped_and_carries_its_evaluations(tmp_path):
-    from verl.utils.checkpoint import mark_latest, save_trainer_state
-
     pipeline = make(tmp_path, "recipe.rl_seeds=[0,1]", "recipe.guides=false")
     out = pipeline.out
-    (out / "checkpoints" / "rl").mkdir(parents=True)
-    (out / "checkpoints" / "rl" / "config.json").write_text("{}")
-    save_trainer_state(out / "runs" / "rl" / "global_step_10", 10, {})
-    mark_latest(out / "runs" / "rl", 10)
-    (out / "eval" / "rl-multi" / "test").mkdir(parents=True)
+    finished_rl_run(out)
     ran = producing(pipeline)
     pipeline.train_rl(tmp_path / "sft", tmp_path / "rl_data", tmp_path / "q.jsonl", URL)
     assert [c.trainer.default_local_dir for c in rl_configs(ran)] == [str(out / "runs" / "rl_seed1")]
