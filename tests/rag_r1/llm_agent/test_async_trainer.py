@@ -18,7 +18,6 @@ from rag_r1.llm_agent.loop import SearchAgentLoop
 from rag_r1.llm_agent.modes import build_mode
 from scripts.data_process.search_data import convert_questions, write_parquet
 from test_generation import FakeRetriever
-from test_learning import one_rank  # noqa: F401  (the fixture)
 from verl.trainer.config import compose_config
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.trainer.ppo.reward import RewardManager, load_reward_function
