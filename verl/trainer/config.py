@@ -273,8 +273,13 @@ class FilterGroupsConfig:
     enable: bool = False
     metric: str = "score"  # per-row value compared in a group: score (= seq_final_reward) or a reward extra (em, f1, ...)
     max_num_gen_batches: int = 0  # generation batches per step at most (0 = no cap); then train on what was kept
+    # How many prompts a refill rolls out. batch (veRL): data.train_batch_size, and the groups beyond those
+    # missing are generated only to be dropped. missing: as many as groups are still missing, so a step
+    # that lacks one group generates one more group rather than a whole batch.
+    refill: str = "batch"
 
 
+REFILL_MODES = ("batch", "missing")
 GUIDE_KEEP_MODES = ("always", "unsolved")
 
 
@@ -485,6 +490,9 @@ def check_config(config: DictConfig) -> None:
     if algo.filter_groups.metric == "reward":
         problems.append("algorithm.filter_groups.metric='reward' is veRL's name for the sequence score; "
                         "set score")
+    if algo.filter_groups.refill not in REFILL_MODES:
+        problems.append(f"algorithm.filter_groups.refill={algo.filter_groups.refill!r}: expected "
+                        f"{' | '.join(REFILL_MODES)}")
     for backend in config.trainer.logger:
         if backend not in LOGGER_BACKENDS:
             problems.append(f"trainer.logger has {backend!r}: expected one of {', '.join(LOGGER_BACKENDS)}")

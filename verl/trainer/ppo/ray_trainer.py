@@ -257,7 +257,8 @@ class RayPPOTrainer:
     def sample_scored_batch(self, prompt_batches) -> tuple[DataProto, dict]:
         """Rollouts of the next prompts, scored. With algorithm.filter_groups (DAPO's dynamic
         sampling), groups whose rows all score the same are dropped and more prompts are rolled out
-        until data.train_batch_size groups are kept or max_num_gen_batches batches were generated;
+        (a whole batch, or with refill=missing as many as groups are missing) until
+        data.train_batch_size groups are kept or max_num_gen_batches batches were generated;
         the batch then holds the first train_batch_size kept groups (fewer when the cap was hit).
         Score metrics (`critic/score/*`) describe the trained batch; `sampling/score_mean` and
         `sampling/<extra>` (the reward's extra numbers, e.g. em when the score is f1) describe every
@@ -267,8 +268,12 @@ class RayPPOTrainer:
         after scoring, so the batch may hold fewer rows than prompts x rollout.n."""
         filter_cfg = self.config.algorithm.filter_groups
         kept, rollout_metrics, scores, own_extras, generated = [], defaultdict(list), [], defaultdict(list), 0
+        wanted = self.config.data.train_batch_size
         while True:
-            batch = self.repeat_for_sampling(next(prompt_batches))
+            prompts = next(prompt_batches)
+            if kept and filter_cfg.refill == "missing":
+                prompts = prompts[:wanted - groups]
+            batch = self.repeat_for_sampling(prompts)
             batch, loop_metrics = self.rollout(batch)
             extras = self.compute_scores(batch)
             generated += 1
@@ -289,12 +294,12 @@ class RayPPOTrainer:
             keep = core_algos.varied_groups(batch.non_tensor_batch["uid"], values)
             kept.append(batch[np.flatnonzero(keep)])
             groups = sum(len(set(b.non_tensor_batch["uid"])) for b in kept)
-            if groups >= self.config.data.train_batch_size or 0 < filter_cfg.max_num_gen_batches <= generated:
+            if groups >= wanted or 0 < filter_cfg.max_num_gen_batches <= generated:
                 break
         # batches of different prompts and turns have different widths
         batch = concat_rollouts(kept, self.tokenizer.pad_token_id) if len(kept) > 1 else kept[0]
-        if len(set(batch.non_tensor_batch["uid"])) > self.config.data.train_batch_size:
-            batch = batch[first_groups(batch.non_tensor_batch["uid"], self.config.data.train_batch_size)]
+        if len(set(batch.non_tensor_batch["uid"])) > wanted:
+            batch = batch[first_groups(batch.non_tensor_batch["uid"], wanted)]
         metrics = {key: float(np.sum(v)) if key.startswith("timing_s/") else float(np.mean(v))
                    for key, v in rollout_metrics.items()}
         metrics["sampling/score_mean"] = float(np.mean(scores))

@@ -11,6 +11,7 @@ from inprocess_fake_workers import InProcessFakeActorRolloutRefWG, InProcessFake
 from ppo_test_setup import tiny_config
 from verl.protocol import DataProto
 from verl.trainer.config import need_critic
+from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.trainer.ppo.reward import RewardManager, load_reward_function
 from verl.utils.dataset import RLHFDataset
@@ -101,6 +102,39 @@ def test_dynamic_sampling_keeps_varied_groups_and_refills_the_batch(tmp_path, ti
     assert metrics["sampling/kept_groups"] == len(groups) <= 8 and len(batch) == 4 * len(groups)
     # the reward curve describes every sampled row, the dropped groups' zeros included
     assert metrics["sampling/score_mean"] < float(scores.mean())
+
+
+def test_a_missing_refill_rolls_out_only_the_groups_still_missing(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, "grpo", [
+        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.max_num_gen_batches=4",
+        "algorithm.filter_groups.refill=missing", "custom_reward_function.name=odd_prompts_vary",
+        "actor_rollout_ref.rollout.temperature=2.0"])
+    trainer = build(config, tiny_model_dir)
+    rollout, score = trainer.rollout, trainer.compute_scores
+    prompts, varied = [], []  # per generation batch: prompts rolled out, groups whose samples differ
+
+    def counting_rollout(batch):
+        prompts.append(len(set(batch.non_tensor_batch["uid"])))
+        return rollout(batch)
+
+    def counting_scores(batch):
+        extras = score(batch)
+        values = batch.batch["token_level_scores"].sum(-1).numpy()
+        varied.append(len(set(batch.non_tensor_batch["uid"][core_algos.varied_groups(batch.non_tensor_batch["uid"], values)])))
+        return extras
+
+    trainer.rollout, trainer.compute_scores = counting_rollout, counting_scores
+    batch, metrics = trainer.sample_scored_batch(trainer.prompt_batches())
+    # even prompts never vary, so the first batch of 8 keeps at most 4 groups and a refill follows
+    assert prompts[0] == 8 and len(prompts) >= 2
+    for k in range(1, len(prompts)):
+        assert prompts[k] == 8 - sum(varied[:k])  # only the groups still missing
+    assert metrics["sampling/kept_groups"] == min(8, sum(varied)) == len(set(batch.non_tensor_batch["uid"]))
+
+
+def test_a_refill_mode_is_checked_by_name(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="algorithm.filter_groups.refill='half': expected batch | missing"):
+        tiny_config(tmp_path, tiny_model_dir, "grpo", ["algorithm.filter_groups.refill=half"])
 
 
 def test_reward_curve_leaves_out_guided_rows(tmp_path, tiny_model_dir):
