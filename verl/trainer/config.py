@@ -176,9 +176,9 @@ class RolloutConfig:
     # The engine's compute dtype (hf and vllm), by default the actor's fsdp_config.dtype: auto | bfloat16
     # | float16 | float32. The hf engine stores its copy of the policy in it. Its log-probs are fp32
     # from its logits, which in bf16 differ from the trainer's by more than in fp32
-    # (rollout/logprob_diff_* shows by how much). With LoRA, set float32 for the hf engine: it merges the
-    # adapter into its weights, and in bf16 the merge rounds a small update away (two thirds of an
-    # update of 1e-4 on weights of 0.03), so the sampler drifts from the policy being trained.
+    # (rollout/logprob_diff_* shows by how much). With LoRA, auto keeps the hf engine in float32: it merges
+    # the adapter into its weights, and in bf16 the merge rounds a small update away (two thirds of an
+    # update of 1e-4 on weights of 0.03), so the sampler would drift from the policy being trained.
     dtype: str = "${actor_rollout_ref.actor.fsdp_config.dtype}"  # type: ignore[assignment]
     gpu_memory_utilization: float = 0.5  # vllm
     tensor_model_parallel_size: int = 1  # vllm

@@ -30,8 +30,13 @@ def compute_dtype(name: str, use_gpu: bool) -> torch.dtype:
     return _resolve(name, use_gpu, TRAINING_DTYPES)
 
 
-def engine_dtype(name: str, use_gpu: bool) -> torch.dtype:
-    """The torch dtype a generation engine's `name` (auto or one of ENGINE_DTYPES) stands for here."""
+def engine_dtype(name: str, use_gpu: bool, merges_adapter: bool = False) -> torch.dtype:
+    """The torch dtype a generation engine's `name` (auto or one of ENGINE_DTYPES) stands for here.
+    An engine that merges a LoRA adapter into its weights (`merges_adapter`) is fp32 under auto: in
+    bf16 the merge rounds a small update of the adapter away (most of an update of 1e-4 on weights of
+    0.03), and the engine would sample from a policy other than the one being trained."""
+    if name == AUTO and merges_adapter:
+        return torch.float32
     return _resolve(name, use_gpu, ENGINE_DTYPES)
 
 

@@ -223,8 +223,9 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         raise ValueError(f"rollout.name must be hf or vllm, got {name!r}")
 
     def _hf_engine_module(self) -> torch.nn.Module:
-        """The HF engines' plain copy of the policy, stored in the dtype it computes in (rollout.dtype)."""
-        dtype = precision.engine_dtype(self.config.rollout.dtype, self.use_gpu)
+        """The HF engines' plain copy of the policy, stored in the dtype it computes in (rollout.dtype;
+        fp32 under auto when a LoRA adapter is merged into it)."""
+        dtype = precision.engine_dtype(self.config.rollout.dtype, self.use_gpu, merges_adapter=self.trains_adapter_only)
         return load_causal_lm(self.config.model, dtype=dtype).to(device()).eval()
 
     def _build_server_host(self) -> ServerHost:

@@ -46,6 +46,30 @@ def test_training_refuses_fp16_which_an_engine_may_run_in():
     assert precision.dtype_problems("a.dtype", "auto") == []
 
 
+def test_an_engine_that_merges_an_adapter_is_fp32_under_auto_only(cpu_bf16):
+    cpu_bf16(True, True)
+    assert precision.engine_dtype("auto", use_gpu=True, merges_adapter=True) == torch.float32
+    assert precision.engine_dtype("auto", use_gpu=False, merges_adapter=True) == torch.float32
+    assert precision.engine_dtype("bfloat16", use_gpu=True, merges_adapter=True) == torch.bfloat16  # as asked
+
+
+def test_a_small_adapter_update_merged_in_bf16_is_mostly_rounded_away():
+    from verl.utils.lora import merged_state_dict
+
+    torch.manual_seed(0)
+    w0 = torch.randn(64, 64) * 0.03  # a trained weight's scale
+    a, b = torch.randn(4, 64), torch.randn(64, 4) * 1e-4 / 4  # B @ A of scale 1e-4
+    delta = b @ a
+
+    def merged_update(dtype):
+        state = {"q.base_layer.weight": w0.to(dtype), "q.lora_A.default.weight": a, "q.lora_B.default.weight": b}
+        return merged_state_dict(state, scaling=1.0)["q.weight"].float() - w0.to(dtype).float()
+
+    lost = lambda got: float((got - delta).abs().sum() / delta.abs().sum())  # noqa: E731
+    assert lost(merged_update(torch.float32)) < 1e-3
+    assert lost(merged_update(torch.bfloat16)) > 0.5
+
+
 def test_dtype_names_are_the_ones_vllm_takes():
     assert [precision.dtype_name(d) for d in (torch.bfloat16, torch.float16, torch.float32)] == \
         ["bfloat16", "float16", "float32"]
