@@ -278,7 +278,7 @@ class RayPPOTrainer:
             extras = self.compute_scores(batch)
             generated += 1
             for key, value in {**loop_metrics, **reward_metrics(extras)}.items():
-                rollout_metrics[key].append(value)
+                rollout_metrics[key].append((value, len(batch)))
             row_scores = batch.batch["token_level_scores"].sum(-1).numpy()
             guided = core_algos.guided_rows(batch.non_tensor_batch, len(batch))
             scores.extend(row_scores[~guided].tolist())
@@ -300,8 +300,9 @@ class RayPPOTrainer:
         batch = concat_rollouts(kept, self.tokenizer.pad_token_id) if len(kept) > 1 else kept[0]
         if len(set(batch.non_tensor_batch["uid"])) > wanted:
             batch = batch[first_groups(batch.non_tensor_batch["uid"], wanted)]
-        metrics = {key: float(np.sum(v)) if key.startswith("timing_s/") else float(np.mean(v))
-                   for key, v in rollout_metrics.items()}
+        # a batch's means count by its rows: a refill of the missing groups is smaller than a whole batch
+        metrics = {key: float(np.sum(values)) if key.startswith("timing_s/") else float(np.average(values, weights=rows))
+                   for key, (values, rows) in ((k, zip(*v)) for k, v in rollout_metrics.items())}
         metrics["sampling/score_mean"] = float(np.mean(scores))
         metrics.update(reward_metrics(own_extras, prefix="sampling"))
         if filter_cfg.enable:

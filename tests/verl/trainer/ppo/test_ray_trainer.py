@@ -112,6 +112,7 @@ def test_a_missing_refill_rolls_out_only_the_groups_still_missing(tmp_path, tiny
     trainer = build(config, tiny_model_dir)
     rollout, score = trainer.rollout, trainer.compute_scores
     prompts, varied = [], []  # per generation batch: prompts rolled out, groups whose samples differ
+    indices = []  # every rolled-out row's prompt index
 
     def counting_rollout(batch):
         prompts.append(len(set(batch.non_tensor_batch["uid"])))
@@ -121,6 +122,7 @@ def test_a_missing_refill_rolls_out_only_the_groups_still_missing(tmp_path, tiny
         extras = score(batch)
         values = batch.batch["token_level_scores"].sum(-1).numpy()
         varied.append(len(set(batch.non_tensor_batch["uid"][core_algos.varied_groups(batch.non_tensor_batch["uid"], values)])))
+        indices.extend(info["index"] for info in batch.non_tensor_batch["extra_info"])
         return extras
 
     trainer.rollout, trainer.compute_scores = counting_rollout, counting_scores
@@ -130,6 +132,8 @@ def test_a_missing_refill_rolls_out_only_the_groups_still_missing(tmp_path, tiny
     for k in range(1, len(prompts)):
         assert prompts[k] == 8 - sum(varied[:k])  # only the groups still missing
     assert metrics["sampling/kept_groups"] == min(8, sum(varied)) == len(set(batch.non_tensor_batch["uid"]))
+    # a reward number's mean counts every rolled-out row once, whatever the size of its batch
+    assert metrics["reward/index"] == pytest.approx(float(np.mean(indices)))
 
 
 def test_a_refill_mode_is_checked_by_name(tmp_path, tiny_model_dir):
