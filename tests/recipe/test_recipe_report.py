@@ -127,6 +127,15 @@ def test_learning_checks_say_no_when_a_check_fails(tmp_path):
     assert learning_checks(tmp_path / "nothing", [], {}) == []
 
 
+def test_learning_checks_order_sft_and_rl_when_the_untrained_model_is_not_evaluated(tmp_path):
+    for label, em in (("sft-multi", 0.0), ("rl-multi", 1.0)):
+        (tmp_path / "eval" / label / "test").mkdir(parents=True)
+        write_trajectories(tmp_path, label, [trajectory("q1", em, [["a"]], "bridge")])
+    assert learning_checks(tmp_path, [], {}) == ["- EM in multi mode rises SFT < SFT+RL (0.000 < 1.000): **yes**"]
+    write_trajectories(tmp_path, "rl-multi", [trajectory("q1", 0.0, [["a"]], "bridge")])
+    assert learning_checks(tmp_path, [], {}) == ["- EM in multi mode rises SFT < SFT+RL (0.000 < 0.000): **no**"]
+
+
 def test_dev_split_gets_its_own_comparison_and_stays_out_of_the_test_tables(tmp_path):
     for label, em in (("sft-multi", 0.5), ("rl-multi", 0.5)):
         write_summary(tmp_path, label, **summary(em, 1.5, 1.5, [0.5]))
@@ -251,5 +260,6 @@ def test_the_control_check_says_no_and_the_sentence_says_when_rl_gains_nothing(t
         "In multi mode RL gains no EM over SFT (+0.000); imitation of the guides alone gives +0.500, on 2 questions."]
     # control -> RL: 1, 1 -> 1, 0; the difference's resamples are 0, -0.5 or -1
     assert learning_checks(tmp_path, [], {}) == [
+        "- EM in multi mode rises SFT < SFT+RL (0.500 < 0.500): **no**",
         "- RL above the guide-only control in multi mode (1.000 -> 0.500, 95 % interval of the difference "
         "[-1.000, +0.000]): **no**"]
