@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup test demo results bench-retrieval bench-rollout bench-prefix-cache bench-ppo bench-index bench-learning clean-venv model
+.PHONY: setup test demo results bench-retrieval bench-rollout bench-prefix-cache bench-attention bench-ppo bench-index bench-learning clean-venv model
 
 setup: $(STAMP)
 
@@ -50,6 +50,9 @@ bench-rollout: setup
 
 bench-prefix-cache: setup
 	$(PY) -m scripts.bench.prefix_cache_bench $(ARGS)
+
+bench-attention: setup
+	$(PY) -m scripts.bench.attention_bench $(ARGS)
 
 bench-ppo: setup
 	$(PY) -m scripts.bench.ppo_step_bench $(ARGS)

@@ -98,6 +98,7 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
 
     from rag_r1.search.client import RetrievalClient
     from verl.trainer.config import rollout_config
+    from verl.utils.attention import use_for_generation
     from verl.utils.distributed import resolve_device
     from verl.workers.rollout.hf_rollout import HFRollout
 
@@ -106,7 +107,7 @@ def build_solver(args: argparse.Namespace) -> AgentSolver:
     if tokenizer.pad_token is None:  # batches are padded; eos is never attended to as padding
         tokenizer.pad_token = tokenizer.eos_token
     device = resolve_device(args.device)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
+    model = use_for_generation(AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device))
     engine = HFRollout(model, tokenizer, rollout_config(response_length=args.max_new_tokens, do_sample=args.sample,
                                                              enable_prefix_caching=args.prefix_cache))
     config = AgentConfig(max_prompt_length=args.max_prompt_length, max_start_length=args.max_start_length,

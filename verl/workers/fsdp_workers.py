@@ -33,6 +33,7 @@ from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
 from verl.single_controller.base.worker import peak_rss_bytes
 from verl.utils import fsdp_utils, precision
+from verl.utils.attention import use_for_generation
 from verl.utils.distributed import all_reduce_max, device, empty_device_cache
 from verl.utils.lora import (adapter_state_dict, adapters_disabled, apply_lora, lora_enabled, lora_scaling,
                              merged_state_dict, save_peft_adapter)
@@ -224,9 +225,10 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
 
     def _hf_engine_module(self) -> torch.nn.Module:
         """The HF engines' plain copy of the policy, stored in the dtype it computes in (rollout.dtype;
-        fp32 under auto when a LoRA adapter is merged into it)."""
+        fp32 under auto when a LoRA adapter is merged into it), generating with sdpa_gqa where the
+        policy uses sdpa (verl/utils/attention.py)."""
         dtype = precision.engine_dtype(self.config.rollout.dtype, self.use_gpu, merges_adapter=self.trains_adapter_only)
-        return load_causal_lm(self.config.model, dtype=dtype).to(device()).eval()
+        return use_for_generation(load_causal_lm(self.config.model, dtype=dtype).to(device()).eval())
 
     def _build_server_host(self) -> ServerHost:
         """rollout.mode=async: this rank's rollout server, released (training runs first). A lone rank
