@@ -1,13 +1,15 @@
 """Multi-turn agent rollouts continued from the KV cache vs re-encoding the whole context each turn.
 
     python -m scripts.bench.prefix_cache_bench [--model DIR] [--questions ../shared/data/hotpotqa_closed/train.jsonl]
-        [--n 16] [--mode multi] [--max-turns 3] [--max-new-tokens 96] [--max-obs-length 1000] [--url URL]
+        [--n 16] [--repeat 1] [--mode multi] [--max-turns 3] [--max-new-tokens 96] [--max-obs-length 1000] [--url URL]
 
 Same model, same questions, greedy decoding, the same GenerationManager and HFRollout; only
-`enable_prefix_caching` differs. Retrieval is real: BM25 over the corpus served by
-start_retrieval.py on loopback (as in rollout_bench). Prints, per path, the prefill tokens
-(real tokens encoded before generating, per trajectory), the positions encoded (with padding), the
-seconds per trajectory, and whether the two paths produced token-identical trajectories.
+`enable_prefix_caching` differs. `--repeat k` puts each question in the batch k times in a row, as
+GRPO's k samples of a question are (the cache then encodes each distinct prompt once). Retrieval is
+real: BM25 over the corpus served by start_retrieval.py on loopback (as in rollout_bench). Prints,
+per path, the prefill tokens (real tokens encoded before generating, per trajectory), the positions
+encoded (with padding), the seconds per trajectory, and whether the two paths produced
+token-identical trajectories.
 The model should be one that searches (an SFT checkpoint: outputs/demo/checkpoints/sft after
 `make demo`); the untrained model mostly writes no action and only gets corrective notes.
 """
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--questions", type=Path, default=SHARED / "train.jsonl")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=1, help="rows per question, one after another (GRPO's n)")
     p.add_argument("--mode", choices=MODES, default=AgentConfig.mode)
     p.add_argument("--max-turns", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=96)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     items = load_items(args.questions, args.corpus, args.n)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": user_content(i["question"], args.mode)}],
                                              add_generation_prompt=True, tokenize=True, return_dict=False)
-               for i in items]
+               for i in items for _ in range(args.repeat)]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server on kill/timeout
     proc, url = (None, args.url) if args.url else start_server(args.corpus)
     try:
@@ -95,11 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
             proc.wait(timeout=15)
     identical = results["re-encode"].pop("responses") == results["kv-cache"].pop("responses")
     old, new = results["re-encode"], results["kv-cache"]
-    report = {"model": str(model_dir), "n": len(items), "mode": args.mode, **results,
+    report = {"model": str(model_dir), "n": len(items), "repeat": args.repeat, "mode": args.mode, **results,
               "identical_greedy_trajectories": identical,
               "prefill_tokens_ratio": round(new["prefill_tokens_per_trajectory"] / old["prefill_tokens_per_trajectory"], 3),
               "speedup": round(old["seconds_per_trajectory"] / new["seconds_per_trajectory"], 3)}
-    print(f"{len(items)} questions, {args.mode} mode, model {model_dir}")
+    print(f"{len(items)} questions x {args.repeat}, {args.mode} mode, model {model_dir}")
     print(f"{'path':10} {'prefill tok/traj':>16} {'positions/traj':>14} {'s/traj':>7} {'turns':>5} {'searches':>8}")
     for name, r in results.items():
         print(f"{name:10} {r['prefill_tokens_per_trajectory']:>16.1f} {r['prefill_positions_per_trajectory']:>14.1f} "

@@ -108,3 +108,25 @@ def test_concat_left_pads_shorter_batches_with_masked_columns():
     # selecting row 1 alone drops the column masked in it
     assert merged.select([1]).mask.tolist() == [[1, 1]]
     assert merged.select([1]).tokens == [[3, 4]]
+
+
+def test_repeated_prompts_are_encoded_once_and_generate_as_before(model_and_tok):
+    model, tok = model_and_tok
+    prompts = ([tok.encode("Who was born first?")] * 3 + [tok.encode("The capital")] * 2
+               + [tok.encode("Which city is the capital")])
+    batch = build_prompt_batch(prompts, tok.pad_token_id)
+    batch.meta_info = {"do_sample": False, "max_new_tokens": 6}
+    shared = HFRollout(model, tok, rollout_config(response_length=6))
+    plain = HFRollout(model, tok, rollout_config(response_length=6, enable_prefix_caching=False))
+    got, want = shared.generate_sequences(batch), plain.generate_sequences(batch)
+    assert response_token_lists(got) == response_token_lists(want)
+    assert torch.allclose(got.batch["rollout_log_probs"], want.batch["rollout_log_probs"], atol=1e-5)
+    # each distinct prompt but its last token once, then one token a row
+    assert shared.prefill_tokens == sum(len(p) - 1 for p in {tuple(p) for p in prompts}) + len(prompts)
+    assert plain.prefill_tokens == sum(len(p) for p in prompts)
+    # the next turn continues from the cache the shared prefill started
+    turn2 = [p + r + tok.encode(" result") for p, r in zip(prompts, response_token_lists(got))]
+    batch2 = build_prompt_batch(turn2, tok.pad_token_id)
+    batch2.meta_info = {"do_sample": False, "max_new_tokens": 6}
+    assert response_token_lists(shared.generate_sequences(batch2)) == response_token_lists(plain.generate_sequences(batch2))
+    assert shared.prefill_tokens < plain.prefill_tokens

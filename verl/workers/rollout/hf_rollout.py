@@ -5,8 +5,9 @@
 
 With `enable_prefix_caching` (the default) a call whose rows all extend rows of the previous call
 encodes only their new tokens (verl/workers/rollout/prefix_cache.py): a multi-turn agent's later
-turns then cost their observation and new tokens, not the whole context again. The owner of the
-weights calls `clear_cache()` whenever they change.
+turns then cost their observation and new tokens, not the whole context again. A call that extends
+nothing but repeats prompts (GRPO's n samples of a question) encodes each distinct prompt once. The
+owner of the weights calls `clear_cache()` whenever they change.
 
 Besides the tokens it returns `rollout_log_probs` [B, R] (float32, 0 on padding): the log-prob of
 each sampled token under log_softmax(logits / temperature), the distribution the trainer scores
@@ -91,7 +92,11 @@ class HFRollout(BaseRollout):
         rows = len(prompts)
         micro = self.config.micro_batch_size or rows
         tokens = prompt_token_lists(prompts)
-        cached = self.prefix_cache.take(tokens) if self.prefix_caching else None
+        cached = None
+        if self.prefix_caching:
+            cached = self.prefix_cache.take(tokens)
+            if cached is None:
+                cached = self._shared_prompts(tokens)
         outputs, left = [], []
         for start in range(0, rows, micro):
             part = range(start, min(start + micro, rows))
@@ -109,6 +114,41 @@ class HFRollout(BaseRollout):
 
     def clear_cache(self) -> None:
         self.prefix_cache.clear()
+
+    @torch.no_grad()
+    def _shared_prompts(self, tokens: list[list[int]]) -> CachedBatch | None:
+        """When some rows repeat a prompt (a group's n samples), each distinct prompt but its last
+        token encoded once and copied to its rows: generate then encodes one token a row. None when
+        no prompt repeats."""
+        distinct = list(dict.fromkeys(tuple(row) for row in tokens))
+        if len(distinct) == len(tokens) or min(len(row) for row in distinct) < 2:
+            return None
+        prefixes = [list(row[:-1]) for row in distinct]
+        width = max(len(row) for row in prefixes)
+        target = self._device()
+        input_ids = torch.full((len(prefixes), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for i, row in enumerate(prefixes):
+            input_ids[i, width - len(row):] = torch.as_tensor(row)
+            attention_mask[i, width - len(row):] = 1
+        input_ids, attention_mask = input_ids.to(target), attention_mask.to(target)
+        self.prefill_tokens += int(attention_mask.sum())
+        self.prefill_positions += input_ids.numel()
+        cache = DynamicCache()
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            # positions as generate numbers a left-padded row: its real tokens from 0
+            self.module(input_ids=input_ids, attention_mask=attention_mask,
+                        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+        finally:
+            self.module.train(was_training)
+        if not all(type(layer) is DynamicLayer for layer in cache.layers):
+            return None
+        batch = CachedBatch([(layer.keys, layer.values) for layer in cache.layers], attention_mask, prefixes)
+        index = {row: i for i, row in enumerate(distinct)}
+        return batch.select([index[tuple(row)] for row in tokens])
 
     def _sampling_kwargs(self, meta: dict) -> dict:
         do_sample = meta.get("do_sample", self.config.do_sample)
