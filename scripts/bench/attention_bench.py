@@ -12,38 +12,25 @@ the two produced token-identical trajectories.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import signal
 import statistics
 import sys
 from pathlib import Path
 
-from scripts.bench.prefix_cache_bench import default_model, run_path
+from scripts.bench.prefix_cache_bench import chat_prompts, default_model, rollout_arguments, run_path, write_report
 from scripts.bench.rollout_bench import ROOT, load_items, start_server
 
 DEMO = ROOT / "data" / "demo"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="default: an SFT checkpoint of make results/demo, "
-                   "else the untrained SmolLM2-135M-Instruct")
-    p.add_argument("--corpus", type=Path, default=DEMO / "corpus.jsonl")
-    p.add_argument("--questions", type=Path, default=DEMO / "train.jsonl")
-    p.add_argument("--n", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=12)
+    p = rollout_arguments(__doc__, data=DEMO, n=24, batch_size=12, max_turns=2, max_new_tokens=64, max_obs_length=512)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--mode", default="multi")
-    p.add_argument("--max-turns", type=int, default=2)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--max-obs-length", type=int, default=512)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "attention_bench.json")
     args = p.parse_args(argv)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rag_r1.llm_agent.prompts import user_content
     from verl.utils.attention import NAME
 
     model_dir = args.model or default_model()
@@ -51,9 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     models = {name: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=name).eval()
               for name in ("sdpa", NAME)}
     items = load_items(args.questions, args.corpus, args.n)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": user_content(i["question"], args.mode)}],
-                                             add_generation_prompt=True, tokenize=True, return_dict=False)
-               for i in items]
+    prompts = chat_prompts(tokenizer, items, args.mode)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server on kill/timeout
     proc, url = start_server(args.corpus)
     seconds = {name: [] for name in models}
@@ -77,9 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:9} s/trajectory {' '.join(f'{v:.3f}' for v in values)}")
     print(f"sdpa_gqa speed-up x{report['speedup']} (pairs {report['speedup_pairs']}); identical greedy "
           f"trajectories: {report['identical_greedy_trajectories']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    return report
+    return write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,38 @@ def default_model() -> Path:
     return convert()
 
 
+def rollout_arguments(doc: str, *, data: Path, n: int, batch_size: int, max_turns: int, max_new_tokens: int,
+                      max_obs_length: int) -> argparse.ArgumentParser:
+    """The options of a benchmark of agent rollouts over `data` (corpus.jsonl, train.jsonl), with its defaults."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="default: an SFT checkpoint of make results/demo, "
+                   "else the untrained SmolLM2-135M-Instruct")
+    p.add_argument("--corpus", type=Path, default=data / "corpus.jsonl")
+    p.add_argument("--questions", type=Path, default=data / "train.jsonl")
+    p.add_argument("--n", type=int, default=n)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--mode", choices=MODES, default=AgentConfig.mode)
+    p.add_argument("--max-turns", type=int, default=max_turns)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--max-obs-length", type=int, default=max_obs_length)
+    return p
+
+
+def chat_prompts(tokenizer, items: list[dict], mode: str, repeat: int = 1) -> list[list[int]]:
+    """The agent's first prompt of each question, as token ids, each `repeat` times in a row."""
+    from rag_r1.llm_agent.prompts import user_content
+
+    return [tokenizer.apply_chat_template([{"role": "user", "content": user_content(i["question"], mode)}],
+                                          add_generation_prompt=True, tokenize=True, return_dict=False)
+            for i in items for _ in range(repeat)]
+
+
+def write_report(report: dict, out: Path) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    return report
+
+
 def run_path(model, tokenizer, prompts, url: str, args: argparse.Namespace, caching: bool) -> dict:
     from rag_r1.llm_agent.generation import GenerationManager
     from rag_r1.search.client import RetrievalClient
@@ -60,33 +92,20 @@ def run_path(model, tokenizer, prompts, url: str, args: argparse.Namespace, cach
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="default: an SFT checkpoint of make results/demo, "
-                   "else the untrained SmolLM2-135M-Instruct")
-    p.add_argument("--corpus", type=Path, default=SHARED / "corpus.jsonl")
-    p.add_argument("--questions", type=Path, default=SHARED / "train.jsonl")
-    p.add_argument("--n", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=16)
+    p = rollout_arguments(__doc__, data=SHARED, n=16, batch_size=16, max_turns=3, max_new_tokens=96,
+                          max_obs_length=AgentConfig.max_obs_length)
     p.add_argument("--repeat", type=int, default=1, help="rows per question, one after another (GRPO's n)")
-    p.add_argument("--mode", choices=MODES, default=AgentConfig.mode)
-    p.add_argument("--max-turns", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--max-obs-length", type=int, default=AgentConfig.max_obs_length)
     p.add_argument("--url", help="an already running retrieval server over --corpus")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "prefix_cache_bench.json")
     args = p.parse_args(argv)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rag_r1.llm_agent.prompts import user_content
-
     model_dir = args.model or default_model()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     items = load_items(args.questions, args.corpus, args.n)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": user_content(i["question"], args.mode)}],
-                                             add_generation_prompt=True, tokenize=True, return_dict=False)
-               for i in items for _ in range(args.repeat)]
+    prompts = chat_prompts(tokenizer, items, args.mode, args.repeat)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server on kill/timeout
     proc, url = (None, args.url) if args.url else start_server(args.corpus)
     try:
@@ -109,9 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['seconds_per_trajectory']:>7.2f} {r['turns_mean']:>5.2f} {r['searches_mean']:>8.2f}")
     print(f"identical greedy trajectories: {identical}; prefill tokens x{report['prefill_tokens_ratio']}; "
           f"speed-up x{report['speedup']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    return report
+    return write_report(report, args.out)
 
 
 if __name__ == "__main__":
