@@ -1,6 +1,6 @@
 """`make bench-learning`: does RL learn? GRPO on a fixed set of train questions, revisited every step.
 
-    make bench-learning                                   # 8 demo questions, 20 steps
+    make bench-learning                                   # 8 demo questions, 24 steps
     make bench-learning ARGS="--questions 16 --steps 30"
     make bench-learning ARGS="--set actor_rollout_ref.actor.optim.lr=1e-4"   # any trainer key
 
@@ -37,7 +37,7 @@ from recipe.samples import evenly_by_type, write_if_changed
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--questions", type=int, default=8, help="train questions revisited every step")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=24, help="a quarter of them is compared with the last")
     p.add_argument("--seed", type=int, default=0, help="draw of the questions")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_learning")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
