@@ -268,10 +268,10 @@ def corpus_titles(out: Path) -> dict[str, str]:
 
 def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[str]:
     """What shows RL teaching the agent, each as a line that says whether it holds: EM in multi mode
-    rising untrained < SFT < SFT+RL (SFT < SFT+RL without the untrained model), the RL reward of the last quarter of the steps above the first,
-    comparison questions taking fewer rounds in multi mode than in single mode after RL, at 1.5
-    queries per round or more, and RL's EM above the guide-only control's (more than imitation of
-    the guides). A check whose runs were not evaluated is left out."""
+    rising untrained < SFT < SFT+RL (SFT < SFT+RL without the untrained model), the RL reward of the
+    last quarter of the steps above the first, comparison questions taking fewer rounds in multi mode
+    than in single mode after RL, at 1.5 queries per round or more, and RL's EM above the guide-only
+    control's (more than imitation of the guides). A check whose runs were not evaluated is left out."""
     def verdict(ok: bool) -> str:
         return "**yes**" if ok else "**no**"
 

@@ -18,6 +18,8 @@ what is sampled without being in either number; the trainer's `rollout/logprob_d
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from omegaconf import DictConfig
 
@@ -25,7 +27,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, Sto
 from transformers.cache_utils import DynamicLayer
 
 from verl.protocol import DataProto
-from verl.workers.rollout.base import BaseRollout, assemble_output, pad_responses, prompt_token_lists
+from verl.workers.rollout.base import BaseRollout, assemble_output, build_prompt_batch, pad_responses, prompt_token_lists
 from verl.workers.rollout.prefix_cache import CachedBatch, PrefixCache, after_generate, continuation_inputs
 
 
@@ -124,31 +126,29 @@ class HFRollout(BaseRollout):
         if len(distinct) == len(tokens) or min(len(row) for row in distinct) < 2:
             return None
         prefixes = [list(row[:-1]) for row in distinct]
-        width = max(len(row) for row in prefixes)
-        target = self._device()
-        input_ids = torch.full((len(prefixes), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for i, row in enumerate(prefixes):
-            input_ids[i, width - len(row):] = torch.as_tensor(row)
-            attention_mask[i, width - len(row):] = 1
-        input_ids, attention_mask = input_ids.to(target), attention_mask.to(target)
-        self.prefill_tokens += int(attention_mask.sum())
-        self.prefill_positions += input_ids.numel()
+        batch = build_prompt_batch(prefixes, self.tokenizer.pad_token_id).to(self._device()).batch
+        self.prefill_tokens += int(batch["attention_mask"].sum())
+        self.prefill_positions += batch["input_ids"].numel()
         cache = DynamicCache()
+        with self._eval_mode():
+            # position ids as generate numbers a left-padded row: its real tokens from 0
+            self.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        position_ids=batch["position_ids"], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        layers = plain_layers(cache)
+        if layers is None:
+            return None
+        index = {row: i for i, row in enumerate(distinct)}
+        return CachedBatch(layers, batch["attention_mask"], prefixes).select([index[tuple(row)] for row in tokens])
+
+    @contextmanager
+    def _eval_mode(self):
+        """The module in eval mode for the block, then back in the mode it was in."""
         was_training = self.module.training
         self.module.eval()
         try:
-            # positions as generate numbers a left-padded row: its real tokens from 0
-            self.module(input_ids=input_ids, attention_mask=attention_mask,
-                        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)
+            yield
         finally:
             self.module.train(was_training)
-        if not all(type(layer) is DynamicLayer for layer in cache.layers):
-            return None
-        batch = CachedBatch([(layer.keys, layer.values) for layer in cache.layers], attention_mask, prefixes)
-        index = {row: i for i, row in enumerate(distinct)}
-        return batch.select([index[tuple(row)] for row in tokens])
 
     def _sampling_kwargs(self, meta: dict) -> dict:
         do_sample = meta.get("do_sample", self.config.do_sample)
@@ -187,9 +187,7 @@ class HFRollout(BaseRollout):
         if stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_StopOnStrings(self.tokenizer, stop, input_ids.shape[1])])
-        was_training = self.module.training
-        self.module.eval()
-        try:
+        with self._eval_mode():
             out = self.module.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -200,18 +198,15 @@ class HFRollout(BaseRollout):
                 use_cache=True,
                 **kwargs,
             )
-        finally:
-            self.module.train(was_training)
         generated = out[:, input_ids.shape[1]:].cpu().tolist()
         kept = [row[: self._row_length(row, eos_id, stop)] for row in generated]
         output = assemble_output(prompts, *pad_responses(kept, max_new_tokens, pad_id))
         log_probs = recorder.log_probs(out, out.shape[1] - input_ids.shape[1])
         output.batch["rollout_log_probs"] = pad_log_probs(log_probs, [len(k) for k in kept], max_new_tokens)
-        left = None
-        if self.prefix_caching and all(type(layer) is DynamicLayer for layer in cache.layers):
-            layers = [(layer.keys, layer.values) for layer in cache.layers]
-            left = after_generate(layers, attention_mask, tokens, kept, len(generated[0]) if generated else 0)
-        return output, left
+        layers = plain_layers(cache) if self.prefix_caching else None
+        if layers is None:
+            return output, None
+        return output, after_generate(layers, attention_mask, tokens, kept, len(generated[0]) if generated else 0)
 
     def _row_length(self, tokens: list[int], eos_id: int, stop: list[str]) -> int:
         """Tokens kept in a row: through its first eos or the token completing its first stop string."""
@@ -235,6 +230,14 @@ class HFRollout(BaseRollout):
 
     def _device(self) -> torch.device:
         return next(self.module.parameters()).device
+
+
+def plain_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each layer's (keys, values) when every layer is a plain growing one (a sliding-window or
+    quantised layer holds something else); None otherwise."""
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def pad_log_probs(log_probs: torch.Tensor, lengths: list[int], width: int) -> torch.Tensor:
