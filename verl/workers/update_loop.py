@@ -5,6 +5,12 @@ micro-batch loss is divided by the SAME explicit denominator, the mini-batch's u
 ranks divided by the world size (FSDP averages gradients over ranks), so the accumulated gradient
 equals the gradient of the whole mini-batch's loss computed at once, whatever the micro-batch size
 or the number of ranks.
+
+On one rank, rows that carry no gradient (an actor's rows whose advantage is 0 on every scored token,
+when the loss is the policy-gradient term alone) are not backpropagated: they are run forward
+without a graph for their metrics only, and still count in the denominator, so the step is the same.
+With several ranks every row is backpropagated: each FSDP forward and backward is collective, so
+every rank must run as many of each as the others, whatever its rows' advantages.
 """
 from __future__ import annotations
 
@@ -50,11 +56,13 @@ def run_updates(
     grad_clip: float,
     micro_loss: MicroLoss,
     prefix: str,
+    inert_rows: Callable[[DataProto], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Train `module` on `data` (this rank's rows); returns metrics averaged over steps and ranks.
 
     Micro-batches hold `micro_batch_size` rows, or, with `max_token_len`, as many rows as fit that
     many padded tokens (use_dynamic_bsz): the explicit normalizer makes both give the same gradient.
+    `inert_rows(mini)` (bool per row) names rows whose loss has no gradient (see the module's note).
     """
     history = defaultdict(list)
     module.train()
@@ -67,17 +75,27 @@ def run_updates(
         for mini in epoch_data.split(mini_batch_size):
             normalizer = global_normalizer(loss_mask(mini), loss_agg_mode)
             optimizer.zero_grad(set_to_none=True)
-            micros = micro_batches(mini, micro_batch_size, max_token_len)
+            trained, looked_at = split_inert(mini, inert_rows)
+            micros = micro_batches(trained, micro_batch_size, max_token_len)
+            watched = micro_batches(looked_at, micro_batch_size, max_token_len) if looked_at is not None else []
             step = defaultdict(float)
+
+            def record(additive: dict, averaged: dict) -> None:
+                for key, value in additive.items():
+                    step[key] += float(value)
+                for key, value in averaged.items():
+                    step[key] += float(value) / (len(micros) + len(watched))
+
             for i, micro in enumerate(micros):
                 if hasattr(module, "set_requires_gradient_sync"):  # FSDP2: reduce once per mini-batch
                     module.set_requires_gradient_sync(i == len(micros) - 1)
                 loss, additive, averaged = micro_loss(micro, normalizer)
                 loss.backward()
-                for key, value in additive.items():
-                    step[key] += float(value)
-                for key, value in averaged.items():
-                    step[key] += float(value) / len(micros)
+                record(additive, averaged)
+            with torch.no_grad():
+                for micro in watched:
+                    _, additive, averaged = micro_loss(micro, normalizer)
+                    record(additive, averaged)
             grad_norm = clip_grad_norm(module.parameters(), grad_clip)
             if math.isfinite(grad_norm):
                 optimizer.step()
@@ -88,3 +106,18 @@ def run_updates(
                 history[key].append(value)
     optimizer.zero_grad(set_to_none=True)
     return all_reduce_mean({key: sum(values) / len(values) for key, values in history.items()})
+
+
+def split_inert(mini: DataProto, inert_rows: Callable[[DataProto], torch.Tensor] | None
+                ) -> tuple[DataProto, DataProto | None]:
+    """(rows to backpropagate, rows only to look at or None). At least one row is backpropagated, so
+    the optimizer gets a zero gradient rather than none (Adam's step with a zero gradient still moves
+    the weights on its momentum, as it did when every row was backpropagated)."""
+    if inert_rows is None or (dist.is_initialized() and dist.get_world_size() > 1):
+        return mini, None
+    inert = inert_rows(mini).to("cpu", torch.bool).clone()
+    if not inert.any():
+        return mini, None
+    if inert.all():
+        inert[0] = False
+    return mini[~inert], mini[inert]

@@ -136,3 +136,64 @@ def test_gradient_checkpointing_gives_the_same_policy_gradient(tiny_model_dir, m
         grads.append(recorder.grads)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def update_counting_rows(actor, data: DataProto) -> tuple[dict, int]:
+    """update_policy's metrics and the number of rows it ran forward with a graph (backpropagated)."""
+    forward, rows = actor._log_probs, []
+
+    def counting(micro, *args, **kwargs):
+        if torch.is_grad_enabled():
+            rows.append(len(micro))
+        return forward(micro, *args, **kwargs)
+
+    actor._log_probs = counting
+    return actor.update_policy(data), sum(rows)
+
+
+def test_rows_without_advantage_are_only_looked_at_and_the_step_is_the_same(tiny_model_dir, model_and_tok):
+    model, tok = model_and_tok
+    data = make_batch(len(tok), tok.pad_token_id, seed=13)
+    data.meta_info = {"temperature": 1.0}
+    advantages = torch.linspace(-1, 1, ROWS * RESPONSE).reshape(ROWS, RESPONSE)
+    advantages[[1, 2, 5, 6]] = 0.0  # a group that scored alike; wrong samples weighed 0
+    data.batch["advantages"] = advantages
+    config = actor_config(tiny_model_dir, use_dynamic_bsz=True, ppo_max_token_len_per_gpu=24)
+    runs = {}
+    for skip in (True, False):
+        recorder = _GradRecorder(model.parameters())
+        actor = local_actor(model, config, recorder)
+        if not skip:
+            actor._rows_without_advantage = lambda d: torch.zeros(len(d), dtype=torch.bool)
+        metrics, backpropagated = update_counting_rows(actor, data)
+        runs[skip] = (recorder.grads, metrics, backpropagated)
+    assert runs[True][2] == ROWS - 4 and runs[False][2] == ROWS
+    for a, b in zip(runs[True][0], runs[False][0]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # the skipped rows are still in the logged entropy and loss (the same denominator, no graph)
+    for key in ("actor/pg_loss", "actor/entropy"):
+        assert runs[True][1][key] == pytest.approx(runs[False][1][key], abs=1e-6), key
+    assert runs[True][1]["actor/entropy"] > 0.1
+
+
+def test_a_batch_without_advantage_backpropagates_one_row_to_a_zero_gradient(tiny_model_dir, model_and_tok):
+    model, tok = model_and_tok
+    data = make_batch(len(tok), tok.pad_token_id, seed=14)
+    data.meta_info = {"temperature": 1.0}
+    data.batch["advantages"] = torch.zeros(ROWS, RESPONSE)
+    recorder = _GradRecorder(model.parameters())
+    _, backpropagated = update_counting_rows(local_actor(model, actor_config(tiny_model_dir), recorder), data)
+    # one row: the optimizer gets zero gradients, not none (Adam still moves on its momentum)
+    assert backpropagated == 1
+    assert recorder.grads and all(torch.count_nonzero(g) == 0 for g in recorder.grads)
+
+
+def test_an_entropy_bonus_or_a_kl_loss_backpropagates_every_row(tiny_model_dir, model_and_tok):
+    model, tok = model_and_tok
+    data = make_batch(len(tok), tok.pad_token_id, seed=15)
+    data.meta_info = {"temperature": 1.0}
+    data.batch["advantages"] = torch.zeros(ROWS, RESPONSE)
+    data.batch["ref_log_prob"] = torch.full((ROWS, RESPONSE), -3.0)
+    for overrides in ({"entropy_coeff": 0.01}, {"use_kl_loss": True}):
+        actor = local_actor(model, actor_config(tiny_model_dir, **overrides), _GradRecorder(model.parameters()))
+        assert update_counting_rows(actor, data)[1] == ROWS, overrides

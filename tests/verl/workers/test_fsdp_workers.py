@@ -225,14 +225,18 @@ class _GradRecorder(torch.optim.SGD):
         self.grads = [p.grad.clone() for group in self.param_groups for p in group["params"]]
 
 
-def test_two_rank_grad_norm_equals_single_process(groups, local, tiny_model_dir):
-    """The explicit global denominator makes 2 ranks x micro-batches equal one big batch."""
+@pytest.mark.parametrize("silent_rows", [[], [4, 5, 6, 7]], ids=["all-rows", "second-rank-without-advantage"])
+def test_two_rank_grad_norm_equals_single_process(groups, local, tiny_model_dir, silent_rows):
+    """The explicit global denominator makes 2 ranks x micro-batches equal one big batch; with rows of
+    zero advantage the ranks backpropagate every row (their collectives must meet) and the single
+    process, which only looks at those rows, takes the same step."""
     actor_wg, _ = groups
     model, tok = local
     data = make_batch(len(tok), tok.pad_token_id, seed=2)
     model.load_state_dict(actor_wg.full_state_dict())
     data.batch["old_log_probs"] = actor_wg.compute_log_prob(data).batch["old_log_probs"]
     data.batch["advantages"] = torch.linspace(-1, 1, ROWS * RESPONSE).reshape(ROWS, RESPONSE)
+    data.batch["advantages"][silent_rows] = 0.0
     config = actor_config(tiny_model_dir)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     local_metrics = local_actor(model, config, optimizer).update_policy(

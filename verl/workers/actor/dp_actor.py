@@ -108,6 +108,13 @@ class DataParallelPPOActor:
         stacked = stacked.transpose(0, 1)
         return stacked[0], stacked[1] if with_entropy else None
 
+    def _rows_without_advantage(self, data: DataProto) -> torch.Tensor:
+        """Per row: no scored token has a non-zero advantage (a policy-gradient loss alone gives the row no
+        gradient: GRPO's groups that all scored alike, wrong samples weighed 0, a guide-only control's own
+        samples)."""
+        scored = policy_loss_mask(data, self.state_masking).bool()
+        return ~((data.batch["advantages"] != 0) & scored).any(dim=-1)
+
     def update_policy(self, data: DataProto) -> dict[str, float]:
         cfg = self.config
         temperature = data.meta_info.get("temperature", 1.0)
@@ -160,6 +167,7 @@ class DataParallelPPOActor:
             loss_mask=lambda mini: policy_loss_mask(mini, self.state_masking),
             loss_agg_mode=mode, grad_clip=cfg.grad_clip,
             micro_loss=micro_loss, prefix="actor",
+            inert_rows=None if entropy_coeff != 0 or cfg.use_kl_loss else self._rows_without_advantage,
         )
         if compared is not None:  # every rank has rows (the worker group pads), so every rank reduces
             diff = rollout_logprob_diff(*(torch.cat(parts) for parts in zip(*compared)))
