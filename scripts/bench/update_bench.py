@@ -27,16 +27,16 @@ from scripts.bench.ppo_step_bench import emit_report
 def actor_and_batch(model_dir: str, args: argparse.Namespace):
     """A LoRA actor over the model (fp32 weights, computing in --dtype) and a batch of agent-like rows:
     a long context, a response with a retrieved block in its middle (not scored)."""
-    from verl.protocol import DataProto
     from verl.trainer.config import schema_node
     from verl.utils.lora import apply_lora
     from verl.utils.model import load_causal_lm
     from verl.workers.actor.dp_actor import DataParallelPPOActor
+    from verl.workers.rollout.base import assemble_output, build_prompt_batch
 
     config = schema_node("actor_rollout_ref", {
         "model": {"path": model_dir, "lora_rank": 16, "lora_alpha": 32},
         "actor": {"ppo_mini_batch_size": args.rows, "use_dynamic_bsz": True,
-                  "ppo_max_token_len_per_gpu": args.token_budget, "optim": {"lr": 1e-3}},
+                  "ppo_max_token_len_per_gpu": args.token_budget},
     })
     model = apply_lora(load_causal_lm(config.model), config.model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -45,19 +45,15 @@ def actor_and_batch(model_dir: str, args: argparse.Namespace):
     g = torch.Generator().manual_seed(0)
     rows, prompt, response = args.rows, args.context_tokens, args.response_length
     vocab = model.config.vocab_size
-    input_ids = torch.randint(10, vocab, (rows, prompt + response), generator=g)
-    attention_mask = torch.ones_like(input_ids)
+    prompts = build_prompt_batch(torch.randint(10, vocab, (rows, prompt), generator=g).tolist(), pad_token_id=0)
+    data = assemble_output(prompts, torch.randint(10, vocab, (rows, response), generator=g),
+                           torch.ones(rows, response, dtype=torch.long))
     info = torch.zeros(rows, response, dtype=torch.long)
     info[:, response // 4: response // 2] = 1
     advantages = torch.randn(rows, 1, generator=g).sign().expand(rows, response).clone()
-    silent = torch.arange(rows) < round(args.silent_share * rows)
-    advantages[silent] = 0.0
-    data = DataProto.from_dict({
-        "input_ids": input_ids, "attention_mask": attention_mask,
-        "position_ids": torch.arange(prompt + response).expand(rows, -1).clone(),
-        "responses": input_ids[:, prompt:].clone(), "response_mask": torch.ones(rows, response, dtype=torch.long),
-        "info_mask": info, "advantages": advantages,
-    }, meta_info={"temperature": 1.0})
+    advantages[torch.arange(rows) < round(args.silent_share * rows)] = 0.0
+    data.batch["info_mask"], data.batch["advantages"] = info, advantages
+    data.meta_info = {"temperature": 1.0}
     return actor, data
 
 
