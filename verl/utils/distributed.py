@@ -9,6 +9,11 @@ import torch
 import torch.distributed as dist
 
 
+def world_size() -> int:
+    """Processes in the default group; 1 outside torch.distributed."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def node_ip() -> str:
     """This machine's address as other nodes of the Ray cluster see it."""
     try:

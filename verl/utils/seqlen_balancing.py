@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from verl.protocol import DataProto
+from verl.utils.distributed import world_size
 
 
 def token_budget_groups(prompt_lengths: list[int], response_lengths: list[int], max_token_len: int) -> list[list[int]]:
@@ -69,7 +70,7 @@ def micro_batch_indices(data: DataProto, micro_batch_size: int, max_token_len: i
     prompt = mask[:, :-response_length].sum(-1).tolist()
     response = mask[:, -response_length:].sum(-1).tolist()
     groups = token_budget_groups(prompt, response, max_token_len)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         count = torch.tensor([len(groups)], device=mask.device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         groups = split_to_count(groups, int(count))

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import agg_loss_normalizer
-from verl.utils.distributed import all_reduce_mean
+from verl.utils.distributed import all_reduce_mean, world_size
 from verl.utils.fsdp_utils import clip_grad_norm
 from verl.utils.seqlen_balancing import micro_batches
 
@@ -34,10 +34,10 @@ MicroLoss = Callable[[DataProto, torch.Tensor], tuple[torch.Tensor, dict, dict]]
 
 def global_normalizer(loss_mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:
     count = agg_loss_normalizer(loss_mask, loss_agg_mode).to(torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         count = count.to(loss_mask.device)
         dist.all_reduce(count)
-        count = count / dist.get_world_size()
+        count = count / world_size()
     return count
 
 
@@ -113,7 +113,7 @@ def split_inert(mini: DataProto, inert_rows: Callable[[DataProto], torch.Tensor]
     """(rows to backpropagate, rows only to look at or None). At least one row is backpropagated, so
     the optimizer gets a zero gradient rather than none (Adam's step with a zero gradient still moves
     the weights on its momentum, as it did when every row was backpropagated)."""
-    if inert_rows is None or (dist.is_initialized() and dist.get_world_size() > 1):
+    if inert_rows is None or world_size() > 1:
         return mini, None
     inert = inert_rows(mini).to("cpu", torch.bool).clone()
     if not inert.any():
