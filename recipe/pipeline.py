@@ -139,7 +139,7 @@ class Pipeline:
         """The RL questions: those of the seeded sample at the SFT model's frontier, or the sample
         itself when frontier_n is 0. Either is a file named train.jsonl: the RL data is named after it."""
         if self.cfg.frontier_n:
-            return self.frontier(sft, url)
+            return self.frontier(sft, url, self.rl_draw())
         return self.rl_draw()
 
     def rl_draw(self) -> Path:
@@ -158,11 +158,11 @@ class Pipeline:
         return sampled(self.cfg.data_dir / "train.jsonl", self.cfg.rl_questions,
                        self.out / "rl_questions" / "train.jsonl", self.cfg.seed, by_type=self.cfg.rl_balance_types)
 
-    def frontier(self, model: Path, url: str) -> Path:
-        """Train questions the SFT model answers right sometimes but not always (frontier/train.jsonl),
-        sampled as RL samples: the RL agent, temperature and per-turn length."""
+    def frontier(self, model: Path, url: str, candidates: Path) -> Path:
+        """The `candidates` that `model` answers right sometimes but not always (frontier/train.jsonl;
+        frontier/samples.jsonl has every question's hits), sampled as RL samples: the RL agent,
+        temperature and per-turn length, frontier_n times a question."""
         out = self.out / "frontier"
-        candidates = self.rl_draw()
         if built_from(out / "counts.json", candidates):
             return out / "train.jsonl"
         self.sh("frontier", ["-m", "rag_r1.eval.frontier", "--model", model, "--questions", candidates,

@@ -10,13 +10,22 @@ every step, without guides (no gold trajectory in the groups: whatever is learnt
 itself), with the demo's multi-turn search agent and retrieval server. The trainer's greedy validation on the same
 questions before the first step and after the last gives the exact match before and after.
 
+The questions are those of a seeded draw of candidates that the SFT model answers right sometimes but
+not always when it samples each one --frontier times as RL samples (the recipe's frontier): a question
+it always or never answers gives every sample of its group the same reward, hence no gradient, so a
+set drawn blind spends most of its samples on questions nothing can be learnt from. When fewer
+candidates are at the frontier than --questions, the others fill the set; --frontier 0 takes the
+draw as it is.
+
 Because every step samples the same questions, the reward of the first quarter of the steps and
 of the last quarter compare like with like; their standard error is that of the difference of two
-means of per-step rewards. The last line printed (and written to OUT/summary.txt) is
+means of per-step rewards. The frontier's samples are not among them: they only choose the questions.
+The last line printed (and written to OUT/summary.txt) is
 
     learning: reward first-quarter A last-quarter B (s.e. S) | greedy EM on the set before C after D | entropy E0 -> E1 | steps N in M min
 
-and the run learns when B - A > 2 S and D > C. OUT (default outputs/bench_learning/) holds the
+and the run learns when B - A > 2 S and D > C; M is the training run's time, the frontier's is in
+summary.json. OUT (default outputs/bench_learning/) holds the candidates, the frontier's samples, the
 questions, the trainer's metrics.jsonl and summary.json.
 """
 from __future__ import annotations
@@ -38,7 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--questions", type=int, default=8, help="train questions revisited every step")
     p.add_argument("--steps", type=int, default=24, help="a quarter of them is compared with the last")
-    p.add_argument("--seed", type=int, default=0, help="draw of the questions")
+    p.add_argument("--frontier", type=int, default=4, metavar="N",
+                   help="samples of each candidate that pick the questions at the SFT model's frontier; 0 = no frontier")
+    p.add_argument("--candidates", type=int, default=24, help="train questions drawn for the frontier to choose from")
+    p.add_argument("--seed", type=int, default=0, help="draw of the candidates (of the questions without the frontier)")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_learning")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a trainer key (verl/trainer/config.py) over the recipe's; repeatable")
@@ -51,6 +63,26 @@ def draw_questions(train: Path, count: int, seed: int, out: Path) -> Path:
     kinds = [json.loads(row).get("type") for row in rows]
     picked = evenly_by_type(kinds, count, random.Random(f"bench-learning:{seed}"), train)
     return write_if_changed(out / "train.jsonl", "".join(rows[i] + "\n" for i in picked))
+
+
+def frontier_first(candidates: Path, frontier: Path, count: int, seed: int, out: Path) -> tuple[Path, int]:
+    """`count` of the `candidates` rows: those in `frontier` (the frontier's kept questions) first, as many
+    of each type as there are, then, when too few are, the others likewise. The file and how many of its
+    questions are at the frontier."""
+    rows = candidates.read_text(encoding="utf-8").splitlines()
+    kept = {json.loads(row)["id"] for row in frontier.read_text(encoding="utf-8").splitlines()}
+    kinds = [json.loads(row).get("type") for row in rows]
+    rng = random.Random(f"bench-learning-frontier:{seed}")
+
+    def take(indices: list[int], k: int) -> list[int]:
+        if k >= len(indices):
+            return indices
+        return [indices[j] for j in evenly_by_type([kinds[i] for i in indices], k, rng, candidates)]
+
+    at_frontier = take([i for i, row in enumerate(rows) if json.loads(row)["id"] in kept], count)
+    others = take([i for i, row in enumerate(rows) if json.loads(row)["id"] not in kept], count - len(at_frontier))
+    text = "".join(rows[i] + "\n" for i in sorted(at_frontier + others))
+    return write_if_changed(out / "train.jsonl", text), len(at_frontier)
 
 
 def with_overrides(base: list[str], changes: list[str]) -> list[str]:
@@ -109,12 +141,24 @@ def summary_line(s: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     demo = Pipeline(load_settings(["demo"]))  # the demo's stages and outputs: its SFT model is the demo's
-    bench = Pipeline(load_settings(["demo"], [f"recipe.out_dir={args.out}"]))  # the benchmark's own files and commands
+    # the benchmark's own files and commands; no guides, so the frontier keeps no never-answered question
+    bench = Pipeline(load_settings(["demo"], [f"recipe.out_dir={args.out}", f"recipe.frontier_n={args.frontier}",
+                                              "recipe.guides=false"]))
     run_dir = args.out / "run"
     base = demo.base_model()
+    train = demo.cfg.data_dir / "train.jsonl"
     with demo.retrieval_server(demo.build_index()) as url:
         sft = demo.run_sft(base, [demo.build_sft_data(url, mode) for mode in ("multi", "single")])
-        questions = draw_questions(demo.cfg.data_dir / "train.jsonl", args.questions, args.seed, args.out / "questions")
+        started = time.time()
+        if args.frontier:
+            candidates = draw_questions(train, args.candidates, args.seed, args.out / "candidates")
+            questions, at_frontier = frontier_first(candidates, bench.frontier(sft, url, candidates), args.questions,
+                                                    args.seed, args.out / "questions")
+            print(f"bench-learning: {at_frontier} of {args.questions} questions at the SFT model's frontier "
+                  f"({args.candidates} candidates, {args.frontier} samples each)", flush=True)
+        else:
+            questions, at_frontier = draw_questions(train, args.questions, args.seed, args.out / "questions"), None
+        frontier_seconds = time.time() - started
         rl_data = bench.build_rl_data(questions)
         overrides = with_overrides(bench.rl_overrides(sft, rl_data, url, run_dir),
                                    bench_overrides(args.questions, args.steps, run_dir, rl_data) + args.overrides)
@@ -123,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         bench.sh("learning benchmark", ["-m", "verl.trainer.main_ppo", *overrides])
         seconds = time.time() - started
     summary = summarize(read_jsonl(run_dir / "metrics.jsonl"), seconds)
-    summary["overrides"] = args.overrides
+    summary.update(overrides=args.overrides, questions_at_frontier=at_frontier, frontier_samples=args.frontier,
+                   frontier_minutes=frontier_seconds / 60)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     line = summary_line(summary)
     (args.out / "summary.txt").write_text(line + "\n")
