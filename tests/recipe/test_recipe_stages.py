@@ -457,7 +457,7 @@ def test_each_seed_trains_its_own_rl_model_and_the_control_imitates_the_guides_a
     assert [(c.algorithm.guides.keep, c.algorithm.guides.sampled_weight) for c in configs] == [
         ("unsolved", 1.0), ("unsolved", 1.0), ("always", 0.0)]
     assert {c.actor_rollout_ref.model.lora_rank for c in configs} == {8}
-    assert {c.actor_rollout_ref.actor.optim.lr for c in configs} == {1e-3}
+    assert {c.actor_rollout_ref.actor.optim.lr for c in configs} == {3e-4}
     assert {c.trainer.total_training_steps for c in configs} == {10}
 
 
