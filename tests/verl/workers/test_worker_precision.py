@@ -13,6 +13,7 @@ from test_fsdp_workers import RESPONSE, ROWS, actor_config, critic_config, local
 from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, register
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.utils.precision import cpu_has_bf16_matmul
 from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
 from verl.workers.rollout.base import assemble_output, build_prompt_batch
 
@@ -94,9 +95,10 @@ def test_the_bf16_engine_samples_near_the_trainers_log_probs_and_an_update_learn
     trainer = actor_wg.compute_log_prob(sampled).batch["old_log_probs"]
     mask = sampled.batch["response_mask"].bool()
     # both bf16 from the same bf16 weights: 5e-7 on the tiny model where the CPU multiplies bf16 in
-    # hardware; where it has no bf16 instructions the cached decode and the full forward round apart,
-    # up to 1.0e-3. An engine left on the weights before an update is off by the update's 0.05 and more.
-    assert (recorded - trainer)[mask].abs().max() < 3e-3
+    # hardware (an fp32 engine would be 2.5e-3 away, as the test above shows); where it has no bf16
+    # instructions the cached decode and the full forward round apart, up to 1.0e-3, still far from the
+    # 0.05 and more of an engine left on the weights before an update
+    assert (recorded - trainer)[mask].abs().max() < (5e-4 if cpu_has_bf16_matmul() else 3e-3)
 
     target = tok.encode(" Paris")[0]
     data = assemble_output(prompts, torch.full((ROWS, RESPONSE), target), torch.ones(ROWS, RESPONSE, dtype=torch.long))
