@@ -70,8 +70,9 @@ def frontier_first(candidates: Path, frontier: Path, count: int, seed: int, out:
     of each type as there are, then, when too few are, the others likewise. The file and how many of its
     questions are at the frontier."""
     rows = candidates.read_text(encoding="utf-8").splitlines()
+    parsed = [json.loads(row) for row in rows]
     kept = {json.loads(row)["id"] for row in frontier.read_text(encoding="utf-8").splitlines()}
-    kinds = [json.loads(row).get("type") for row in rows]
+    kinds = [row.get("type") for row in parsed]
     rng = random.Random(f"bench-learning-frontier:{seed}")
 
     def take(indices: list[int], k: int) -> list[int]:
@@ -79,8 +80,8 @@ def frontier_first(candidates: Path, frontier: Path, count: int, seed: int, out:
             return indices
         return [indices[j] for j in evenly_by_type([kinds[i] for i in indices], k, rng, candidates)]
 
-    at_frontier = take([i for i, row in enumerate(rows) if json.loads(row)["id"] in kept], count)
-    others = take([i for i, row in enumerate(rows) if json.loads(row)["id"] not in kept], count - len(at_frontier))
+    at_frontier = take([i for i, row in enumerate(parsed) if row["id"] in kept], count)
+    others = take([i for i, row in enumerate(parsed) if row["id"] not in kept], count - len(at_frontier))
     text = "".join(rows[i] + "\n" for i in sorted(at_frontier + others))
     return write_if_changed(out / "train.jsonl", text), len(at_frontier)
 
