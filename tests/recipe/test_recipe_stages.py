@@ -438,7 +438,7 @@ def rl_configs(ran: list[list[str]]):
 
 def test_each_seed_trains_its_own_rl_model_and_the_control_imitates_the_guides_alone(tmp_path):
     pipeline = make(tmp_path, "recipe.rl_seeds=[0,1]", "recipe.guide_control=true", "recipe.guides=false",
-                    "rl.algorithm.guides.keep=unsolved")
+                    "rl.algorithm.guides.keep=unsolved", "rl.algorithm.guides.guided_weight=0.25")
     questions = tmp_path / "rl_questions.jsonl"
     questions.write_text("")
     ran = producing(pipeline)
@@ -453,9 +453,10 @@ def test_each_seed_trains_its_own_rl_model_and_the_control_imitates_the_guides_a
     assert [(c.trainer.default_local_dir, c.data.seed, c.actor_rollout_ref.rollout.seed) for c in configs] == [
         (str(out / "runs" / "rl"), 0, 0), (str(out / "runs" / "rl_seed1"), 1, 1), (str(out / "runs" / "control"), 0, 0)]
     assert [c.agent.get("guide_file") for c in configs] == [None, None, guides]
-    # the control: every guide kept, the policy's own samples weighted 0; all else the RL stage's
-    assert [(c.algorithm.guides.keep, c.algorithm.guides.sampled_weight) for c in configs] == [
-        ("unsolved", 1.0), ("unsolved", 1.0), ("always", 0.0)]
+    # the control: every guide kept, the policy's own samples weighted 0; all else (the guides' weight
+    # included) the RL stage's
+    assert [(c.algorithm.guides.keep, c.algorithm.guides.sampled_weight, c.algorithm.guides.guided_weight)
+            for c in configs] == [("unsolved", 1.0, 0.25), ("unsolved", 1.0, 0.25), ("always", 0.0, 0.25)]
     assert {c.actor_rollout_ref.model.lora_rank for c in configs} == {8}
     assert {c.actor_rollout_ref.actor.optim.lr for c in configs} == {3e-4}
     assert {c.trainer.total_training_steps for c in configs} == {10}

@@ -294,6 +294,10 @@ class GuidesConfig:
     # 1 trains on them as on the guides; 0 trains on the guides alone (their advantages still
     # measured against the group), the imitation control an RL result is compared with.
     sampled_weight: float = 1.0
+    # Weight of the guides' advantages, applied after the estimator like sampled_weight: below 1 a
+    # guide still lifts its group's baseline in full but teaches less than a sample the policy found
+    # itself, so the own samples can carry most of the positive advantage.
+    guided_weight: float = 1.0
     # When a guide stays in its group: always; or unsolved, only when none of the group's own samples
     # scored above 0. Otherwise it is dropped after scoring, before advantages, so it neither
     # teaches nor lowers the baseline of samples that found the answer themselves (the batch then
@@ -537,6 +541,7 @@ def guides_problems(config: DictConfig) -> list[str]:
     to a multiple of the workers with repeated rows, which an update would train on twice."""
     guides = config.algorithm.guides
     problems = share_problems("algorithm.guides.sampled_weight", guides.sampled_weight)
+    problems += share_problems("algorithm.guides.guided_weight", guides.guided_weight)
     if guides.keep not in GUIDE_KEEP_MODES:
         problems.append(f"algorithm.guides.keep={guides.keep!r}: expected one of {', '.join(GUIDE_KEEP_MODES)}")
     world = config.trainer.nnodes * config.trainer.n_gpus_per_node

@@ -382,8 +382,9 @@ class RayPPOTrainer:
             gamma=algo.gamma, lam=algo.lam, norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
         # the critic's targets stay the returns as estimated; only the policy's step is shaped
         advantages = core_algos.scale_negative_advantages(advantages, algo.negative_advantage_scale)
-        sampled = ~core_algos.guided_rows(batch.non_tensor_batch, len(batch))
-        advantages = core_algos.weight_rows(advantages, sampled, algo.guides.sampled_weight)
+        guided = core_algos.guided_rows(batch.non_tensor_batch, len(batch))
+        advantages = core_algos.weight_rows(advantages, ~guided, algo.guides.sampled_weight)
+        advantages = core_algos.weight_rows(advantages, guided, algo.guides.guided_weight)
         batch.batch["advantages"], batch.batch["returns"] = advantages, returns
 
     def guide_metrics(self, batch: DataProto) -> dict[str, float]:

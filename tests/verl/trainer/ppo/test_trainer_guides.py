@@ -103,6 +103,23 @@ def test_sampled_weight_scales_the_policys_own_rows_after_grpo(tmp_path, tiny_mo
     assert metrics == pytest.approx({"adv/guided_rows": 2.0, "adv/guide_positive_share": 1.0})
 
 
+def test_guided_weight_scales_the_guides_after_grpo_and_their_share(tmp_path, tiny_model_dir):
+    trainer = guides_trainer(tmp_path, tiny_model_dir, ["algorithm.guides.guided_weight=0.25"])
+    scripted_groups(trainer, SCORES, GUIDED)
+    batch, _ = trainer.sample_scored_batch(trainer.prompt_batches())
+    batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
+    trainer.compute_advantages(batch)
+    # the baselines are the groups' as scored (guides counted in full); then the guides' advantages x 1/4:
+    # group 1: +sqrt(3)/2, -sqrt(3)/2, -sqrt(3)/2, then the guide's +sqrt(3)/2 x 1/4;
+    # group 2: -1/2 x 3, then the guide's 3/2 x 1/4
+    expected = [SQRT3 / 2, -SQRT3 / 2, -SQRT3 / 2, SQRT3 / 8, -0.5, -0.5, -0.5, 0.375]
+    assert batch.batch["advantages"][:, 0].tolist() == pytest.approx(expected, abs=1e-5)
+    # positive mass: own sqrt(3)/2, guides sqrt(3)/8 + 3/8, two tokens each
+    guide_mass = SQRT3 / 8 + 0.375
+    assert trainer.guide_metrics(batch)["adv/guide_positive_share"] == pytest.approx(
+        guide_mass / (guide_mass + SQRT3 / 2), abs=1e-6)
+
+
 def test_unsolved_keeps_a_guide_only_in_groups_the_policy_did_not_solve(tmp_path, tiny_model_dir):
     trainer = guides_trainer(tmp_path, tiny_model_dir, ["algorithm.guides.keep=unsolved"])
     scripted_groups(trainer, SCORES, GUIDED)
@@ -164,4 +181,6 @@ def test_config_check_names_the_guides_keys(tmp_path):
         compose_config(base + ["algorithm.guides.keep=sometimes"])
     with pytest.raises(ValueError, match=r"algorithm\.guides\.sampled_weight=1\.5: expected a share"):
         compose_config(base + ["algorithm.guides.sampled_weight=1.5"])
+    with pytest.raises(ValueError, match=r"algorithm\.guides\.guided_weight=-0\.5: expected a share"):
+        compose_config(base + ["algorithm.guides.guided_weight=-0.5"])
     assert compose_config(base + ["algorithm.guides.keep=unsolved"]).algorithm.guides.keep == "unsolved"
