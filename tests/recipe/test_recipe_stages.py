@@ -383,8 +383,8 @@ def test_results_profiles_reward_f1_which_ranks_a_near_miss_above_a_wrong_entity
     assert score("Brett Scallions") == 0.0  # the data source's own scorer, EM
 
 
-@pytest.mark.parametrize("profile", ["results", "long"])
-def test_results_profiles_take_one_optimizer_step_of_four_questions_a_step(tmp_path, profile):
+@pytest.mark.parametrize("profile", ["demo", "results", "long"])
+def test_profiles_take_one_optimizer_step_of_four_questions_of_four_samples_a_step(tmp_path, profile):
     config = profile_rl_config(tmp_path / profile, profile)
     base = profile_rl_config(tmp_path / "base", "base")
     actor = config.actor_rollout_ref.actor
