@@ -88,12 +88,18 @@ SCORES = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 GUIDED = [False, False, False, True] * 2
 
 
-def test_sampled_weight_scales_the_policys_own_rows_after_grpo(tmp_path, tiny_model_dir):
-    trainer = guides_trainer(tmp_path, tiny_model_dir, ["algorithm.guides.sampled_weight=0.0"])
+def scripted_advantages(tmp_path, model_dir, overrides):
+    """A guides trainer and its batch of the SCORES / GUIDED groups, advantages computed."""
+    trainer = guides_trainer(tmp_path, model_dir, overrides)
     scripted_groups(trainer, SCORES, GUIDED)
     batch, _ = trainer.sample_scored_batch(trainer.prompt_batches())
     batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
     trainer.compute_advantages(batch)
+    return trainer, batch
+
+
+def test_sampled_weight_scales_the_policys_own_rows_after_grpo(tmp_path, tiny_model_dir):
+    trainer, batch = scripted_advantages(tmp_path, tiny_model_dir, ["algorithm.guides.sampled_weight=0.0"])
     # group 1: scores 1, 0, 0, 1: mean 1/2, unbiased std sqrt(1/3) -> +-sqrt(3)/2, then own rows x 0;
     # group 2: 0, 0, 0, 1: mean 1/4, std 1/2 -> -1/2 (x 0) and the guide's 3/2
     expected = [0.0, 0.0, 0.0, SQRT3 / 2, 0.0, 0.0, 0.0, 1.5]
@@ -104,11 +110,7 @@ def test_sampled_weight_scales_the_policys_own_rows_after_grpo(tmp_path, tiny_mo
 
 
 def test_guided_weight_scales_the_guides_after_grpo_and_their_share(tmp_path, tiny_model_dir):
-    trainer = guides_trainer(tmp_path, tiny_model_dir, ["algorithm.guides.guided_weight=0.25"])
-    scripted_groups(trainer, SCORES, GUIDED)
-    batch, _ = trainer.sample_scored_batch(trainer.prompt_batches())
-    batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
-    trainer.compute_advantages(batch)
+    trainer, batch = scripted_advantages(tmp_path, tiny_model_dir, ["algorithm.guides.guided_weight=0.25"])
     # the baselines are the groups' as scored (guides counted in full); then the guides' advantages x 1/4:
     # group 1: +sqrt(3)/2, -sqrt(3)/2, -sqrt(3)/2, then the guide's +sqrt(3)/2 x 1/4;
     # group 2: -1/2 x 3, then the guide's 3/2 x 1/4
