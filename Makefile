@@ -60,6 +60,6 @@ bench-ppo: setup
 bench-index: setup
 	$(PY) -m scripts.bench.index_bench $(ARGS)
 
-# Does RL learn? GRPO on 8 fixed demo questions for 20 steps (about 30 min on 2 cores).
+# Does RL learn? GRPO on 8 fixed demo questions for 24 steps (33-54 min on 2 cores without bf16).
 bench-learning: setup
 	$(PY) -m scripts.bench.learning_bench $(ARGS)

@@ -1,7 +1,7 @@
 """Run the RAG-R1 recipe: index -> retrieval server -> SFT data -> SFT -> RL questions -> RL data -> RL
 -> evaluation -> report (OUT/README.md).
 
-    python -m recipe demo                        # make demo: data/demo on CPU in under 30 minutes
+    python -m recipe demo                        # make demo: data/demo on CPU (README: its time)
     python -m recipe results                     # make results: ../shared/data/hotpotqa_closed
     python -m recipe long                        # make results PROFILE=long
     python -m recipe demo rl.trainer.total_training_steps=4 recipe.rl_questions=8 agent.max_turns=3
