@@ -325,7 +325,20 @@ def check_settings(settings: Settings) -> Checked:
     except ValueError as error:
         raise SystemExit(str(error)) from error
     check_retriever_and_reward(rl, settings.recipe.data_source)
+    if any(run.guided for run in rl_runs(settings.recipe)):
+        check_guided(rl, out / "rl_data/guides.jsonl")
     return Checked(rl=rl, agent=agent, eval_agent=eval_agent)
+
+
+def check_guided(rl: DictConfig, guide_file: Path) -> None:
+    """The trainer's checks of guides, on the RL config as a guided run gets it (the guide file is
+    only written by a later stage, so the composed config above has none)."""
+    from verl.trainer.config import guides_problems
+
+    guided = OmegaConf.merge(rl, {"agent": {"guide_file": str(guide_file)}})
+    problems = guides_problems(guided)
+    if problems:
+        raise SystemExit("; ".join(problems))
 
 
 def check_stage_keys(settings: Settings) -> None:

@@ -86,6 +86,17 @@ def test_a_wrong_key_or_value_is_refused_by_name_before_any_stage(override, refu
     assert refusal in str(refused.value)
 
 
+def test_one_step_off_is_refused_before_any_stage_when_a_run_is_guided_and_taken_without_guides():
+    one_step_off = ["rl.actor_rollout_ref.rollout.mode=async", "rl.actor_rollout_ref.rollout.lag=1"]
+    with pytest.raises(SystemExit, match="rollout.lag=1 with agent.guide_file=.*use lag 0 with guides"):
+        check_settings(load_settings(["demo"], one_step_off))
+    with pytest.raises(SystemExit, match="rollout.lag=1 with agent.guide_file"):  # the control is guided
+        check_settings(load_settings(["demo"], [*one_step_off, "recipe.guides=false"]))
+    checked = check_settings(load_settings(["demo"], [*one_step_off, "recipe.guides=false",
+                                                      "recipe.guide_control=false"]))
+    assert checked.rl.actor_rollout_ref.rollout.lag == 1
+
+
 def test_an_override_needs_a_node_a_key_and_a_value():
     with pytest.raises(SystemExit, match="expected node.key=value"):
         load_settings(["demo"], ["=4"])

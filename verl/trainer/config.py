@@ -536,9 +536,11 @@ def _multi_turn_problems(rollout: DictConfig) -> list[str]:
 
 
 def guides_problems(config: DictConfig) -> list[str]:
-    """Problems of algorithm.guides: its weight is a share, its keep mode one of GUIDE_KEEP_MODES, and
+    """Problems of algorithm.guides: its weight is a share, its keep mode one of GUIDE_KEEP_MODES,
     keep=unsolved (a batch whose row count varies) runs on one worker: the worker group pads a batch
-    to a multiple of the workers with repeated rows, which an update would train on twice."""
+    to a multiple of the workers with repeated rows, which an update would train on twice; and guides
+    (the search agent's agent.guide_file) are not trained one step off: no policy sampled a guide's
+    tokens, so rollout.lag=1 has no sampler log-prob for their ratio."""
     guides = config.algorithm.guides
     problems = share_problems("algorithm.guides.sampled_weight", guides.sampled_weight)
     problems += share_problems("algorithm.guides.guided_weight", guides.guided_weight)
@@ -549,6 +551,11 @@ def guides_problems(config: DictConfig) -> list[str]:
         problems.append(f"algorithm.guides.keep=unsolved with {world} workers (trainer.nnodes x "
                         "trainer.n_gpus_per_node) is not supported: dropping guides varies the batch's rows, and "
                         "the workers would get it padded with repeated rows; use one worker or keep=always")
+    guide_file = (config.get("agent") or {}).get("guide_file")
+    if guide_file and config.actor_rollout_ref.rollout.lag == 1:
+        problems.append(f"actor_rollout_ref.rollout.lag=1 with agent.guide_file={guide_file!r}: a guide's tokens "
+                        "were sampled by no policy, so one step off has no sampler log-prob for their ratio; "
+                        "use lag 0 with guides")
     return problems
 
 

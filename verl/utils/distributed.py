@@ -1,6 +1,8 @@
 """torch.distributed set-up for worker processes and the few collectives the workers need."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import socket
 from datetime import timedelta
@@ -78,10 +80,26 @@ def init_process_group_from_env(timeout_s: float | None = None) -> None:
 
 
 def empty_device_cache() -> None:
-    """Give the CUDA caching allocator's free blocks back between phases (training, gathering a
-    checkpoint, generation), so the next phase, or another process on the GPU, can use them."""
+    """Give the allocator's free memory back between phases (training, gathering a checkpoint,
+    generation), so the next phase, or another process, can use it: the CUDA caching allocator's
+    free blocks on a GPU, glibc's free heap pages on a CPU.
+
+    On a CPU the second matters when phases run on different threads (a threaded actor in
+    rollout.mode=async): glibc gives each thread its own heap and keeps what a phase freed there, so
+    each phase landing on another thread would add its whole working set to the process."""
     if device().type == "cuda":
         torch.cuda.empty_cache()
+    elif (trim := _malloc_trim()) is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:

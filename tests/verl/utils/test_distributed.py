@@ -2,6 +2,9 @@
 the process group's backend and timeout follow the configuration too."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -74,3 +77,35 @@ def test_the_cache_is_emptied_on_cuda_workers_only(monkeypatch):
     monkeypatch.setenv(DEVICE_ENV, "cuda")
     empty_device_cache()
     assert emptied == [torch.device("cuda", 0)]
+
+
+FREED_ON_ANOTHER_THREAD = """
+import threading, torch
+from verl.utils.distributed import empty_device_cache
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+kept = []
+def phase():  # a phase on a thread of its own: 1 MB tensors, all freed but the last (it pins the heap's top)
+    tensors = [torch.ones(2**18) for _ in range(400)]
+    kept.append(tensors.pop())
+    del tensors
+thread = threading.Thread(target=phase)
+thread.start(); thread.join()
+before = rss_mb()
+empty_device_cache()
+print(before, rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim: Linux only")
+def test_emptying_the_cache_on_cpu_returns_what_another_thread_freed_to_the_system():
+    env = {**os.environ, DEVICE_ENV: "cpu",
+           # heap allocations for 1 MB tensors, whatever glibc's adaptive threshold has seen
+           "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+    out = subprocess.run([sys.executable, "-c", FREED_ON_ANOTHER_THREAD], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    before, after = map(float, out.split())
+    assert before - after > 300, (before, after)  # of the ~399 MB freed

@@ -144,6 +144,9 @@ REQUIRED = ["data.train_files=t.parquet", "data.val_files=v.parquet", "actor_rol
 @pytest.mark.parametrize("overrides, message", [
     (["actor_rollout_ref.rollout.lag=2"], "actor_rollout_ref.rollout.lag=2: expected 0 or 1"),
     (["actor_rollout_ref.rollout.lag=1"], "actor_rollout_ref.rollout.lag=1 needs actor_rollout_ref.rollout.mode=async"),
+    (["actor_rollout_ref.rollout.mode=async", "actor_rollout_ref.rollout.lag=1", "+agent.guide_file=guides.jsonl"],
+     r"actor_rollout_ref.rollout.lag=1 with agent.guide_file='guides.jsonl': a guide's tokens were sampled by no "
+     r"policy, so one step off has no sampler log-prob for their ratio; use lag 0 with guides"),
 ])
 def test_a_lag_the_trainer_cannot_run_is_refused_naming_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
