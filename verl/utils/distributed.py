@@ -80,16 +80,20 @@ def init_process_group_from_env(timeout_s: float | None = None) -> None:
 
 
 def empty_device_cache() -> None:
-    """Give the allocator's free memory back between phases (training, gathering a checkpoint,
-    generation), so the next phase, or another process, can use it: the CUDA caching allocator's
-    free blocks on a GPU, glibc's free heap pages on a CPU.
-
-    On a CPU the second matters when phases run on different threads (a threaded actor in
-    rollout.mode=async): glibc gives each thread its own heap and keeps what a phase freed there, so
-    each phase landing on another thread would add its whole working set to the process."""
+    """Give the CUDA caching allocator's free blocks back between phases (training, gathering a
+    checkpoint, generation), so the next phase, or another process on the GPU, can use them."""
     if device().type == "cuda":
         torch.cuda.empty_cache()
-    elif (trim := _malloc_trim()) is not None:
+
+
+def return_freed_heap() -> None:
+    """Give glibc's free heap pages back to the system (nothing where the C library has no
+    malloc_trim). For a process whose phases run on different threads (a threaded actor in
+    rollout.mode=async): glibc gives each thread its own heap and keeps what a phase freed there, so
+    each phase landing on another thread would add its whole working set to the process. A process
+    that runs its phases on one thread reuses its heap and gains nothing from this: it would only
+    fault the pages in again."""
+    if (trim := _malloc_trim()) is not None:
         trim(0)
 
 

@@ -34,7 +34,7 @@ from verl.single_controller.base import Dispatch, Worker, register
 from verl.single_controller.base.worker import peak_rss_bytes
 from verl.utils import fsdp_utils, precision
 from verl.utils.attention import use_for_generation
-from verl.utils.distributed import all_reduce_max, device, empty_device_cache
+from verl.utils.distributed import all_reduce_max, device, empty_device_cache, return_freed_heap
 from verl.utils.lora import (adapter_state_dict, adapters_disabled, apply_lora, lora_enabled, lora_scaling,
                              merged_state_dict, save_peft_adapter)
 from verl.utils.model import hf_config, load_causal_lm, load_value_model
@@ -337,6 +337,8 @@ class ActorRolloutRefWorker(_TrainStateMixin, Worker):
         with self._optimizer_state_on_device():
             metrics = self.actor.update_policy(self._with_temperature(data))
         empty_device_cache()  # activations and gradients are gone; the next phase may generate
+        if self._hosts_server:  # a threaded actor: the next update may run on another thread's heap
+            return_freed_heap()
         self._weights_changed()
         metrics["actor/lr"] = self.lr_scheduler.get_last_lr()[0]
         metrics.update(all_reduce_max({"perf/actor_peak_rss_gb": peak_rss_bytes() / 2**30}))
