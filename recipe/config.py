@@ -34,8 +34,9 @@ NODES = ("recipe", "agent", "eval_agent", "sft", "rl")
 MODELS = ("base", "sft", "rl")
 MODES = ("single", "multi")
 CONTROL = "control"
-# What makes the control imitation only: every guide stays in its group, and the policy's own samples teach nothing.
-CONTROL_KEYS = {"algorithm.guides.keep": "always", "algorithm.guides.sampled_weight": 0.0}
+# What makes the control imitation only: the guides alone, each weighed as in a group the policy failed,
+# and nothing sampled.
+CONTROL_KEYS = {"algorithm.guides.only": True}
 
 
 @dataclass
@@ -68,9 +69,10 @@ class RecipeConfig:
     # one run's luck. A seed is the run's data.seed (question order) and actor_rollout_ref.rollout.seed (its
     # workers' adapter initialisation and sampling). The first seed's model is `rl`, seed k's `rl_seed<k>`.
     rl_seeds: list[int] = field(default_factory=lambda: [0])
-    # A guide-only control run (`control`): the first seed's RL run with guides (built even when guides is
-    # false), kept in every group, and the policy's own samples weighted 0, so that only the guides teach.
-    # Evaluated beside rl in agent.mode: how much of RL's gain imitating the guides alone reaches.
+    # A guide-only control run (`control`): the first seed's RL run on its guides alone (built even when
+    # guides is false), each at the advantage a guide gets in a group whose own samples all failed, and no
+    # rollouts (algorithm.guides.only). Evaluated beside rl in agent.mode: how much of RL's gain imitating
+    # the guides alone reaches.
     guide_control: bool = False
     # model-mode pairs evaluated on the test questions, in this order (model: base | sft | rl; mode: single | multi);
     # rl-<mode> evaluates every seed's RL model

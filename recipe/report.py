@@ -316,9 +316,9 @@ def imitation_section(out: Path) -> list[str]:
         return []
     return ["## How much of RL's gain is imitation of the guides?", "",
             "The guide-only control (`control`) is the RL run of the first seed with the same SFT model, questions, "
-            "guides (at the same algorithm.guides.guided_weight), steps, LoRA and learning rate, but only the guides "
-            "teach: the policy's own samples are weighted 0 (algorithm.guides.sampled_weight=0, every guide kept). "
-            "Each row compares two models on the same "
+            "guides (at the same algorithm.guides.guided_weight), steps, LoRA and learning rate, trained on the guides "
+            "alone, each at the advantage a guide gets in a group whose own samples all failed, with nothing sampled "
+            "(algorithm.guides.only). Each row compares two models on the same "
             "questions (from -> to; 95 % paired bootstrap).", "", control_table(results), "",
             *imitation_share(results), ""]
 

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from rag_r1.llm_agent.async_agent import AsyncSearchAgent, ThreadedRetriever
 from rag_r1.llm_agent.config import AgentConfig
 from rag_r1.llm_agent.generation import GenerationManager, Trajectory, TurnRules, trajectory_metrics
-from rag_r1.llm_agent.guides import load_guides, mix_guides
+from rag_r1.llm_agent.guides import as_trajectory, load_guides, mix_guides
 from rag_r1.llm_agent.modes import AgentMode, mode_of
 from rag_r1.llm_agent.prompts import search_part
 from rag_r1.llm_agent.tool_formats import SearchTool, TagFormat, ToolCallFormat, ToolFormat, load_search_tool
@@ -145,6 +145,8 @@ class SearchAgentLoop(RolloutLoop):
                 raise ValueError(f"config: agent.guide_file holds tag-format conversations; {TOOL_CONFIG_PATH} "
                                  "asks for tool calls")
             self.guides = load_guides(self.agent.guide_file, tokenizer, self.mode.queries_of)
+        if OmegaConf.select(config, "algorithm.guides.only", default=False) and not self.guides:
+            raise ValueError("algorithm.guides.only=true trains on the guides alone: set agent.guide_file")
         self.checked: set[bool] = set()  # `validate` values whose first batch was checked
 
     def run(self, prompts: DataProto, validate: bool = False) -> DataProto:
@@ -169,6 +171,23 @@ class SearchAgentLoop(RolloutLoop):
             columns["extra_info"] = with_evidence_reward(columns["extra_info"], rows, self.agent.evidence_reward_weight)
         trajectory.union(DataProto.from_dict(non_tensors=columns))
         trajectory.meta_info = {"metrics": metrics}
+        return trajectory
+
+    def demonstrations(self, prompts: DataProto) -> DataProto:
+        """The guides (agent.guide_file) of the prompts that have one, in their order, as finished
+        trajectories marked `guided`; the prompts without one are left out."""
+        token_lists = prompt_token_lists(prompts)
+        keep = [i for i, ids in enumerate(token_lists) if tuple(ids) in self.guides]
+        if not keep:
+            raise ValueError(f"none of {len(token_lists)} training prompts has a guide in agent.guide_file="
+                             f"{self.agent.guide_file}: were the guides built from these questions, with this "
+                             "tokenizer and agent.mode?")
+        rows = [as_trajectory(token_lists[i], self.guides[tuple(token_lists[i])]) for i in keep]
+        chosen = prompts[keep]
+        trajectory = to_dataproto(chosen, rows, self.tokenizer.pad_token_id)
+        columns = {**chosen.non_tensor_batch, **trajectory_columns(rows), "guided": [True] * len(rows)}
+        trajectory.union(DataProto.from_dict(non_tensors=columns))
+        trajectory.meta_info = {"metrics": {"env/guided_ratio": len(rows) / len(token_lists)}}
         return trajectory
 
     def roll_out(self, token_lists: list[list[int]], validate: bool):

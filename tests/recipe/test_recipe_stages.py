@@ -453,10 +453,9 @@ def test_each_seed_trains_its_own_rl_model_and_the_control_imitates_the_guides_a
     assert [(c.trainer.default_local_dir, c.data.seed, c.actor_rollout_ref.rollout.seed) for c in configs] == [
         (str(out / "runs" / "rl"), 0, 0), (str(out / "runs" / "rl_seed1"), 1, 1), (str(out / "runs" / "control"), 0, 0)]
     assert [c.agent.get("guide_file") for c in configs] == [None, None, guides]
-    # the control: every guide kept, the policy's own samples weighted 0; all else (the guides' weight
-    # included) the RL stage's
-    assert [(c.algorithm.guides.keep, c.algorithm.guides.sampled_weight, c.algorithm.guides.guided_weight)
-            for c in configs] == [("unsolved", 1.0, 0.25), ("unsolved", 1.0, 0.25), ("always", 0.0, 0.25)]
+    # the control: the guides alone, nothing sampled; all else (the guides' weight included) the RL stage's
+    assert [(c.algorithm.guides.only, c.algorithm.guides.keep, c.algorithm.guides.guided_weight)
+            for c in configs] == [(False, "unsolved", 0.25), (False, "unsolved", 0.25), (True, "unsolved", 0.25)]
     assert {c.actor_rollout_ref.model.lora_rank for c in configs} == {8}
     assert {c.actor_rollout_ref.actor.optim.lr for c in configs} == {3e-4}
     assert {c.trainer.total_training_steps for c in configs} == {10}

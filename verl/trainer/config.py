@@ -291,8 +291,8 @@ class GuidesConfig:
     of the learning, so that RL on the policy's own samples can be told from imitation."""
 
     # Weight of the advantages of the rows the policy sampled itself, applied after the estimator:
-    # 1 trains on them as on the guides; 0 trains on the guides alone (their advantages still
-    # measured against the group), the imitation control an RL result is compared with.
+    # 1 trains on them as on the guides; 0 trains on the guides alone, their advantages still
+    # measured against the sampled group (`only` below trains on them without sampling).
     sampled_weight: float = 1.0
     # Weight of the guides' advantages, applied after the estimator like sampled_weight: below 1 a
     # guide still lifts its group's baseline in full but teaches less than a sample the policy found
@@ -303,6 +303,12 @@ class GuidesConfig:
     # teaches nor lowers the baseline of samples that found the answer themselves (the batch then
     # has fewer rows).
     keep: str = "always"
+    # True: no rollouts at all. Each step trains on the guides of its prompts alone, every guide at
+    # the advantage the estimator gives it in a group of rollout.n whose own samples all failed
+    # (core_algos.unsolved_group_guide_advantage), times guided_weight: imitation at the strongest
+    # weight RL ever gives a guide, the guide-only control an RL result is compared with. It costs
+    # only the guides' update, where sampled_weight=0 still samples every group to measure them against.
+    only: bool = False
 
 
 @dataclass
@@ -537,8 +543,9 @@ def _multi_turn_problems(rollout: DictConfig) -> list[str]:
 
 def guides_problems(config: DictConfig) -> list[str]:
     """Problems of algorithm.guides: its weight is a share, its keep mode one of GUIDE_KEEP_MODES,
-    keep=unsolved (a batch whose row count varies) runs on one worker: the worker group pads a batch
-    to a multiple of the workers with repeated rows, which an update would train on twice; and guides
+    keep=unsolved and only (batches whose row count varies) run on one worker: the worker group pads
+    a batch to a multiple of the workers with repeated rows, which an update would train on twice;
+    only takes its guides' advantage from a group estimator; and guides
     (the search agent's agent.guide_file) are not trained one step off: no policy sampled a guide's
     tokens, so rollout.lag=1 has no sampler log-prob for their ratio."""
     guides = config.algorithm.guides
@@ -547,10 +554,15 @@ def guides_problems(config: DictConfig) -> list[str]:
     if guides.keep not in GUIDE_KEEP_MODES:
         problems.append(f"algorithm.guides.keep={guides.keep!r}: expected one of {', '.join(GUIDE_KEEP_MODES)}")
     world = config.trainer.nnodes * config.trainer.n_gpus_per_node
-    if guides.keep == "unsolved" and world > 1:
-        problems.append(f"algorithm.guides.keep=unsolved with {world} workers (trainer.nnodes x "
-                        "trainer.n_gpus_per_node) is not supported: dropping guides varies the batch's rows, and "
-                        "the workers would get it padded with repeated rows; use one worker or keep=always")
+    varying = [key for key, on in (("algorithm.guides.keep=unsolved", guides.keep == "unsolved"),
+                                   ("algorithm.guides.only=true", guides.only)) if on]
+    if varying and world > 1:
+        problems.append(f"{' with '.join(varying)} with {world} workers (trainer.nnodes x "
+                        "trainer.n_gpus_per_node) is not supported: the batch's rows vary (dropped guides, "
+                        "prompts without one), and the workers would get it padded with repeated rows; use one worker")
+    if guides.only and config.algorithm.adv_estimator in core_algos.critic_estimators():
+        problems.append(f"algorithm.guides.only=true with algorithm.adv_estimator={config.algorithm.adv_estimator}: "
+                        "a guide's advantage is taken from a group of rollout.n; use a group estimator (grpo)")
     guide_file = (config.get("agent") or {}).get("guide_file")
     if guide_file and config.actor_rollout_ref.rollout.lag == 1:
         problems.append(f"actor_rollout_ref.rollout.lag=1 with agent.guide_file={guide_file!r}: a guide's tokens "

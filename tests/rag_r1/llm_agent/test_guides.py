@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,3 +82,48 @@ def test_training_groups_get_their_guide_and_validation_does_not(tiny_model_dir,
     validation = loop.run(prompts, validate=True)
     assert not any(validation.non_tensor_batch["guided"])
     assert "env/guided_ratio" not in validation.meta_info["metrics"]
+
+
+def guide_loop(tiny_model_dir, tmp_path, guides_only: bool, questions=("Where is Paris?",)):
+    """A search agent over the tiny model whose engine must never run, guides for `questions`."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = schema_node("", {
+        "data": {"max_prompt_length": 512, "max_start_length": 256, "max_response_length": 4},
+        "agent": {"max_turns": 1, "guide_file": str(write_guides(tmp_path / "g.jsonl", questions))},
+        "algorithm": {"guides": {"only": guides_only}},
+    })
+
+    def generate(_):
+        raise AssertionError("demonstrations sample nothing")
+
+    return SearchAgentLoop(cfg, tok, generate, retriever=FakeRetriever()), tok
+
+
+def test_demonstrations_are_the_guides_of_the_prompts_that_have_one(tiny_model_dir, tmp_path):
+    loop, tok = guide_loop(tiny_model_dir, tmp_path, True)
+    questions = ["Where is Rome?", "Where is Paris?", "Where is Oslo?"]
+    prompts = build_prompt_batch([prompt_ids(tok, q) for q in questions], tok.pad_token_id)
+    prompts.non_tensor_batch["uid"] = np.array(["r", "p", "o"], dtype=object)
+
+    out = loop.demonstrations(prompts)
+    guide = next(iter(loop.guides.values()))
+    n = len(guide.response)
+    assert len(out) == 1 and list(out.non_tensor_batch["uid"]) == ["p"]
+    assert list(out.non_tensor_batch["guided"]) == [True]
+    assert out.batch["responses"][0, :n].tolist() == guide.response
+    assert out.batch["info_mask"][0, :n].tolist() == guide.info_mask
+    assert out.batch["response_mask"][0].sum() == n
+    assert out.batch["prompts"][0].tolist() == prompts.batch["input_ids"][1].tolist()
+    assert out.non_tensor_batch["search_calls"][0] == 1 and out.non_tensor_batch["answered"][0]
+    assert out.meta_info["metrics"] == {"env/guided_ratio": 1 / 3}
+
+    unguided = build_prompt_batch([prompt_ids(tok, "Where is Rome?")], tok.pad_token_id)
+    with pytest.raises(ValueError, match=r"none of 1 training prompts has a guide in agent\.guide_file="):
+        loop.demonstrations(unguided)
+
+
+def test_guides_only_needs_a_guide_file(tiny_model_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = schema_node("", {"agent": {"max_turns": 1}, "algorithm": {"guides": {"only": True}}})
+    with pytest.raises(ValueError, match=r"algorithm\.guides\.only=true trains on the guides alone: set agent\.guide_file"):
+        SearchAgentLoop(cfg, tok, lambda _: None, retriever=FakeRetriever())

@@ -88,6 +88,11 @@ def get_adv_estimator_fn(name: str) -> Callable:
     return _ADV_ESTIMATORS[name]
 
 
+def critic_estimators() -> frozenset[str]:
+    """The registered estimators that need a critic's values."""
+    return frozenset(_NEEDS_CRITIC)
+
+
 def adv_estimator_needs_critic(name: str) -> bool:
     get_adv_estimator_fn(name)  # raise on unknown names here too
     return name in _NEEDS_CRITIC
@@ -237,6 +242,24 @@ def keep_unsolved_guides(index: np.ndarray, scores: np.ndarray, guided: np.ndarr
     guided = np.asarray(guided, dtype=bool)
     solved = {uid for uid, score, g in zip(index, scores, guided) if not g and score > 0}
     return np.array([not g or uid not in solved for uid, g in zip(index, guided)], dtype=bool)
+
+
+def unsolved_group_guide_advantage(estimator: Callable, group_size: int, **estimator_kwargs) -> float:
+    """The advantage `estimator` gives a guide scoring 1 in a group of `group_size` rows whose other
+    rows (the policy's own samples) all scored 0: the most a guide teaches in a group.
+
+    estimator: a registered outcome estimator (no critic); estimator_kwargs: the trainer's keywords
+    for it (e.g. norm_adv_by_std_in_grpo). Under GRPO the group's mean is 1/g and its unbiased std
+    1/sqrt(g), so the guide gets (g - 1) / sqrt(g):
+
+    >>> round(unsolved_group_guide_advantage(compute_grpo_outcome_advantage, 4), 4)
+    1.5
+    """
+    rewards = torch.zeros(group_size, 1)
+    rewards[-1, 0] = 1.0
+    advantages, _ = estimator(token_level_rewards=rewards, values=None, response_mask=torch.ones(group_size, 1),
+                              index=np.zeros(group_size, dtype=int), **estimator_kwargs)
+    return float(advantages[-1, 0])
 
 
 def weight_rows(advantages: torch.Tensor, rows: np.ndarray | torch.Tensor, weight: float) -> torch.Tensor:

@@ -112,6 +112,12 @@ def keep_rows(batch: DataProto, extras: dict[str, list[float]], keep: np.ndarray
     return batch[rows], {key: np.asarray(values)[rows].tolist() for key, values in extras.items()}
 
 
+def with_uids(prompts: DataProto) -> DataProto:
+    """`prompts`, each given a new id in the non-tensor column `uid` (its GRPO group)."""
+    prompts.non_tensor_batch["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(prompts))], dtype=object)
+    return prompts
+
+
 class RayPPOTrainer:
     def __init__(self, config: DictConfig, tokenizer, actor_rollout_wg, critic_wg, reward_fn: RewardManager,
                  val_reward_fn: RewardManager | None, train_dataset: RLHFDataset, val_dataset: RLHFDataset | None,
@@ -266,6 +272,8 @@ class RayPPOTrainer:
         column `guided` (off-policy demonstrations put in a group) are trained on but left out of them.
         With algorithm.guides.keep=unsolved, a guide whose group the policy solved is dropped right
         after scoring, so the batch may hold fewer rows than prompts x rollout.n."""
+        if self.config.algorithm.guides.only:
+            return self.demonstration_batch(next(prompt_batches))
         filter_cfg = self.config.algorithm.filter_groups
         kept, rollout_metrics, scores, own_extras, generated = [], defaultdict(list), [], defaultdict(list), 0
         wanted = self.config.data.train_batch_size
@@ -310,10 +318,17 @@ class RayPPOTrainer:
             metrics["sampling/kept_groups"] = float(len(set(batch.non_tensor_batch["uid"]))) if len(batch) else 0.0
         return batch, metrics
 
+    def demonstration_batch(self, prompts: DataProto) -> tuple[DataProto, dict]:
+        """algorithm.guides.only: the guides of the prompts (the rollout loop's `demonstrations`), scored,
+        one row per prompt that has one; nothing is sampled, so there are no `sampling/*` metrics."""
+        batch = self.rollout_loop.demonstrations(with_uids(prompts))
+        metrics = batch.meta_info.pop("metrics", {})
+        metrics.update(reward_metrics(self.compute_scores(batch)))
+        return batch, metrics
+
     def repeat_for_sampling(self, prompts: DataProto) -> DataProto:
         """Give every prompt a uid (its GRPO group), then repeat it rollout.n times, interleaved."""
-        prompts.non_tensor_batch["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(prompts))], dtype=object)
-        return prompts.repeat(self.config.actor_rollout_ref.rollout.n, interleave=True)
+        return with_uids(prompts).repeat(self.config.actor_rollout_ref.rollout.n, interleave=True)
 
     def rollout(self, prompts: DataProto) -> tuple[DataProto, dict]:
         """Trajectories from the configured RolloutLoop, and the loop's own metrics. In async mode each
@@ -376,10 +391,16 @@ class RayPPOTrainer:
         # are skipped (no TD step), as if cut out of the sequence.
         masking = self.config.critic.state_masking and core_algos.adv_estimator_needs_critic(algo.adv_estimator)
         mask = core_algos.batch_state_mask(batch.batch, masking)
-        advantages, returns = estimator(
-            token_level_rewards=batch.batch["token_level_rewards"], values=batch.batch.get("values"),
-            response_mask=mask, index=batch.non_tensor_batch["uid"],
-            gamma=algo.gamma, lam=algo.lam, norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
+        settings = {"gamma": algo.gamma, "lam": algo.lam, "norm_adv_by_std_in_grpo": algo.norm_adv_by_std_in_grpo}
+        if algo.guides.only:
+            # no own samples to measure the guides against: each is weighed as in a group it alone solved
+            weight = core_algos.unsolved_group_guide_advantage(estimator, self.config.actor_rollout_ref.rollout.n,
+                                                               **settings)
+            advantages = returns = weight * mask.to(torch.float32)
+        else:
+            advantages, returns = estimator(token_level_rewards=batch.batch["token_level_rewards"],
+                                            values=batch.batch.get("values"), response_mask=mask,
+                                            index=batch.non_tensor_batch["uid"], **settings)
         # the critic's targets stay the returns as estimated; only the policy's step is shaped
         advantages = core_algos.scale_negative_advantages(advantages, algo.negative_advantage_scale)
         guided = core_algos.guided_rows(batch.non_tensor_batch, len(batch))

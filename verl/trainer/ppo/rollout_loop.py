@@ -46,6 +46,12 @@ class RolloutLoop:
     def run(self, prompts: DataProto, validate: bool = False) -> DataProto:
         raise NotImplementedError
 
+    def demonstrations(self, prompts: DataProto) -> DataProto:
+        """Trajectories of the prompts that no policy sampled (algorithm.guides.only trains on these
+        alone), in the keys of `run`, rows marked in the non-tensor column `guided`."""
+        raise NotImplementedError(f"{type(self).__name__} has no demonstrations for algorithm.guides.only; the "
+                                  "search agent (rag_r1.llm_agent.loop:SearchAgentLoop) gives those of agent.guide_file")
+
     def sampling_meta(self, validate: bool) -> dict:
         """`meta_info` generation settings from actor_rollout_ref.rollout (val_kwargs when validating)."""
         rollout = self.config.actor_rollout_ref.rollout

@@ -14,6 +14,7 @@ from verl.protocol import DataProto
 from verl.single_controller.base.decorator import Dispatch, dispatch_args
 from verl.trainer.config import compose_config
 from verl.trainer.ppo import core_algos
+from verl.workers.rollout.base import assemble_output
 
 SQRT3 = math.sqrt(3.0)
 
@@ -186,3 +187,73 @@ def test_config_check_names_the_guides_keys(tmp_path):
     with pytest.raises(ValueError, match=r"algorithm\.guides\.guided_weight=-0\.5: expected a share"):
         compose_config(base + ["algorithm.guides.guided_weight=-0.5"])
     assert compose_config(base + ["algorithm.guides.keep=unsolved"]).algorithm.guides.keep == "unsolved"
+
+
+def test_a_guide_in_a_failed_group_by_hand():
+    grpo = core_algos.compute_grpo_outcome_advantage
+    # scores 0, 0, 0, 1: mean 1/4, unbiased std 1/2 -> (1 - 1/4) / (1/2) = 3/2; of 8 rows: 7/8 / sqrt(1/8)
+    assert core_algos.unsolved_group_guide_advantage(grpo, 4) == pytest.approx(1.5, abs=1e-5)
+    assert core_algos.unsolved_group_guide_advantage(grpo, 8) == pytest.approx(7 / math.sqrt(8), abs=1e-5)
+    # Dr. GRPO: the score less the mean, 1 - 1/4
+    assert core_algos.unsolved_group_guide_advantage(grpo, 4, norm_adv_by_std_in_grpo=False) == pytest.approx(0.75)
+
+
+def demonstrations_of(prompts, response: list[int]) -> DataProto:
+    """Every prompt answered by the same `response` tokens, marked guided, as a rollout loop's
+    `demonstrations` gives them."""
+    responses = torch.tensor([response] * len(prompts))
+    part = prompts.select(batch_keys=["input_ids", "attention_mask", "position_ids"], non_tensor_batch_keys=[],
+                          meta_info_keys=[])
+    batch = assemble_output(part, responses, torch.ones_like(responses))
+    batch.batch["info_mask"] = torch.zeros_like(responses)
+    batch.batch["rollout_log_probs"] = torch.zeros(responses.shape)
+    batch.non_tensor_batch = {**prompts.non_tensor_batch, "guided": np.array([True] * len(prompts), dtype=object)}
+    batch.meta_info = {"metrics": {"env/guided_ratio": 1.0}}
+    return batch
+
+
+def guides_only_trainer(tmp_path, model_dir, response, overrides=()):
+    trainer = guides_trainer(tmp_path, model_dir, ["algorithm.guides.only=true", *overrides])
+
+    def rollout(_):
+        raise AssertionError("algorithm.guides.only samples nothing")
+
+    trainer.rollout = rollout
+    trainer.rollout_loop.demonstrations = lambda prompts: demonstrations_of(prompts, response)
+    return trainer
+
+
+def test_guides_only_trains_on_the_guides_at_a_failed_groups_advantage(tmp_path, tiny_model_dir):
+    trainer = guides_only_trainer(tmp_path, tiny_model_dir, [5, 6, 7], ["algorithm.guides.guided_weight=0.5"])
+    batch, metrics = trainer.sample_scored_batch(trainer.prompt_batches())
+    # one row per prompt, with a group id of its own; nothing sampled, so no sampling metrics
+    assert len(batch) == 2 and len(set(batch.non_tensor_batch["uid"])) == 2
+    assert metrics["env/guided_ratio"] == 1.0 and not any(key.startswith("sampling/") for key in metrics)
+    batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
+    trainer.compute_advantages(batch)
+    # rollout.n = 4: a guide among three failed samples gets 3/2, times guided_weight 1/2, on every token
+    assert torch.allclose(batch.batch["advantages"], torch.full((2, 3), 0.75), atol=1e-5)
+    assert trainer.guide_metrics(batch) == {"adv/guided_rows": 2.0, "adv/guide_positive_share": 1.0}
+
+
+def test_guides_only_raises_the_guides_likelihood(tmp_path, tiny_model_dir):
+    response = [5, 6, 7, 8]
+    trainer = guides_only_trainer(tmp_path, tiny_model_dir, response,
+                                  ["trainer.total_training_steps=3", "trainer.val_before_train=false"])
+    probe = demonstrations_of(next(iter(trainer.train_loader)), response)
+    before = trainer.actor_rollout_wg.compute_log_prob(probe).batch["old_log_probs"].mean()
+    steps = trainer.fit()
+    after = trainer.actor_rollout_wg.compute_log_prob(probe).batch["old_log_probs"].mean()
+    assert [step["adv/guided_rows"] for step in steps] == [2.0] * 3
+    assert all(math.isfinite(step["actor/pg_loss"]) for step in steps)
+    assert after > before + 1.0, (float(before), float(after))
+
+
+def test_guides_only_takes_a_group_estimator_on_one_worker(tmp_path):
+    base = [f"data.train_files={tmp_path}", f"data.val_files={tmp_path}", f"actor_rollout_ref.model.path={tmp_path}",
+            "algorithm.guides.only=true", "actor_rollout_ref.rollout.n=4"]
+    with pytest.raises(ValueError, match=r"algorithm\.guides\.only=true with algorithm\.adv_estimator=gae: .* group"):
+        compose_config(base + ["algorithm.adv_estimator=gae"])
+    with pytest.raises(ValueError, match=r"algorithm\.guides\.only=true with 2 workers .* not supported"):
+        compose_config(base + ["algorithm.adv_estimator=grpo", "trainer.n_gpus_per_node=2"])
+    assert compose_config(base + ["algorithm.adv_estimator=grpo"]).algorithm.guides.only is True
