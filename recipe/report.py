@@ -249,7 +249,10 @@ def imitation_share(results: list[tuple[dict, dict, dict]]) -> list[str]:
     lines = []
     for control, _, rl in results:
         mode = control["label"].split(":")[0]
-        if rl["diff"] > 0:
+        if rl["diff"] > 0 and control["diff"] <= 0:
+            lines.append(f"In {mode} mode, imitation of the guides alone gives {control['diff']:+.3f} EM over SFT: none "
+                         f"of RL's {rl['diff']:+.3f}, on {rl['n']} questions.")
+        elif rl["diff"] > 0:
             lines.append(f"In {mode} mode, imitation of the guides alone gives {control['diff']:+.3f} EM of RL's "
                          f"{rl['diff']:+.3f} over SFT ({control['diff'] / rl['diff']:.0%}), on {rl['n']} questions.")
         else:

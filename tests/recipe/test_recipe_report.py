@@ -263,3 +263,12 @@ def test_the_control_check_says_no_and_the_sentence_says_when_rl_gains_nothing(t
         "- EM in multi mode rises SFT < SFT+RL (0.500 < 0.500): **no**",
         "- RL above the guide-only control in multi mode (1.000 -> 0.500, 95 % interval of the difference "
         "[-1.000, +0.000]): **no**"]
+
+
+def test_the_sentence_says_when_imitation_gives_none_of_rls_gain(tmp_path):
+    for model, scores in {"sft": [1, 0, 1], "rl": [1, 1, 1], "control": [0, 0, 1]}.items():
+        (tmp_path / "eval" / f"{model}-multi" / "test").mkdir(parents=True)
+        write_trajectories(tmp_path, f"{model}-multi", [trajectory(f"q{i}", float(s), [["a"]], "bridge")
+                                                       for i, s in enumerate(scores)])
+    assert imitation_share(control_comparisons(tmp_path)) == [
+        "In multi mode, imitation of the guides alone gives -0.333 EM over SFT: none of RL's +0.333, on 3 questions."]
