@@ -560,7 +560,7 @@ def guides_problems(config: DictConfig) -> list[str]:
         problems.append(f"{' with '.join(varying)} with {world} workers (trainer.nnodes x "
                         "trainer.n_gpus_per_node) is not supported: the batch's rows vary (dropped guides, "
                         "prompts without one), and the workers would get it padded with repeated rows; use one worker")
-    if guides.only and config.algorithm.adv_estimator in core_algos.critic_estimators():
+    if guides.only and _needs_critic(config.algorithm.adv_estimator):
         problems.append(f"algorithm.guides.only=true with algorithm.adv_estimator={config.algorithm.adv_estimator}: "
                         "a guide's advantage is taken from a group of rollout.n; use a group estimator (grpo)")
     guide_file = (config.get("agent") or {}).get("guide_file")
@@ -569,6 +569,15 @@ def guides_problems(config: DictConfig) -> list[str]:
                         "were sampled by no policy, so one step off has no sampler log-prob for their ratio; "
                         "use lag 0 with guides")
     return problems
+
+
+def _needs_critic(estimator: str) -> bool:
+    """Whether a registered estimator needs a critic; False for an unknown name, which the caller's
+    estimator check reports."""
+    try:
+        return core_algos.adv_estimator_needs_critic(estimator)
+    except ValueError:
+        return False
 
 
 def share_problems(name: str, value: float) -> list[str]:

@@ -88,11 +88,6 @@ def get_adv_estimator_fn(name: str) -> Callable:
     return _ADV_ESTIMATORS[name]
 
 
-def critic_estimators() -> frozenset[str]:
-    """The registered estimators that need a critic's values."""
-    return frozenset(_NEEDS_CRITIC)
-
-
 def adv_estimator_needs_critic(name: str) -> bool:
     get_adv_estimator_fn(name)  # raise on unknown names here too
     return name in _NEEDS_CRITIC

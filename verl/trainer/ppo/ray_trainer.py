@@ -192,10 +192,13 @@ class RayPPOTrainer:
 
     def next_scored_batch(self, prompt_batches) -> tuple[DataProto, dict]:
         """The step's scored batch: the one sampled while the last step trained (rollout.lag=1), else
-        rollouts sampled now with the current weights."""
+        rollouts sampled now with the current weights; with algorithm.guides.only, the prompts' guides,
+        and the servers (async mode) are left asleep: nothing samples."""
         if self.ahead is not None:
             ahead, self.ahead = self.ahead, None
             return ahead.batch, ahead.metrics
+        if self.config.algorithm.guides.only:
+            return self.demonstration_batch(next(prompt_batches))
         self.wake_servers()
         return self.sample_scored_batch(prompt_batches)
 
@@ -272,8 +275,6 @@ class RayPPOTrainer:
         column `guided` (off-policy demonstrations put in a group) are trained on but left out of them.
         With algorithm.guides.keep=unsolved, a guide whose group the policy solved is dropped right
         after scoring, so the batch may hold fewer rows than prompts x rollout.n."""
-        if self.config.algorithm.guides.only:
-            return self.demonstration_batch(next(prompt_batches))
         filter_cfg = self.config.algorithm.filter_groups
         kept, rollout_metrics, scores, own_extras, generated = [], defaultdict(list), [], defaultdict(list), 0
         wanted = self.config.data.train_batch_size

@@ -218,14 +218,19 @@ def guides_only_trainer(tmp_path, model_dir, response, overrides=()):
     def rollout(_):
         raise AssertionError("algorithm.guides.only samples nothing")
 
+    class Asleep:
+        def wake(self):
+            raise AssertionError("algorithm.guides.only leaves the rollout servers asleep")
+
     trainer.rollout = rollout
+    trainer.servers = Asleep()
     trainer.rollout_loop.demonstrations = lambda prompts: demonstrations_of(prompts, response)
     return trainer
 
 
 def test_guides_only_trains_on_the_guides_at_a_failed_groups_advantage(tmp_path, tiny_model_dir):
     trainer = guides_only_trainer(tmp_path, tiny_model_dir, [5, 6, 7], ["algorithm.guides.guided_weight=0.5"])
-    batch, metrics = trainer.sample_scored_batch(trainer.prompt_batches())
+    batch, metrics = trainer.next_scored_batch(trainer.prompt_batches())
     # one row per prompt, with a group id of its own; nothing sampled, so no sampling metrics
     assert len(batch) == 2 and len(set(batch.non_tensor_batch["uid"])) == 2
     assert metrics["env/guided_ratio"] == 1.0 and not any(key.startswith("sampling/") for key in metrics)
@@ -257,3 +262,12 @@ def test_guides_only_takes_a_group_estimator_on_one_worker(tmp_path):
     with pytest.raises(ValueError, match=r"algorithm\.guides\.only=true with 2 workers .* not supported"):
         compose_config(base + ["algorithm.adv_estimator=grpo", "trainer.n_gpus_per_node=2"])
     assert compose_config(base + ["algorithm.adv_estimator=grpo"]).algorithm.guides.only is True
+
+
+def test_guides_only_with_an_unknown_estimator_reports_the_estimator_alone(tmp_path):
+    base = [f"data.train_files={tmp_path}", f"data.val_files={tmp_path}", f"actor_rollout_ref.model.path={tmp_path}",
+            "algorithm.guides.only=true", "actor_rollout_ref.rollout.n=4", "algorithm.adv_estimator=nope"]
+    with pytest.raises(ValueError) as error:
+        compose_config(base)
+    assert "unknown advantage estimator 'nope'" in str(error.value)
+    assert "guides.only=true with" not in str(error.value)
