@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import signal
 import statistics
@@ -45,7 +46,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -275,10 +276,14 @@ def load_model(name: str) -> Path:
     return Path(name)
 
 
-def run_rollout(path: str, model, tokenizer, actions: ScriptActions, prompts, url: str, config):
-    """(seconds, rows, stats) of one rollout of `prompts` in `path` (sync | async), greedy."""
+def run_rollout(path: str, model, tokenizer, actions: ScriptActions, prompts, url: str, config,
+                max_num_seqs: int | None = None):
+    """(seconds, rows, stats) of one rollout of `prompts` in `path` (sync | async), greedy, with at most
+    `max_num_seqs` trajectories decoded at once (None: all of them): sync rolls the prompts out in
+    batches of that many, one after the other; async gives its server that many rows, and a trajectory
+    takes a row as one leaves."""
     from rag_r1.llm_agent.async_agent import AsyncSearchAgent
-    from rag_r1.llm_agent.generation import GenerationManager, TurnRules
+    from rag_r1.llm_agent.generation import GenerationManager, RolloutStats, TurnRules
     from rag_r1.llm_agent.tool_formats import TagFormat
     from rag_r1.search.async_client import AsyncRetrievalClient
     from rag_r1.search.client import RetrievalClient
@@ -287,14 +292,19 @@ def run_rollout(path: str, model, tokenizer, actions: ScriptActions, prompts, ur
     from verl.workers.rollout.hf_server import HFServer
     from verl.workers.rollout.server import SamplingSettings
 
+    cap = max_num_seqs or len(prompts)
     start = time.perf_counter()
     if path == "sync":
         engine = HFRollout(model, tokenizer, rollout_config(response_length=config.max_response_length, do_sample=False))
+        rows, stats = [], RolloutStats()
         with RetrievalClient(url) as client:
-            rows, stats = GenerationManager(ThinkThenAct(engine.generate_sequences, actions), tokenizer, client,
-                                            config).run(prompts, {"do_sample": False})
+            manager = GenerationManager(ThinkThenAct(engine.generate_sequences, actions), tokenizer, client, config)
+            for first in range(0, len(prompts), cap):
+                batch_rows, batch_stats = manager.run(prompts[first:first + cap], {"do_sample": False})
+                rows += batch_rows
+                stats = added(stats, batch_stats)
         return time.perf_counter() - start, rows, stats
-    server = HFServer(model, tokenizer, max_num_seqs=len(prompts))
+    server = HFServer(model, tokenizer, max_num_seqs=cap)
     params = SamplingSettings(config.max_response_length, do_sample=False, temperature=1.0, top_p=1.0, top_k=-1,
                               stop=TagFormat.stop)
 
@@ -308,6 +318,13 @@ def run_rollout(path: str, model, tokenizer, actions: ScriptActions, prompts, ur
     finally:
         server.close()
     return time.perf_counter() - start, rows, stats
+
+
+def added(total, part):
+    """Two RolloutStats of rollouts run one after the other, summed field by field (per-turn counts by turn)."""
+    turns = [a + b for a, b in itertools.zip_longest(total.requests_per_turn, part.requests_per_turn, fillvalue=0)]
+    return replace(total, **{f.name: getattr(total, f.name) + getattr(part, f.name) for f in fields(total)
+                             if f.name != "requests_per_turn"}, requests_per_turn=turns)
 
 
 def compare_rollouts(items, url: str, args: argparse.Namespace) -> dict:
@@ -343,8 +360,8 @@ def compare_rollouts(items, url: str, args: argparse.Namespace) -> dict:
     for n in args.trajectories:
         for latency_ms in args.latencies_ms:
             with delaying_proxy(url, latency_ms / 1000) as delayed:
-                runs = {path: run_rollout(path, model, tokenizer, actions, prompts[:n], delayed, config)
-                        for path in ("sync", "async")}
+                runs = {path: run_rollout(path, model, tokenizer, actions, prompts[:n], delayed, config,
+                                          args.max_num_seqs) for path in ("sync", "async")}
             (sync_s, sync_rows, sync_stats), (async_s, async_rows, async_stats) = runs["sync"], runs["async"]
             same = sum(a.response == b.response for a, b in zip(async_rows, sync_rows)) / n
             result = {"trajectories": n, "latency_ms": latency_ms,
@@ -362,6 +379,7 @@ def compare_rollouts(items, url: str, args: argparse.Namespace) -> dict:
                   f"{result['turns_mean']:>5.2f} {result['sync_requests']:>5}/{result['async_requests']:<5} "
                   f"{same:>9.2f}", flush=True)
     return {"compare": "rollouts", "model": str(model_dir), "mode": args.mode, "think_tokens": args.think_tokens,
+            "max_num_seqs": args.max_num_seqs,
             "torch_threads": torch.get_num_threads(), "results": results}
 
 
@@ -377,6 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--trajectories", type=int, nargs="+", default=[16, 64], help="rollouts: trajectories per rollout")
     p.add_argument("--latencies-ms", type=int, nargs="+", default=[50, 100, 200],
                    help="rollouts: latency added to every retrieval request")
+    p.add_argument("--max-num-seqs", type=int, help="rollouts: trajectories decoded at once (default: all); each "
+                   "holds its keys/values in memory, and 64 at once outgrew 24 GB with SmolLM2")
     p.add_argument("--think-tokens", type=int, default=32, help="rollouts: tokens the model generates per turn at most")
     p.add_argument("--mode", choices=["single", "multi"], default="single",
                    help="rollouts: the agent's mode (single: two searches per question, multi: one)")
@@ -400,7 +420,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if args.compare == "rollouts":
             print(f"sync vs async rollouts, {args.mode} mode, model {args.model or 'smollm2'}, "
-                  f"up to {args.think_tokens} generated tokens per turn, greedy")
+                  f"up to {args.think_tokens} generated tokens per turn, greedy, "
+                  f"{args.max_num_seqs or 'all'} trajectories decoded at once")
             print(f"{'traj':>5} {'lat ms':>7} {'sync traj/s':>11} {'async traj/s':>12} {'async/sync':>10} "
                   f"{'sync retr':>10} {'turns':>5} {'requests':>11} {'identical':>9}")
             args.model = args.model or "smollm2"

@@ -53,7 +53,8 @@ def test_the_proxy_answers_as_the_server_after_the_latency(canned_url):
     assert waited >= 0.3 and answer.json() == httpx.post(canned_url, json=payload).json()
 
 
-def test_the_sync_and_async_paths_roll_out_the_same_trajectories(canned_url, tiny_model_dir):
+def two_question_rollout(tiny_model_dir):
+    """(model, tokenizer, actions, prompts, config) of a single-mode rollout over two questions."""
     items = [{"question": "who wrote hamlet", "title": "Hamlet", "golden_answers": ["Shakespeare"]},
              {"question": "where is the eiffel tower", "title": "Eiffel Tower", "golden_answers": ["Paris"]}]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -64,6 +65,11 @@ def test_the_sync_and_async_paths_roll_out_the_same_trajectories(canned_url, tin
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": user_content(i["question"], "single")}],
                                              add_generation_prompt=True, tokenize=True, return_dict=False)
                for i in items]
+    return model, tokenizer, actions, prompts, config
+
+
+def test_the_sync_and_async_paths_roll_out_the_same_trajectories(canned_url, tiny_model_dir):
+    model, tokenizer, actions, prompts, config = two_question_rollout(tiny_model_dir)
     _, sync_rows, sync_stats = run_rollout("sync", model, tokenizer, actions, prompts, canned_url, config)
     _, rows, stats = run_rollout("async", model, tokenizer, actions, prompts, canned_url, config)
     assert [r.response for r in rows] == [r.response for r in sync_rows]
@@ -74,3 +80,15 @@ def test_the_sync_and_async_paths_roll_out_the_same_trajectories(canned_url, tin
     text = tokenizer.decode(rows[0].response)
     assert "<search> who wrote hamlet </search>" in text and text.endswith("<answer> Shakespeare </answer>")
     assert sync_stats.retrieval_requests == 2 and stats.retrieval_requests == 4
+
+
+def test_one_trajectory_at_a_time_rolls_out_the_same_trajectories(canned_url, tiny_model_dir):
+    model, tokenizer, actions, prompts, config = two_question_rollout(tiny_model_dir)
+    _, together, _ = run_rollout("sync", model, tokenizer, actions, prompts, canned_url, config)
+    _, sync_rows, sync_stats = run_rollout("sync", model, tokenizer, actions, prompts, canned_url, config, max_num_seqs=1)
+    _, rows, stats = run_rollout("async", model, tokenizer, actions, prompts, canned_url, config, max_num_seqs=1)
+    assert [r.response for r in sync_rows] == [r.response for r in rows] == [r.response for r in together]
+    # two batches of one, each searching in two turns: the stats of both, summed
+    assert sync_stats.retrieval_requests == 4 and sync_stats.requests_per_turn == [2, 2, 0]
+    assert sync_stats.total_s >= sync_stats.generate_s > 0
+    assert stats.retrieval_requests == 4
