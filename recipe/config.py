@@ -69,10 +69,10 @@ class RecipeConfig:
     # one run's luck. A seed is the run's data.seed (question order) and actor_rollout_ref.rollout.seed (its
     # workers' adapter initialisation and sampling). The first seed's model is `rl`, seed k's `rl_seed<k>`.
     rl_seeds: list[int] = field(default_factory=lambda: [0])
-    # A guide-only control run (`control`): the first seed's RL run on its guides alone (built even when
-    # guides is false), each at the advantage a guide gets in a group whose own samples all failed, and no
-    # rollouts (algorithm.guides.only). Evaluated beside rl in agent.mode: how much of RL's gain imitating
-    # the guides alone reaches.
+    # A guide-only control run per RL seed (`control`, `control_seed<k>`): that seed's RL run on its guides
+    # alone (built even when guides is false), each at the advantage a guide gets in a group whose own
+    # samples all failed, and no rollouts (algorithm.guides.only). Evaluated beside rl in agent.mode: how
+    # much of RL's gain imitating the guides alone reaches, seed against seed.
     guide_control: bool = False
     # model-mode pairs evaluated on the test questions, in this order (model: base | sft | rl; mode: single | multi);
     # rl-<mode> evaluates every seed's RL model
@@ -243,7 +243,7 @@ class RLRun:
     """One run of the RL stage: its model is checkpoints/<name>, its log runs/<name>, its evaluations
     eval/<name>-<mode>/."""
 
-    name: str  # rl (the first seed), rl_seed<k>, or control
+    name: str  # rl (the first seed), rl_seed<k>, control (the first seed's control) or control_seed<k>
     seed: int
     guided: bool  # whether its groups get the guides (agent.guide_file)
     control: bool = False  # the guide-only control: CONTROL_KEYS over the RL stage's keys
@@ -255,11 +255,17 @@ class RLRun:
 
 
 def rl_runs(config: RecipeConfig) -> list[RLRun]:
-    """The RL stage's runs, in the order they train: one per seed, then the control."""
-    runs = [RLRun("rl" if i == 0 else f"rl_seed{seed}", seed, config.guides) for i, seed in enumerate(config.rl_seeds)]
+    """The RL stage's runs, in the order they train: one per seed, then with guide_control a control per seed."""
+    runs = [RLRun(seed_name("rl", i, seed), seed, config.guides) for i, seed in enumerate(config.rl_seeds)]
     if config.guide_control:
-        runs.append(RLRun(CONTROL, config.rl_seeds[0], guided=True, control=True))
+        runs += [RLRun(seed_name(CONTROL, i, seed), seed, guided=True, control=True)
+                 for i, seed in enumerate(config.rl_seeds)]
     return runs
+
+
+def seed_name(kind: str, index: int, seed: int) -> str:
+    """The run of `kind` (rl or control) with the index-th of recipe.rl_seeds: the first is `kind` itself."""
+    return kind if index == 0 else f"{kind}_seed{seed}"
 
 
 # ---------------------------------------------------------------- the stages' trainer commands, checked

@@ -1,5 +1,5 @@
 """The recipe's stages: index -> retrieval server -> SFT data -> SFT -> RL questions -> RL data -> RL (one run
-per seed, and the guide-only control) -> evaluation -> report.
+per seed, and a guide-only control per seed) -> evaluation -> report.
 
 Every stage runs the same command-line tool a researcher would run by hand (each command is printed
 and appended to OUT/commands.sh) and writes under OUT; a stage whose output is complete is skipped on
@@ -228,8 +228,8 @@ class Pipeline:
         return rl_overrides(self.settings, stage, run)
 
     def evaluate_all(self, models: dict[str, Path], url: str) -> None:
-        """The eval_runs (`rl-<mode>` evaluates every seed's model), the control in agent.mode, and with
-        dev questions the SFT, RL and control models on them in agent.mode."""
+        """The eval_runs (`rl-<mode>` evaluates every seed's model), every seed's control in agent.mode, and
+        with dev questions the SFT, RL and control models on them in agent.mode."""
         runs = rl_runs(self.cfg)
         seeds = [run.name for run in runs if not run.control]
         controls = [run.name for run in runs if run.control]

@@ -102,18 +102,24 @@ def runs_table(logs: dict[str, list[dict]]) -> str:
     return markdown_table(["run", "step", *(column for _, column, _ in RUN_STEP_COLUMNS)], rows)
 
 
+SEEDED_RANKS = {"rl": 2, CONTROL: 4}  # a kind of seeded run and the rank of its first seed's model
+
+
 def model_rank(model: str) -> tuple[int, int]:
-    """Where a model's rows go: base, sft, rl, rl_seed<k> by k (recipe/config.py: rl_runs names them),
-    control, then any other."""
-    seed = re.fullmatch(r"rl_seed(\d+)", model)
-    if seed:
-        return (3, int(seed.group(1)))
-    return ({"base": 0, "sft": 1, "rl": 2, CONTROL: 4}.get(model, 5), 0)
+    """Where a model's rows go: base, sft, rl, rl_seed<k> by k, control, control_seed<k> by k
+    (recipe/config.py: rl_runs names them), then any other."""
+    for kind, rank in SEEDED_RANKS.items():
+        seed = re.fullmatch(rf"{kind}_seed(\d+)", model)
+        if seed:
+            return (rank + 1, int(seed.group(1)))
+    return ({"base": 0, "sft": 1, **SEEDED_RANKS}.get(model, 6), 0)
 
 
-def rl_seed_models(names) -> list[str]:
-    """The RL models of one seed each among `names` (rl, rl_seed<k>), in seed order."""
-    return sorted({name for name in names if model_rank(name)[0] in (2, 3)}, key=model_rank)
+def seed_models(names, kind: str = "rl") -> list[str]:
+    """The models of one seed each of `kind` (rl: rl, rl_seed<k>; control: control, control_seed<k>)
+    among `names`, in seed order."""
+    rank = SEEDED_RANKS[kind]
+    return sorted({name for name in names if model_rank(name)[0] in (rank, rank + 1)}, key=model_rank)
 
 
 def evaluated_models(out: Path) -> set[str]:
@@ -184,10 +190,11 @@ def reward_label(out: Path) -> str:
     return f" ({scorer}{f', round cost {cost:g}' if cost else ''})"
 
 
-def seed_trajectories(out: Path, mode: str, split: str) -> dict[str, dict[str, dict]]:
-    """The trajectories by id of every seed's RL model evaluated in `mode` on `split`, by model name."""
+def seed_trajectories(out: Path, mode: str, split: str, kind: str = "rl") -> dict[str, dict[str, dict]]:
+    """The trajectories by id of every seed's model of `kind` (rl or control) evaluated in `mode` on
+    `split`, by model name."""
     runs = {name: read_trajectories(out / "eval", f"{name}-{mode}", split) for name in
-            rl_seed_models(evaluated_models(out))}
+            seed_models(evaluated_models(out), kind)}
     return {name: rows for name, rows in runs.items() if rows}
 
 
@@ -221,21 +228,24 @@ def rl_vs_sft_table(results: list[dict]) -> str:
 
 
 def control_comparisons(out: Path, split: str = "test") -> list[tuple[dict, dict, dict]]:
-    """Per mode the guide-only control was evaluated in, on the questions SFT, the control and every
-    seed's RL model answered: `paired_comparison` rows of SFT -> control, control -> RL and SFT -> RL
-    (RL: each question's EM averaged over the seeds)."""
+    """Per mode the guide-only controls were evaluated in, on the questions SFT and every seed's control
+    and RL model answered: `paired_comparison` rows of SFT -> control, control -> RL and SFT -> RL (with
+    several seeds, each question's EM averaged over the seeds of each)."""
+    def named(kind: str, runs: list) -> str:
+        return kind if len(runs) == 1 else f"{kind} (mean of {len(runs)} seeds)"
+
     results = []
     for mode in ("single", "multi"):
         sft = read_trajectories(out / "eval", f"sft-{mode}", split)
-        control = read_trajectories(out / "eval", f"{CONTROL}-{mode}", split)
+        controls = list(seed_trajectories(out, mode, split, CONTROL).values())
         seeds = list(seed_trajectories(out, mode, split).values())
-        ids = [i for i in sft if i in control and seeds and all(i in rows for rows in seeds)]
+        ids = [i for i in sft if controls and seeds and all(i in rows for rows in controls + seeds)]
         if not ids:
             continue
-        rl = "RL" if len(seeds) == 1 else f"RL (mean of {len(seeds)} seeds)"
-        before, imitation, after = (mean_scores(runs, ids) for runs in ([sft], [control], seeds))
-        results.append((paired_comparison(f"{mode}: SFT -> control", before, imitation),
-                        paired_comparison(f"{mode}: control -> {rl}", imitation, after),
+        control, rl = named(CONTROL, controls), named("RL", seeds)
+        before, imitation, after = (mean_scores(runs, ids) for runs in ([sft], controls, seeds))
+        results.append((paired_comparison(f"{mode}: SFT -> {control}", before, imitation),
+                        paired_comparison(f"{mode}: {control} -> {rl}", imitation, after),
                         paired_comparison(f"{mode}: SFT -> {rl}", before, after)))
     return results
 
@@ -305,8 +315,9 @@ def learning_checks(out: Path, rl: list[dict], titles: dict[str, str]) -> list[s
                      f"({multi['rounds']:.2f} vs {single['rounds']:.2f}) at 1.5 queries per round or more "
                      f"({multi['queries_per_round']:.2f}): {verdict(ok)}")
     for _, above, _ in control_comparisons(out):
-        mode, _, rl_name = above["label"].partition(": control -> ")
-        lines.append(f"- {rl_name} above the guide-only control in {mode} mode ({above['before']:.3f} -> "
+        mode, _, pair = above["label"].partition(": ")
+        control, _, rl_name = pair.partition(" -> ")
+        lines.append(f"- {rl_name} above the guide-only {control} in {mode} mode ({above['before']:.3f} -> "
                      f"{above['after']:.3f}, 95 % interval of the difference [{above['lo']:+.3f}, "
                      f"{above['hi']:+.3f}]): {verdict(above['diff'] > 0)}")
     return lines
@@ -318,11 +329,13 @@ def imitation_section(out: Path) -> list[str]:
     if not results:
         return []
     return ["## How much of RL's gain is imitation of the guides?", "",
-            "The guide-only control (`control`) is the RL run of the first seed with the same SFT model, questions, "
+            "A guide-only control runs beside each RL seed (`control` beside `rl`, `control_seed<k>` beside "
+            "`rl_seed<k>`): that seed's RL run, with the same SFT model, questions, "
             "guides (at the same algorithm.guides.guided_weight), steps, LoRA and learning rate, trained on the guides "
             "alone, each at the advantage a guide gets in a group whose own samples all failed, with nothing sampled "
             "(algorithm.guides.only). Each row compares two models on the same "
-            "questions (from -> to; 95 % paired bootstrap).", "", control_table(results), "",
+            "questions (from -> to; 95 % paired bootstrap; with several seeds, each question's EM averaged over "
+            "the seeds of each).", "", control_table(results), "",
             *imitation_share(results), ""]
 
 

@@ -250,6 +250,27 @@ def test_seeds_are_reported_each_and_pooled_beside_the_guide_only_control(tmp_pa
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_a_control_per_seed_is_pooled_as_the_rl_seeds_are(tmp_path):
+    em = {"sft": [0, 0, 1, 0], "rl": [1, 1, 1, 0], "rl_seed1": [1, 0, 1, 1], "control": [1, 0, 1, 0],
+          "control_seed1": [0, 0, 1, 1]}
+    for model, scores in em.items():
+        write_summary(tmp_path, f"{model}-multi", **summary(sum(scores) / 4, 1.0, 1.0, [0.5]))
+        write_trajectories(tmp_path, f"{model}-multi", [trajectory(f"q{i}", float(s), [["a"]], "bridge")
+                                                       for i, s in enumerate(scores, 1)])
+
+    readme = write_results_readme(tmp_path).read_text()
+
+    assert readme.index("| rl_seed1-multi |") < readme.index("| control-multi |") \
+        < readme.index("| control_seed1-multi |")
+    # per question the controls' mean is .5, 0, 1, .5 and RL's 1, .5, 1, .5: control -> RL differs by .5 on two
+    # questions, so a resample's mean is 1/8 of a Binomial(4, 1/2), whose 2.5 % and 97.5 % points are 0 and 4
+    assert ("| multi: SFT -> control (mean of 2 seeds) | 4 | 0.250 | 0.500 | +0.250 | [+0.000, +0.500] | 2 / 0 |\n"
+            "| multi: control (mean of 2 seeds) -> RL (mean of 2 seeds) | 4 | 0.500 | 0.750 | +0.250 | "
+            "[+0.000, +0.500] | 2 / 0 |\n") in readme
+    assert ("- RL (mean of 2 seeds) above the guide-only control (mean of 2 seeds) in multi mode (0.500 -> 0.750, "
+            "95 % interval of the difference [+0.000, +0.500]): **yes**") in readme
+
+
 def test_the_control_check_says_no_and_the_sentence_says_when_rl_gains_nothing(tmp_path):
     for model, scores in {"sft": [1, 0], "rl": [1, 0], "control": [1, 1]}.items():
         (tmp_path / "eval" / f"{model}-multi" / "test").mkdir(parents=True)

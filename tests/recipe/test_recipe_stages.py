@@ -444,39 +444,41 @@ def test_each_seed_trains_its_own_rl_model_and_the_control_imitates_the_guides_a
     ran = producing(pipeline)
     models = pipeline.train_rl(tmp_path / "sft", tmp_path / "rl_data", questions, URL)
     out = pipeline.out
-    assert models == {name: out / "checkpoints" / name for name in ("rl", "rl_seed1", "control")}
+    assert models == {name: out / "checkpoints" / name for name in ("rl", "rl_seed1", "control", "control_seed1")}
     assert all((model / "config.json").exists() for model in models.values())
     # guides are built for the control alone: recipe.guides is off
     assert ran[0][:2] == ["-m", "scripts.data_process.build_sft_from_evidence"]
     guides = flag(ran[0], "--out")
     configs = rl_configs(ran)
     assert [(c.trainer.default_local_dir, c.data.seed, c.actor_rollout_ref.rollout.seed) for c in configs] == [
-        (str(out / "runs" / "rl"), 0, 0), (str(out / "runs" / "rl_seed1"), 1, 1), (str(out / "runs" / "control"), 0, 0)]
-    assert [c.agent.get("guide_file") for c in configs] == [None, None, guides]
+        (str(out / "runs" / "rl"), 0, 0), (str(out / "runs" / "rl_seed1"), 1, 1), (str(out / "runs" / "control"), 0, 0),
+        (str(out / "runs" / "control_seed1"), 1, 1)]
+    assert [c.agent.get("guide_file") for c in configs] == [None, None, guides, guides]
     # the control: the guides alone, nothing sampled; all else (the guides' weight included) the RL stage's
     assert [(c.algorithm.guides.only, c.algorithm.guides.keep, c.algorithm.guides.guided_weight)
-            for c in configs] == [(False, "unsolved", 0.25), (False, "unsolved", 0.25), (True, "unsolved", 0.25)]
+            for c in configs] == [(False, "unsolved", 0.25)] * 2 + [(True, "unsolved", 0.25)] * 2
     assert {c.actor_rollout_ref.model.lora_rank for c in configs} == {8}
     assert {c.actor_rollout_ref.actor.optim.lr for c in configs} == {3e-4}
     assert {c.trainer.total_training_steps for c in configs} == {10}
 
 
-def test_every_seeds_model_and_the_control_are_evaluated(tmp_path):
+def test_every_seeds_model_and_control_are_evaluated(tmp_path):
     pipeline = make(tmp_path, "recipe.rl_seeds=[0,3]", "recipe.guide_control=true",
                     "recipe.eval_runs=[sft-multi,rl-single,rl-multi]", "recipe.sft_questions=2",
                     "recipe.rl_questions=4", "recipe.dev_questions=4")
     write_questions(pipeline, 5, split="test")
     write_questions(pipeline, 30)
     ran = producing(pipeline)
-    models = {name: tmp_path / name for name in ("sft", "rl", "rl_seed3", "control")}
+    models = {name: tmp_path / name for name in ("sft", "rl", "rl_seed3", "control", "control_seed3")}
     pipeline.evaluate_all(models, URL)
     evaluated = [(Path(flag(args, "--out")).relative_to(pipeline.out / "eval"), flag(args, "--model"),
                   flag(args, "--mode")) for args in ran]
     assert evaluated == [(Path(label, split), str(tmp_path / label.split("-")[0]), label.split("-")[1])
                          for label, split in (("sft-multi", "test"), ("rl-single", "test"), ("rl_seed3-single", "test"),
                                               ("rl-multi", "test"), ("rl_seed3-multi", "test"),
-                                              ("control-multi", "test"), ("sft-multi", "dev"), ("rl-multi", "dev"),
-                                              ("rl_seed3-multi", "dev"), ("control-multi", "dev"))]
+                                              ("control-multi", "test"), ("control_seed3-multi", "test"),
+                                              ("sft-multi", "dev"), ("rl-multi", "dev"), ("rl_seed3-multi", "dev"),
+                                              ("control-multi", "dev"), ("control_seed3-multi", "dev"))]
 
 
 def test_a_finished_seed_is_skipped_and_carries_its_evaluations(tmp_path):
@@ -498,7 +500,8 @@ def test_a_finished_seed_is_skipped_and_carries_its_evaluations(tmp_path):
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["rl-multi", "rl_seed1-multi@step10"]
 
 
-def test_results_profile_trains_two_seeds_and_the_control(tmp_path):
+def test_results_profile_trains_two_seeds_and_a_control_for_each(tmp_path):
     assert [(run.name, run.seed, run.guided, run.control) for run in rl_runs(load_settings(["results"]).recipe)] == [
-        ("rl", 0, True, False), ("rl_seed1", 1, True, False), ("control", 0, True, True)]
+        ("rl", 0, True, False), ("rl_seed1", 1, True, False), ("control", 0, True, True),
+        ("control_seed1", 1, True, True)]
     assert [run.name for run in rl_runs(load_settings(["demo"]).recipe)] == ["rl", "control"]
