@@ -89,6 +89,7 @@ class TrainerConfig:
     # passes over the data; set, it wins over total_epochs (the data repeats, or the run stops mid-epoch).
     total_training_steps: Optional[int] = None
     save_freq: int = 0  # > 0: every N steps and after the last; 0: after the last only; -1: never
+    max_ckpt_to_keep: Optional[int] = None  # newest checkpoints kept on disk; None = all
     test_freq: int = 0  # validation (with data.val_files), same meaning
     logger: list[str] = field(default_factory=lambda: ["console"])  # console | wandb | tensorboard
     seed: int = 1  # data order and initial RNG
@@ -132,6 +133,8 @@ def check_config(config: DictConfig) -> None:
         problems.append(f"optim.warmup_steps_ratio={optim.warmup_steps_ratio}: expected a value in [0, 1]")
     if trainer.device not in ("auto", "cpu", "cuda"):
         problems.append(f"trainer.device={trainer.device!r}: expected auto, cpu or cuda")
+    if trainer.max_ckpt_to_keep is not None and trainer.max_ckpt_to_keep < 1:
+        problems.append(f"trainer.max_ckpt_to_keep={trainer.max_ckpt_to_keep}: expected >= 1, or null to keep all")
     problems += precision.dtype_problems("model.fsdp_config.dtype", config.model.fsdp_config.dtype)
     problems += [f"trainer.logger has {b!r}: expected some of {BACKENDS}" for b in trainer.logger if b not in BACKENDS]
     if problems:
@@ -375,6 +378,8 @@ def fit(config: SFTConfig) -> dict[str, float]:
         tracker.log(metrics, step=step)
         if is_due(trainer.save_freq, step, last):
             save_checkpoint(trainer.default_local_dir, step, model, tokenizer, optimizer, scheduler, rank)
+            if rank == 0:
+                ckpt.prune(trainer.default_local_dir, None, trainer.max_ckpt_to_keep)
         progress.update(1)
     progress.close()
     tracker.finish()

@@ -84,10 +84,12 @@ def resolve_resume_dir(resume_mode: str, root: str | Path) -> Path | None:
     return directory
 
 
-def prune(root: str | Path, part: str, keep: int | None) -> list[Path]:
+def prune(root: str | Path, part: str | None, keep: int | None) -> list[Path]:
     """Delete `part` ("actor" or "critic") of every checkpoint but the newest `keep` ones
     (trainer.max_{actor,critic}_ckpt_to_keep; None keeps all), and step directories left with
-    neither. Returns the deleted paths. The newest complete checkpoint is never touched."""
+    neither; `part` None deletes those whole step directories (the SFT trainer's, which hold one
+    model; its trainer.max_ckpt_to_keep). Returns the deleted paths. The newest complete checkpoint
+    is never touched."""
     if keep is None:
         return []
     if keep < 1:
@@ -96,11 +98,11 @@ def prune(root: str | Path, part: str, keep: int | None) -> list[Path]:
                    key=lambda p: int(p.name.rsplit("_", 1)[1]))
     deleted = []
     for directory in steps[:-keep]:
-        target = directory / part
+        target = directory if part is None else directory / part
         if target.exists():
             shutil.rmtree(target)
             deleted.append(target)
-        if not (directory / "actor").exists() and not (directory / "critic").exists():
+        if directory.exists() and not (directory / "actor").exists() and not (directory / "critic").exists():
             shutil.rmtree(directory)
             deleted.append(directory)
     return deleted

@@ -132,6 +132,15 @@ def test_fit_saves_a_loadable_hf_checkpoint_and_resumes_like_an_uninterrupted_ru
         torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
 
 
+def test_only_the_newest_checkpoints_are_kept(tiny_model_dir, sft_file, tmp_path):
+    fit(config(tiny_model_dir, sft_file, tmp_path, "trainer.total_epochs=2", "trainer.save_freq=1",
+               "trainer.max_ckpt_to_keep=2"))
+    assert sorted(p.name for p in tmp_path.glob("global_step_*")) == ["global_step_3", "global_step_4"]
+    assert ckpt.latest_step_dir(tmp_path) == ckpt.step_dir(tmp_path, 4)
+    with pytest.raises(ValueError, match=r"trainer\.max_ckpt_to_keep=0: expected >= 1"):
+        config(tiny_model_dir, sft_file, tmp_path, "trainer.max_ckpt_to_keep=0")
+
+
 def test_two_process_fsdp2_over_gloo_matches_one_process(tiny_model_dir, sft_file, tmp_path):
     common = [f"model.partial_pretrain={tiny_model_dir}", f"data.train_files={sft_file}", "data.train_batch_size=4",
               "data.micro_batch_size_per_gpu=1", "optim.lr=1e-3", "trainer.total_training_steps=2",

@@ -52,3 +52,12 @@ def test_prune_keeps_the_newest_actor_and_critic_checkpoints(tmp_path):
     assert sorted(p.name for p in checkpoint.step_dir(tmp_path, 2).iterdir()) == ["actor"]
     with pytest.raises(ValueError, match=">= 1"):
         checkpoint.prune(tmp_path, "actor", 0)
+
+
+def test_prune_of_whole_step_directories_keeps_the_newest(tmp_path):
+    for step in (2, 4, 10):
+        checkpoint.step_dir(tmp_path, step).mkdir(parents=True)
+        (checkpoint.step_dir(tmp_path, step) / "model.safetensors").write_text("weights")
+    assert checkpoint.prune(tmp_path, None, None) == []
+    assert checkpoint.prune(tmp_path, None, 1) == [checkpoint.step_dir(tmp_path, 2), checkpoint.step_dir(tmp_path, 4)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step_10"]
