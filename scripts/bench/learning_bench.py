@@ -163,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict:
         rl_data = bench.build_rl_data(questions)
         overrides = with_overrides(bench.rl_overrides(sft, rl_data, url, run_dir),
                                    bench_overrides(args.questions, args.steps, run_dir, rl_data) + args.overrides)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         started = time.time()
         bench.sh("learning benchmark", ["-m", "verl.trainer.main_ppo", *overrides])
         seconds = time.time() - started

@@ -357,6 +357,7 @@ def fit(config: SFTConfig) -> dict[str, float]:
                        config=OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
                        log_dir=str(Path(trainer.default_local_dir) / "tensorboard"),
                        jsonl_path=str(Path(trainer.default_local_dir) / "metrics.jsonl"))
+    tracker.rewind(step if resume_dir is not None else None)
 
     per_rank = data.train_batch_size // world
     metrics: dict[str, float] = {}

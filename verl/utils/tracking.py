@@ -39,7 +39,7 @@ class Tracking:
         self._wandb = self._tensorboard = self._jsonl = None
         if "jsonl" in self.backends:
             # One JSON object per step, appended: reports and plots read it without wandb/tensorboard,
-            # and a resumed run continues the same file.
+            # and a resumed run continues the same file (after `rewind`).
             path = Path(jsonl_path or Path(log_dir or ".") / "metrics.jsonl")
             path.parent.mkdir(parents=True, exist_ok=True)
             self._jsonl = path.open("a", encoding="utf-8")
@@ -52,6 +52,25 @@ class Tracking:
 
             default = os.environ.get("TENSORBOARD_DIR") or Path("tensorboard_log") / project_name / experiment_name
             self._tensorboard = SummaryWriter(log_dir=str(log_dir or default))
+
+    def rewind(self, step: int | None) -> None:
+        """Where a run (re)starts: the jsonl keeps the rows of steps up to `step`, the checkpoint it resumed
+        from, and drops those a killed run wrote after it, which the resumed run logs again; `None`, a run
+        starting over, empties it. A line cut short by the kill is dropped too."""
+        if self._jsonl is None:
+            return
+        path = Path(self._jsonl.name)
+        self._jsonl.close()
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines() if step is not None else []:
+            try:
+                row_step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+            if row_step <= step:
+                kept.append(line + "\n")
+        path.write_text("".join(kept), encoding="utf-8")
+        self._jsonl = path.open("a", encoding="utf-8")
 
     def log(self, data: dict, step: int) -> None:
         if "console" in self.backends:

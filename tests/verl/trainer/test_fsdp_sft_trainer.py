@@ -109,7 +109,8 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def test_fit_saves_a_loadable_hf_checkpoint_and_resumes_like_an_uninterrupted_run(tiny_model_dir, sft_file, dataset, tmp_path):
     from transformers import AutoTokenizer
 
-    full = fit(config(tiny_model_dir, sft_file, tmp_path / "full", "trainer.total_epochs=2", "trainer.save_freq=2"))
+    logged = ("trainer.total_epochs=2", "trainer.save_freq=2", "trainer.logger=[jsonl]")
+    full = fit(config(tiny_model_dir, sft_file, tmp_path / "full", *logged))
     final = ckpt.step_dir(tmp_path / "full", 4)
     model, tokenizer = load_model(final), AutoTokenizer.from_pretrained(final)
     everything = dataset.collate([dataset[i] for i in range(len(dataset))])
@@ -121,11 +122,20 @@ def test_fit_saves_a_loadable_hf_checkpoint_and_resumes_like_an_uninterrupted_ru
     assert nll.item() / count.item() == pytest.approx(full["val/loss"], rel=1e-5)
     assert full["val/loss"] < start.item() / count.item() - 0.3  # it learned
 
-    # A run killed after step 2: only global_step_2 exists. Resuming gives the same steps 3-4.
+    # A run killed during step 4's save: only global_step_2 exists, but its log has steps 1-3 and a cut line.
+    # Resuming gives the same steps 3-4, and the log has each step once.
     killed = tmp_path / "killed"
     shutil.copytree(ckpt.step_dir(tmp_path / "full", 2), ckpt.step_dir(killed, 2))
     ckpt.mark_latest(killed, 2)
-    resumed = fit(config(tiny_model_dir, sft_file, killed, "trainer.total_epochs=2", "trainer.save_freq=2"))
+    full_log = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in full_log] == [1, 2, 3, 4]
+    (killed / "metrics.jsonl").write_text("\n".join(full_log[:3]) + "\n" + full_log[3][:20])
+    resumed = fit(config(tiny_model_dir, sft_file, killed, *logged))
+    resumed_log = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in resumed_log] == [1, 2, 3, 4]
+    for row, full_row in zip(resumed_log, map(json.loads, full_log)):
+        losses = {key: value for key, value in full_row.items() if key.endswith("loss")}
+        assert losses and {key: row[key] for key in losses} == pytest.approx(losses, rel=1e-6)
     assert resumed["train/loss"] == pytest.approx(full["train/loss"], rel=1e-6)
     assert resumed["val/loss"] == pytest.approx(full["val/loss"], rel=1e-6)
     for p, q in zip(model.parameters(), load_model(ckpt.step_dir(killed, 4)).parameters()):

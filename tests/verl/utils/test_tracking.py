@@ -50,3 +50,28 @@ def test_jsonl_backend_appends_one_row_per_step_and_survives_a_restart(tmp_path)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"step": 1, "critic/score/mean": 0.25, "env/search_calls_mean": 1.5},
                     {"step": 2, "critic/score/mean": 0.5, "note": "ok"}]
+
+
+def test_rewind_keeps_the_steps_up_to_the_checkpoint_and_empties_a_run_starting_over(tmp_path):
+    import json
+
+    path = tmp_path / "metrics.jsonl"
+    killed = Tracking("p", "e", backends=["jsonl"], jsonl_path=str(path))
+    for step in (0, 1, 2, 3):
+        killed.log({"x": float(step)}, step=step)
+    killed.finish()
+    path.write_text(path.read_text() + '{"step": 4, "x"')  # the kill cut this line short
+
+    resumed = Tracking("p", "e", backends=["jsonl"], jsonl_path=str(path))
+    resumed.rewind(2)
+    resumed.log({"x": 30.0}, step=3)
+    resumed.finish()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 0, "x": 0.0}, {"step": 1, "x": 1.0}, {"step": 2, "x": 2.0}, {"step": 3, "x": 30.0}]
+
+    again = Tracking("p", "e", backends=["jsonl"], jsonl_path=str(path))
+    again.rewind(None)
+    again.log({"x": 5.0}, step=1)
+    again.finish()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"step": 1, "x": 5.0}]
+    Tracking("p", "e", backends=["console"]).rewind(3)  # no jsonl: nothing to rewind

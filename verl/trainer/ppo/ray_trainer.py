@@ -461,9 +461,11 @@ class RayPPOTrainer:
         trainer = self.config.trainer
         directory = checkpoint.resolve_resume_dir(trainer.resume_mode, trainer.default_local_dir)
         if directory is None:
+            self.tracker.rewind(None)
             return
         state = checkpoint.load_trainer_state(directory)
         self.global_steps = state["global_step"]
+        self.tracker.rewind(self.global_steps)
         self.train_loader.load_state_dict(state["dataloader"])
         self.kl_ctrl.value = state["extra"]["kl_coef"]
         self.actor_rollout_wg.load_checkpoint(str(directory / "actor"))

@@ -2,6 +2,8 @@
 Learning and resuming through Ray and the real worker groups: test_ray_trainer_workers.py."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,7 @@ from verl.utils.dataset import RLHFDataset
 from verl.utils.tracking import Tracking
 
 
-def build(config, model_dir):
+def build(config, model_dir, tracker=None):
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     score = load_reward_function(config.custom_reward_function.path, config.custom_reward_function.name)
@@ -30,7 +32,7 @@ def build(config, model_dir):
     return RayPPOTrainer(config, tokenizer, actor, critic, reward, reward,
                          RLHFDataset(config.data.train_files, tokenizer, config.data),
                          RLHFDataset(config.data.val_files, tokenizer, config.data),
-                         tracker=Tracking("t", "t", backends=[]))
+                         tracker=tracker or Tracking("t", "t", backends=[]))
 
 
 def test_validation_covers_every_row(tmp_path, tiny_model_dir):
@@ -79,10 +81,16 @@ def test_sampled_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
                  "data.train_batch_size=4"]
     full = build(tiny_config(tmp_path / "a", tiny_model_dir, "gae", overrides), tiny_model_dir).fit()
     saved = tmp_path / "a" / "ckpt" / "global_step_2"
+    # the resumed run's log is a killed run's: steps 1-3 written, then killed before step 3's checkpoint
+    log = tmp_path / "b" / "metrics.jsonl"
+    log.parent.mkdir()
+    log.write_text("".join(json.dumps({"step": h["step"], "x": 1.0}) + "\n" for h in full))
     rest = build(tiny_config(tmp_path / "b", tiny_model_dir, "gae", overrides + [f"trainer.resume_mode={saved}"]),
-                 tiny_model_dir).fit()
+                 tiny_model_dir, Tracking("t", "t", backends=["jsonl"], jsonl_path=str(log))).fit()
     assert [h["step"] for h in rest] == [3]
     assert comparable(rest[0]) == pytest.approx(comparable(full[2]), rel=1e-5, abs=1e-6)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3] and "x" not in rows[2]  # step 3 once: the resumed run's
 
 
 def test_dynamic_sampling_keeps_varied_groups_and_refills_the_batch(tmp_path, tiny_model_dir):
