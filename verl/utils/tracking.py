@@ -61,8 +61,9 @@ class Tracking:
             return
         path = Path(self._jsonl.name)
         self._jsonl.close()
+        lines = [] if step is None else path.read_text(encoding="utf-8").splitlines()
         kept = []
-        for line in path.read_text(encoding="utf-8").splitlines() if step is not None else []:
+        for line in lines:
             try:
                 row_step = json.loads(line)["step"]
             except (json.JSONDecodeError, KeyError, TypeError):
